@@ -1,0 +1,219 @@
+"""Command line: ``tmplcheck DATA`` (the gate) plus render, convert, probe, show, train, scan, report, rule...
+
+Exit codes (contract): 0 no error findings, 1 error findings, 2 usage error or the tool itself failed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tmplcheck import __version__
+
+FORMATS = ["text", "json", "jsonl", "junit", "sarif", "github"]
+
+
+class DefaultGroup(click.Group):
+    """``tmplcheck data.jsonl`` means ``tmplcheck check data.jsonl``."""
+
+    default_cmd = "check"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_cmd, *args]
+        elif not args:
+            args = ["--help"]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tmplcheck")
+def cli():
+    """Catch broken chat templates before fine-tuning, and prove it after.
+
+    \b
+    tmplcheck DATA.jsonl [--template T] [--tokenizer K]   check a dataset (the CI gate)
+    tmplcheck rule D013                                     explain a finding code
+    """
+
+
+def write_output(text: str, output: str | None) -> None:
+    if output:
+        from tmplcheck.validator.convert import _write_atomic
+
+        _write_atomic(Path(output), [text])
+    else:
+        click.echo(text, nl=False)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+
+
+def missing_extra(extra: str, what: str, err: ImportError) -> click.ClickException:
+    return click.ClickException(
+        f"{what} needs the '{extra}' extra ({err.name or err} is not installed): "
+        f"pip install 'tmplcheck[{extra}]'")
+
+
+@cli.command("check")
+@click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--template", "-t", help="Template: a built-in name, a .jinja file, a model dir, a GGUF, a hub id.")
+@click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
+@click.option("--max-length", type=int, help="Flag rows longer than N tokens and the turn that loses its end-of-turn.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format (default text).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically).")
+@click.option("--select", multiple=True, help="Only these codes, families (D, K) or names; comma-separated.")
+@click.option("--ignore", multiple=True, help="Drop these codes, families or names; comma-separated.")
+@click.option("--exit-zero", is_flag=True, default=None, help="Exit 0 even when errors are found.")
+@click.option("--max-findings", type=int, help="Show at most N findings (all are still counted).")
+@click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+@click.option("--max-line-bytes", type=int, help="Skip (and report) lines larger than this (default 10 MiB).")
+@click.option("--group", type=click.Choice(["line", "code"]), help="Group text output by line or by code.")
+@click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset.")
+@click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Read settings from this TOML file instead of searching for one.")
+def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
+              input_format, max_line_bytes, group, approve, jobs, config_path):
+    """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
+    from tmplcheck.config import ConfigError, _load, find_config
+    from tmplcheck.validator.gate import GateOptions, run_gate
+    from tmplcheck.validator.report import report
+    from tmplcheck.validator.stages import StageConfig, build_stages
+
+    try:
+        if config_path:
+            conf = _load(Path(config_path), tool_table=Path(config_path).name == "pyproject.toml") or {}
+        else:
+            found = find_config()
+            conf = found[1] if found else {}
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+    def pick(flag, key, default=None):
+        return flag if flag not in (None, (), []) else conf.get(key, default)
+
+    template = pick(template, "template")
+    tokenizer = pick(tokenizer, "tokenizer")
+    max_length = pick(max_length, "max_length")
+    fmt = pick(fmt, "format", "text")
+    sel = _split(select) or list(conf.get("select", []))
+    ign = _split(ignore) or list(conf.get("ignore", []))
+    exit_zero = pick(exit_zero, "exit_zero", False)
+    max_findings = pick(max_findings, "max_findings")
+    group = pick(group, "group", "line")
+    from tmplcheck.validator.codes import RULES, matches
+
+    for s in sel + ign:
+        if s.upper() != "ALL" and not any(matches(c, [s]) for c in RULES):
+            raise click.UsageError(f"--select/--ignore: {s!r} matches no finding code")
+    stage_cfg = StageConfig(template=template, tokenizer=tokenizer, max_length=max_length,
+                            extra={"jobs": pick(jobs, "jobs")})
+    try:
+        stages = build_stages(stage_cfg)
+    except ImportError as e:
+        raise missing_extra("hf", "--tokenizer", e) from None
+    opts = GateOptions(input_format=pick(input_format, "input_format"), select=sel, ignore=ign, stages=stages)
+    if pick(max_line_bytes, "max_line_bytes"):
+        opts.max_line_bytes = pick(max_line_bytes, "max_line_bytes")
+    results = []
+    for d in data:
+        p = Path(d)
+        if not p.exists():
+            raise click.UsageError(f"{d}: no such file")
+        results.append(run_gate(p, opts, display_path=d))
+    color = fmt == "text" and output is None and sys.stdout.isatty()
+    text = report(fmt, results, max_findings=max_findings, group=group, color=color)
+    write_output(text, output)
+    if approve:
+        from tmplcheck.validator.approval import write_stamps
+
+        for r in results:
+            if r.passed:
+                stamp = write_stamps(r, stage_cfg)
+                click.echo(f"approved: {stamp}", err=True)
+    code = 0 if exit_zero else max(r.exit_code for r in results)
+    sys.exit(code)
+
+
+@cli.command("rule")
+@click.argument("code", required=False)
+@click.option("--all", "show_all", is_flag=True, help="List every code.")
+def rule_cmd(code, show_all):
+    """Explain a finding CODE (or name); with no CODE, list them all."""
+    from tmplcheck.validator.codes import RULES, resolve
+
+    if code and not show_all:
+        r = resolve(code)
+        if r is None:
+            raise click.UsageError(f"unknown code {code!r}; `tmplcheck rule` lists them")
+        click.echo(r.render(), nl=False)
+        return
+    for r in RULES.values():
+        click.echo(f"{r.code}  {r.severity.value:<7}  {r.name:<32}  {r.summary}")
+
+
+@cli.command("convert")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
+@click.option("--user-column", required=True, help="CSV column with the user turn.")
+@click.option("--assistant-column", required=True, help="CSV column with the assistant turn.")
+@click.option("--system", help="A system prompt for every row.")
+@click.option("--system-column", help="CSV column with a per-row system prompt.")
+@click.option("--format", "fmt", type=click.Choice(["sharegpt", "openai"]), default="sharegpt", show_default=True)
+@click.option("--encoding", default="utf-8-sig", show_default=True, help="Input encoding (a BOM is accepted).")
+@click.option("--delimiter", default=",", show_default=True)
+def convert_cmd(src, output, user_column, assistant_column, system, system_column, fmt, encoding, delimiter):
+    """Convert a CSV file to JSONL that passes `tmplcheck` unchanged."""
+    from tmplcheck.validator.convert import ConvertError, convert_csv
+
+    try:
+        res = convert_csv(src, output, user_column=user_column, assistant_column=assistant_column, system=system,
+                          system_column=system_column, fmt=fmt, encoding=encoding, delimiter=delimiter)
+    except ConvertError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {res.rows} rows to {res.output}", err=True)
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (templates, tokens, trainer, scan)."""
+    import importlib
+
+    for mod in ("tmplcheck.cli_templates", "tmplcheck.cli_tokens", "tmplcheck.cli_train", "tmplcheck.cli_scan"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                continue
+            raise
+        for c in m.COMMANDS:
+            cli.add_command(c)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as e:  # the tool itself failed: say so, exit 2, never 1
+        click.echo(f"tmplcheck: internal error: {type(e).__name__}: {e}", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""The gate: read datasets, render them through chat templates, tokenize, and check. Imports no torch."""

@@ -1,0 +1,1 @@
+"""Small pure check functions: (conversation, ...) -> Iterator[Finding]. One module per stage."""

@@ -1,0 +1,81 @@
+"""Conversation-level D checks: roles, order and content of the messages of one row."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from tmplcheck.validator.findings import Finding, finding
+from tmplcheck.validator.ingest import Conversation
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _at(conv: Conversation, pointer: str = "") -> dict:
+    return {"path": conv.path, "line": conv.line, "pointer": pointer}
+
+
+def check_content(conv: Conversation) -> Iterator[Finding]:
+    for i, m in enumerate(conv.messages):
+        where = _at(conv, m.pointer)
+        if not m.content.strip():
+            what = "empty" if not m.content else "whitespace-only"
+            yield finding("D013", f"{m.role} message {i} is {what}", **where)
+            continue
+        if m.content != m.content.strip():
+            edges = []
+            if m.content[0].isspace():
+                edges.append(f"leading {m.content[:len(m.content) - len(m.content.lstrip())]!r}")
+            if m.content[-1].isspace():
+                edges.append(f"trailing {m.content[len(m.content.rstrip()):]!r}")
+            yield finding("D014", f"{m.role} message {i} has {' and '.join(edges)} whitespace", **where)
+        ctl = _CONTROL.search(m.content)
+        if ctl:
+            ch = ctl.group()
+            yield finding("D026", f"{m.role} message {i} holds control character U+{ord(ch):04X} at offset "
+                                  f"{ctl.start()}", **where)
+        sur = _SURROGATE.search(m.content)
+        if sur:
+            yield finding("D027", f"{m.role} message {i} holds unpaired surrogate U+{ord(sur.group()):04X} at "
+                                  f"offset {sur.start()}", **where)
+        if "\ufffd" in m.content:
+            yield finding("D029", f"{m.role} message {i} holds U+FFFD at offset {m.content.index(chr(0xFFFD))}",
+                          **where)
+
+
+def check_order(conv: Conversation) -> Iterator[Finding]:
+    msgs = conv.messages
+    if not msgs:
+        if conv.usable:
+            yield finding("D019", "conversation is empty", **_at(conv, conv.key))
+        return
+    systems = [i for i, m in enumerate(msgs) if m.role == "system"]
+    for n, i in enumerate(systems):
+        if i != 0:
+            yield finding("D015", f"system message at position {i}; it must come first",
+                          **_at(conv, conv.role_pointer(i)))
+        if n == 1:
+            yield finding("D016", f"{len(systems)} system messages (positions {', '.join(map(str, systems))})",
+                          **_at(conv, conv.role_pointer(i)))
+    body = [(i, m) for i, m in enumerate(msgs) if m.role != "system"]
+    if body and body[0][1].role not in ("user",):
+        i, m = body[0]
+        yield finding("D025", f"first turn is {m.role}, not user", **_at(conv, conv.role_pointer(i)))
+    for (i, a), (j, b) in zip(body, body[1:]):
+        if a.role == b.role and a.role != "tool":
+            yield finding("D017", f"messages {i} and {j} are both {a.role}", **_at(conv, conv.role_pointer(j)))
+    if not any(m.role == "assistant" for m in msgs):
+        if conv.usable:
+            yield finding("D019", "conversation has no assistant turn", **_at(conv, conv.key))
+    elif msgs[-1].role != "assistant":
+        yield finding("D018", f"conversation ends with a {msgs[-1].role} turn",
+                      **_at(conv, conv.role_pointer(len(msgs) - 1)))
+
+
+CONVERSATION_CHECKS = (check_content, check_order)
+
+
+def check_conversation(conv: Conversation) -> Iterator[Finding]:
+    for check in CONVERSATION_CHECKS:
+        yield from check(conv)

@@ -1,0 +1,7 @@
+"""K codes."""
+
+from tmplcheck.validator.codes import Rule  # noqa: F401
+from tmplcheck.validator.findings import Severity  # noqa: F401
+
+PREFIX = "K"
+RULES: list[Rule] = []

@@ -1,0 +1,397 @@
+"""Read datasets as a stream of conversations, turning every defect of the file into a located D finding.
+
+Rows come from JSONL (one object a line) or a ``.json`` file holding a list of rows; the list is split into
+elements by a small scanner so that neither form is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tmplcheck.validator.findings import Finding, finding
+
+DEFAULT_MAX_LINE_BYTES = 10 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+#: Role aliases seen in real ShareGPT/OpenAI-style datasets → canonical roles.
+ROLE_ALIASES: dict[str, str] = {
+    "system": "system",
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
+    "chatgpt": "assistant", "bard": "assistant",
+    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool", "function_response": "tool",
+    "function_call": "assistant",
+}
+FORMATS = ("sharegpt", "openai")
+_FIELDS = {"sharegpt": ("conversations", "from", "value"), "openai": ("messages", "role", "content")}
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str            # canonical: system, user, assistant, tool
+    content: str
+    pointer: str         # JSON pointer of the content field, e.g. /conversations/2/value
+    raw_role: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass
+class Conversation:
+    """One row that could be read: its messages plus where it came from."""
+
+    path: str
+    line: int
+    format: str                      # sharegpt | openai
+    messages: list[Message]
+    key: str                         # /conversations or /messages
+    usable: bool = True              # False when a message could not be read (the row still gets its findings)
+    digest: str = ""
+
+    def dicts(self) -> list[dict[str, str]]:
+        return [m.as_dict() for m in self.messages]
+
+    def role_pointer(self, index: int) -> str:
+        return f"{self.key}/{index}/{_FIELDS[self.format][1]}"
+
+
+@dataclass
+class Row:
+    """What ingest yields for every non-blank record: the conversation if one could be read, and findings."""
+
+    line: int
+    conversation: Conversation | None
+    findings: list[Finding] = field(default_factory=list)
+
+
+class _DupKeys(dict):
+    pass
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict:
+    d = _DupKeys()
+    dups = []
+    for k, v in pairs:
+        if k in d:
+            dups.append(k)
+        d[k] = v
+    if dups:
+        d.__dict__["_dups"] = dups
+    return d
+
+
+def _walk_dups(obj: Any, pointer: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(obj, dict):
+        for k in getattr(obj, "__dict__", {}).get("_dups", []):
+            yield pointer, k
+        for k, v in obj.items():
+            yield from _walk_dups(v, f"{pointer}/{_escape(k)}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk_dups(v, f"{pointer}/{i}")
+
+
+def _escape(key: str) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
+
+
+def _plain(obj: Any) -> Any:
+    """Turn the duplicate-key-tracking dicts back into plain dicts."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------------- raw records
+@dataclass
+class _Record:
+    line: int
+    data: bytes | None           # None when over the size limit
+    findings: list[Finding]
+
+
+def _iter_lines(fh: IO[bytes], path: str, max_bytes: int) -> Iterator[_Record]:
+    """Yield each line's bytes without its terminator; over-long lines are skipped while streaming."""
+    lineno = 0
+    while True:
+        chunk = fh.readline(max_bytes + 2)
+        if not chunk:
+            return
+        lineno += 1
+        found: list[Finding] = []
+        if not chunk.endswith(b"\n") and len(chunk) > max_bytes:
+            size = len(chunk)
+            while True:  # drain the rest of this line without keeping it
+                more = fh.readline(1 << 20)
+                size += len(more)
+                if not more or more.endswith(b"\n"):
+                    break
+            found.append(finding("D022", f"line is {size} bytes, over the {max_bytes}-byte limit; not loaded",
+                                 path=path, line=lineno))
+            yield _Record(lineno, None, found)
+            continue
+        if chunk.endswith(b"\r\n"):
+            found.append(finding("D004", "line ends with CRLF", path=path, line=lineno))
+            chunk = chunk[:-2]
+        elif chunk.endswith(b"\n"):
+            chunk = chunk[:-1]
+        if lineno == 1 and chunk.startswith(_BOM):
+            found.append(finding("D003", "file starts with a UTF-8 byte-order mark", path=path, line=1))
+            chunk = chunk[len(_BOM):]
+        yield _Record(lineno, chunk, found)
+
+
+def _iter_json_array(fh: IO[bytes], path: str, max_bytes: int) -> Iterator[_Record]:
+    """Split a top-level JSON list into its elements' bytes, streaming, with the line each element starts on."""
+    buf = fh.read(1 << 16)
+    found: list[Finding] = []
+    if buf.startswith(_BOM):
+        found.append(finding("D003", "file starts with a UTF-8 byte-order mark", path=path, line=1))
+        buf = buf[len(_BOM):]
+    line, pos = 1, 0
+
+    def refill() -> bool:
+        nonlocal buf, pos
+        more = fh.read(1 << 16)
+        if not more:
+            return False
+        buf = buf[pos:] + more
+        pos = 0
+        return True
+
+    def skip_ws() -> int | None:
+        nonlocal pos, line
+        while True:
+            while pos < len(buf) and buf[pos] in b" \t\r\n":
+                if buf[pos] == 10:
+                    line += 1
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not refill():
+                return None
+
+    first = skip_ws()
+    if first != ord("["):
+        yield _Record(line, None, found + [finding(
+            "D001", "a .json dataset must hold a list of rows (expected '[')", path=path, line=line, column=1)])
+        return
+    pos += 1
+    expect_elem = True
+    while True:
+        c = skip_ws()
+        if c is None:
+            yield _Record(line, None, [finding("D001", "unexpected end of file inside the top-level list",
+                                               path=path, line=line)])
+            return
+        if c == ord("]") :
+            return
+        if c == ord(","):
+            pos += 1
+            expect_elem = True
+            continue
+        if not expect_elem:
+            yield _Record(line, None, [finding("D001", "expected ',' or ']' between rows", path=path, line=line)])
+            return
+        start_line, start = line, pos
+        depth, in_str, esc, size = 0, False, False, 0
+        elem = bytearray()
+        while True:
+            if pos >= len(buf):
+                elem += buf[start:pos]
+                if not refill():
+                    yield _Record(start_line, None, [finding("D001", "unexpected end of file inside a row",
+                                                             path=path, line=start_line)])
+                    return
+                start = 0
+            b = buf[pos]
+            pos += 1
+            size += 1
+            if b == 10:
+                line += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif b == 92:
+                    esc = True
+                elif b == 34:
+                    in_str = False
+            elif b == 34:
+                in_str = True
+            elif b in b"[{":
+                depth += 1
+            elif b in b"]}":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif depth == 0 and b in b", \t\r\n]":
+                pos -= 1
+                size -= 1
+                if b == 10:
+                    line -= 1
+                break
+            if size > max_bytes:
+                yield _Record(start_line, None, [finding(
+                    "D022", f"row is over the {max_bytes}-byte limit; not loaded", path=path, line=start_line)])
+                return
+        elem += buf[start:pos]
+        yield _Record(start_line, bytes(elem), found)
+        found = []
+        expect_elem = False
+
+
+# ------------------------------------------------------------------------------------------------------ row parsing
+def _decode(rec: _Record, path: str) -> tuple[Any, list[Finding]]:
+    out = list(rec.findings)
+    assert rec.data is not None
+    try:
+        text = rec.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        out.append(finding("D002", f"invalid UTF-8 at byte {e.start + 1}: {rec.data[e.start:e.start + 4]!r}",
+                           path=path, line=rec.line, column=e.start + 1))
+        text = rec.data.decode("utf-8", errors="replace")
+        # keep checking the row with replacement characters: the other defects are still worth reporting
+    try:
+        obj = _DECODER.decode(text)
+    except json.JSONDecodeError as e:
+        out.append(finding("D001", f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=rec.line,
+                           column=e.colno))
+        return None, out
+    for ptr, key in _walk_dups(obj):
+        out.append(finding("D028", f"key {key!r} appears twice in the object at {ptr or '/'}; only the last value "
+                                   "is kept", path=path, line=rec.line, pointer=f"{ptr}/{_escape(key)}"))
+    return _plain(obj), out
+
+
+def detect_format(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return None
+    if "conversations" in obj:
+        return "sharegpt"
+    if "messages" in obj:
+        return "openai"
+    return None
+
+
+
+
+
+
+def _content_text(value: Any, pointer: str, path: str, line: int, out: list[Finding]) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, dict) and "type" in p for p in value):
+        texts = []
+        for i, part in enumerate(value):
+            if part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+        kinds = sorted({str(p.get("type")) for p in value})
+        out.append(finding("D024", f"content is a list of typed parts ({', '.join(kinds)}); checked as the joined "
+                                   "text parts", path=path, line=line, pointer=pointer))
+        return "".join(texts)
+    kind = "null" if value is None else type(value).__name__.replace("dict", "object").replace("list", "array")
+    out.append(finding("D011", f"content is {kind}, expected a string", path=path, line=line, pointer=pointer))
+    return None
+
+
+def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> tuple[Conversation | None, list[Finding]]:
+    """Turn one decoded row into a Conversation; never raises on bad data."""
+    out: list[Finding] = []
+    if not isinstance(obj, dict):
+        kind = "null" if obj is None else {list: "array", str: "string", bool: "boolean"}.get(type(obj), "number")
+        out.append(finding("D006", f"row is a JSON {kind}, expected an object", path=path, line=line))
+        return None, out
+    fmt = forced or detect_format(obj)
+    if fmt is None:
+        keys = ", ".join(sorted(map(str, obj))[:6]) or "none"
+        out.append(finding("D007", f"row has no 'conversations' or 'messages' field (keys: {keys})", path=path,
+                           line=line, hint="use --input-format if the file is ShareGPT or OpenAI under another shape"))
+        return None, out
+    key, role_f, content_f = _FIELDS[fmt]
+    if key not in obj:
+        out.append(finding("D007", f"row has no {key!r} field (forced format {fmt})", path=path, line=line))
+        return None, out
+    turns = obj[key]
+    if not isinstance(turns, list):
+        kind = "null" if turns is None else type(turns).__name__.replace("dict", "object").replace("str", "string")
+        out.append(finding("D008", f"{key!r} is {kind}, expected a list of messages", path=path, line=line,
+                           pointer=f"/{key}"))
+        return None, out
+    messages: list[Message] = []
+    usable = True
+    for i, m in enumerate(turns):
+        base = f"/{key}/{i}"
+        if not isinstance(m, dict):
+            out.append(finding("D009", f"message {i} is not an object", path=path, line=line, pointer=base))
+            usable = False
+            continue
+        missing = [f for f in (role_f, content_f) if f not in m]
+        if missing:
+            other = _FIELDS["openai" if fmt == "sharegpt" else "sharegpt"]
+            hint = ""
+            if any(f in m for f in other[1:]):
+                hint = f"this message uses {other[1]!r}/{other[2]!r}, the other format's field names"
+            out.append(finding("D010", f"message {i} has no {' or '.join(map(repr, missing))} field", path=path,
+                               line=line, pointer=base, hint=hint))
+            usable = False
+            continue
+        raw_role = m[role_f]
+        if not isinstance(raw_role, str):
+            out.append(finding("D011", f"role is {type(raw_role).__name__}, expected a string", path=path,
+                               line=line, pointer=f"{base}/{role_f}"))
+            usable = False
+            continue
+        role = ROLE_ALIASES.get(raw_role.strip().lower())
+        if role is None:
+            out.append(finding("D012", f"unknown role {raw_role!r}", path=path, line=line, pointer=f"{base}/{role_f}",
+                               hint="known: system, user/human, assistant/gpt/model, tool"))
+            usable = False
+            continue
+        ptr = f"{base}/{content_f}"
+        text = _content_text(m[content_f], ptr, path, line, out)
+        if text is None:
+            usable = False
+            continue
+        messages.append(Message(role=role, content=text, pointer=ptr, raw_role=raw_role))
+    conv = Conversation(path=path, line=line, format=fmt, messages=messages, key=f"/{key}", usable=usable)
+    canon = json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False, separators=(",", ":"))
+    conv.digest = hashlib.blake2b(canon.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return conv, out
+
+
+def read_rows(path: str | Path, *, input_format: str | None = None,
+              max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, display_path: str | None = None) -> Iterator[Row]:
+    """Stream rows from a JSONL or JSON-list file. File-level findings (blank lines...) ride on Row(conversation=None)."""
+    p = Path(path)
+    shown = display_path or str(path)
+    with open(p, "rb") as fh:
+        head = fh.read(4096)
+        fh.seek(0)
+        stripped = head.lstrip(_BOM).lstrip()
+        is_array = p.suffix.lower() == ".json" or stripped.startswith(b"[")
+        records = _iter_json_array(fh, shown, max_line_bytes) if is_array else _iter_lines(fh, shown, max_line_bytes)
+        for rec in records:
+            if rec.data is None:
+                yield Row(rec.line, None, rec.findings)
+                continue
+            if not is_array and not rec.data.strip():
+                yield Row(rec.line, None, rec.findings + [finding("D005", "blank line", path=shown, line=rec.line)])
+                continue
+            obj, found = _decode(rec, shown)
+            if obj is None and found and found[-1].code == "D001":
+                yield Row(rec.line, None, found)
+                continue
+            conv, more = parse_row(obj, path=shown, line=rec.line, forced=input_format)
+            yield Row(rec.line, conv, found + more)

@@ -1,0 +1,143 @@
+"""Machine-readable reporters: json, jsonl, junit, sarif, github workflow annotations."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from xml.sax.saxutils import escape, quoteattr
+
+from tmplcheck import __version__
+from tmplcheck.validator.codes import RULES
+from tmplcheck.validator.findings import Finding, Severity
+from tmplcheck.validator.gate import GateResult
+
+
+def _all(results: Sequence[GateResult], max_findings: int | None) -> list[Finding]:
+    fs = [f for r in results for f in r.findings]
+    return fs if max_findings is None else fs[:max_findings]
+
+
+def combined_summary(results: Sequence[GateResult]) -> dict:
+    if len(results) == 1:
+        return results[0].summary
+    keys = ("rows", "rows_with_errors", "errors", "warnings", "infos")
+    s = {k: sum(r.summary.get(k, 0) for r in results) for k in keys}
+    s["passed"] = all(r.passed for r in results)
+    s["tmplcheck_version"] = __version__
+    s["files"] = [r.summary for r in results]
+    return s
+
+
+def render_json(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+    fs = _all(results, max_findings)
+    summary = dict(combined_summary(results))
+    summary["findings_shown"] = len(fs)
+    return json.dumps({"summary": summary, "findings": [f.to_dict() for f in fs]}, ensure_ascii=False, indent=2) + "\n"
+
+
+def render_jsonl(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+    return "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n" for f in _all(results, max_findings))
+
+
+def _xml_text(s: str) -> str:
+    # XML 1.0 cannot carry most control characters, even escaped: show them as \\xNN
+    return "".join(c if (c in "\t\n\r" or ord(c) >= 0x20) and not 0xD800 <= ord(c) <= 0xDFFF else f"\\x{ord(c):02x}"
+                   for c in s)
+
+
+def render_junit(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+    """One testsuite per file, one testcase per finding (failures for errors); a clean file gets one passing case."""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>']
+    total = sum(len(r.findings) or 1 for r in results)
+    fails = sum(r.errors for r in results)
+    out.append(f'<testsuites name="tmplcheck" tests="{total}" failures="{fails}" errors="0">')
+    budget = max_findings
+    for r in results:
+        fs = r.findings if budget is None else r.findings[:max(budget, 0)]
+        if budget is not None:
+            budget -= len(fs)
+        nfail = sum(1 for f in fs if f.severity is Severity.ERROR)
+        out.append(f'  <testsuite name={quoteattr(_xml_text(r.path))} tests="{len(fs) or 1}" failures="{nfail}" '
+                   f'errors="0" skipped="0">')
+        if not fs:
+            out.append(f'    <testcase classname={quoteattr(_xml_text(r.path))} name="tmplcheck"/>')
+        for f in fs:
+            name = f"{f.code} line {f.line}" + (f" {f.pointer}" if f.pointer else "")
+            out.append(f'    <testcase classname={quoteattr(_xml_text(r.path))} name={quoteattr(_xml_text(name))} '
+                       f'file={quoteattr(_xml_text(r.path))} line="{f.line}">')
+            body = _xml_text(f"{f.path}:{f.line}: {f.code} {f.message}" + (f"\nhint: {f.hint}" if f.hint else ""))
+            msg = quoteattr(_xml_text(f"{f.code}: {f.message}"))
+            if f.severity is Severity.ERROR:
+                out.append(f'      <failure message={msg} type="{f.code}">{escape(body)}</failure>')
+            else:
+                out.append(f"      <system-out>{escape(f'[{f.severity.value}] ' + body)}</system-out>")
+            out.append("    </testcase>")
+        out.append("  </testsuite>")
+    out.append("</testsuites>")
+    return "\n".join(out) + "\n"
+
+
+_SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+
+
+def render_sarif(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+    fs = _all(results, max_findings)
+    fired = sorted({f.code for f in fs})
+    index = {c: i for i, c in enumerate(fired)}
+    rules = []
+    for c in fired:
+        r = RULES[c]
+        rules.append({
+            "id": c, "name": r.name,
+            "shortDescription": {"text": r.summary},
+            "fullDescription": {"text": r.explanation.strip()},
+            "help": {"text": r.explanation.strip()},
+            "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]},
+        })
+    res = []
+    for f in fs:
+        region = {"startLine": max(f.line, 1)}
+        if f.column:
+            region["startColumn"] = f.column
+        item = {
+            "ruleId": f.code, "ruleIndex": index[f.code], "level": _SARIF_LEVEL[f.severity],
+            "message": {"text": f.message + (f" (hint: {f.hint})" if f.hint else "")},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": f.path or "."}, "region": region}}],
+        }
+        if f.pointer:
+            item["properties"] = {"pointer": f.pointer}
+        res.append(item)
+    doc = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "tmplcheck", "version": __version__,
+                                "informationUri": "https://github.com/tmplcheck/tmplcheck", "rules": rules}},
+            "results": res,
+        }],
+    }
+    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def _gh_escape(s: str, prop: bool = False) -> str:
+    s = s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        s = s.replace(":", "%3A").replace(",", "%2C")
+    return s
+
+
+_GH_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+
+
+def render_github(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+    lines = []
+    for f in _all(results, max_findings):
+        props = [f"file={_gh_escape(f.path, True)}"]
+        if f.line:
+            props.append(f"line={f.line}")
+        if f.column:
+            props.append(f"col={f.column}")
+        props.append(f"title={_gh_escape(f.code + ' ' + RULES[f.code].name, True)}")
+        msg = f.message + (f" [{f.pointer}]" if f.pointer else "") + (f" hint: {f.hint}" if f.hint else "")
+        lines.append(f"::{_GH_LEVEL[f.severity]} {','.join(props)}::{_gh_escape(msg)}")
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -1,0 +1,96 @@
+"""Human report with rich: findings grouped by line or by code, then a summary table. Plain when piped."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tmplcheck.validator.codes import RULES
+from tmplcheck.validator.findings import Finding, Severity
+from tmplcheck.validator.gate import GateResult
+
+_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def visible(s: str, limit: int = 80) -> str:
+    """Show control characters and edges of a snippet the way a reviewer needs to see them."""
+    s = s.encode("unicode_escape", "backslashreplace").decode("ascii", "backslashreplace") if any(
+        ord(c) < 32 for c in s) else s
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _finding_line(f: Finding) -> Text:
+    t = Text()
+    loc = f"{f.path}:{f.line}" if f.line else f.path
+    t.append(loc, style="bold")
+    t.append(": ")
+    t.append(f.code, style=_STYLE[f.severity])
+    t.append(f" [{f.severity.value}] ", style=_STYLE[f.severity])
+    t.append(f.message)
+    if f.pointer:
+        t.append(f"  {f.pointer}", style="dim")
+    if f.hint:
+        t.append(f"\n    hint: {f.hint}", style="dim")
+    return t
+
+
+def render_text(results: Sequence[GateResult], *, max_findings: int | None = None, group: str = "line",
+                color: bool | None = None, width: int | None = None, **_) -> str:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=bool(color), no_color=not color, width=width or 120,
+                      highlight=False, soft_wrap=True)
+    shown = 0
+    for r in results:
+        fs = r.findings
+        if group == "code":
+            groups: dict[str, list[Finding]] = defaultdict(list)
+            for f in fs:
+                groups[f.code].append(f)
+            for code in sorted(groups):
+                if max_findings is not None and shown >= max_findings:
+                    break
+                rule = RULES[code]
+                console.print(Text(f"{code} {rule.name}: {rule.summary} ({len(groups[code])})",
+                                   style=_STYLE[rule.severity]))
+                for f in groups[code]:
+                    if max_findings is not None and shown >= max_findings:
+                        break
+                    console.print(Text("  ") + _finding_line(f))
+                    shown += 1
+        else:
+            for f in fs:
+                if max_findings is not None and shown >= max_findings:
+                    break
+                console.print(_finding_line(f))
+                shown += 1
+        total_f = sum(len(x.findings) for x in results)
+    if max_findings is not None and shown < total_f:
+        console.print(Text(f"… {total_f - shown} more findings not shown (--max-findings {max_findings})",
+                           style="dim"))
+    for r in results:
+        s = r.summary
+        table = Table(title=f"tmplcheck {r.path}", show_header=True, header_style="bold")
+        table.add_column("code")
+        table.add_column("name")
+        table.add_column("severity")
+        table.add_column("count", justify="right")
+        for code, n in s["by_code"].items():
+            rule = RULES[code]
+            table.add_row(code, rule.name, Text(rule.severity.value, style=_STYLE[rule.severity]), str(n))
+        if s["by_code"]:
+            console.print(table)
+        verdict = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
+        line = Text()
+        line.append_text(verdict)
+        line.append(f"  {r.path}: {s['rows']} rows, {s['errors']} errors, {s['warnings']} warnings, "
+                    f"{s['infos']} infos; {s['rows_with_errors']} rows with errors")
+        console.print(line)
+        for key, val in s.items():
+            if isinstance(val, dict) and key not in ("by_code", "dataset") and val.get("headline"):
+                console.print(Text(f"  {key}: {val['headline']}", style="dim"))
+    return buf.getvalue()
