@@ -179,18 +179,17 @@ def convert_cmd(src, output, user_column, assistant_column, system, system_colum
 
 
 def _register_optional_commands() -> None:
-    """Commands that live in their own modules (templates, tokens, trainer, scan)."""
+    """Commands that live in their own modules: every tmplcheck/cli_<area>.py with a COMMANDS list."""
     import importlib
+    import pkgutil
 
-    for mod in ("tmplcheck.cli_templates", "tmplcheck.cli_tokens", "tmplcheck.cli_train", "tmplcheck.cli_scan"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name == mod:
-                continue
-            raise
-        for c in m.COMMANDS:
-            cli.add_command(c)
+    import tmplcheck
+
+    for info in sorted(pkgutil.iter_modules(tmplcheck.__path__), key=lambda i: i.name):
+        if info.name.startswith("cli_"):
+            m = importlib.import_module(f"tmplcheck.{info.name}")
+            for c in m.COMMANDS:
+                cli.add_command(c)
 
 
 _register_optional_commands()
