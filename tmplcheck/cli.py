@@ -88,7 +88,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         if config_path:
             conf = _load(Path(config_path), tool_table=Path(config_path).name == "pyproject.toml") or {}
         else:
-            found = find_config()
+            found = find_config(Path(data[0]).resolve().parent) or find_config()
             conf = found[1] if found else {}
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
@@ -124,7 +124,8 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         p = Path(d)
         if not p.exists():
             raise click.UsageError(f"{d}: no such file")
-        results.append(run_gate(p, opts, display_path=d))
+        with _progress(p) as opts.progress:
+            results.append(run_gate(p, opts, display_path=d))
     color = fmt == "text" and output is None and sys.stdout.isatty()
     text = report(fmt, results, max_findings=max_findings, group=group, color=color)
     write_output(text, output)
@@ -137,6 +138,33 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
                 click.echo(f"approved: {stamp}", err=True)
     code = 0 if exit_zero else max(r.exit_code for r in results)
     sys.exit(code)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(path: Path, min_bytes: int = 8 << 20):
+    """A rich progress line on stderr for large files when stderr is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty() or path.stat().st_size < min_bytes:
+        return _NoProgress()
+    from contextlib import contextmanager
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def cm():
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} rows"),
+                      TimeElapsedColumn(), console=Console(stderr=True), transient=True) as prog:
+            task = prog.add_task(f"checking {path.name}", total=None)
+            yield lambda n: prog.update(task, completed=n)
+
+    return cm()
 
 
 @cli.command("rule")

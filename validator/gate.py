@@ -12,7 +12,6 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from tmplcheck import __version__
@@ -79,7 +78,7 @@ class GateOptions:
     ignore: list[str] = field(default_factory=list)
     #: factories for the extra stages (template, tokens): each gets the display path and returns a Stage
     stages: list[Callable[[str], Stage]] = field(default_factory=list)
-    progress: Callable[[int, int], None] | None = None  # (bytes read, total bytes)
+    progress: Callable[[int], None] | None = None  # called with the number of rows read so far
 
 
 @dataclass
@@ -115,7 +114,6 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
     dataset = DatasetStage(shown)
     stages: list[Stage] = [dataset] + [make(shown) for make in opts.stages]
     out: list[Finding] = []
-    total = Path(path).stat().st_size
     rows_with_conv = 0
     bad_rows = 0
     for row in read_rows(path, input_format=opts.input_format, max_line_bytes=opts.max_line_bytes,
@@ -129,7 +127,7 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
         for st in stages:
             out.extend(st.check(row.conversation))
         if opts.progress and rows_with_conv % 256 == 0:
-            opts.progress(min(total, rows_with_conv), total)
+            opts.progress(rows_with_conv)
     for st in stages:
         out.extend(st.finish())
     if rows_with_conv == 0 and bad_rows == 0:

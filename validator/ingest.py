@@ -54,6 +54,7 @@ class Conversation:
     key: str                         # /conversations or /messages
     usable: bool = True              # False when a message could not be read (the row still gets its findings)
     digest: str = ""
+    replaced_bytes: bool = False     # invalid UTF-8 was replaced by U+FFFD (already reported as D002)
 
     def dicts(self) -> list[dict[str, str]]:
         return [m.as_dict() for m in self.messages]
@@ -394,4 +395,6 @@ def read_rows(path: str | Path, *, input_format: str | None = None,
                 yield Row(rec.line, None, found)
                 continue
             conv, more = parse_row(obj, path=shown, line=rec.line, forced=input_format)
+            if conv is not None and any(f.code == "D002" for f in found):
+                conv.replaced_bytes = True
             yield Row(rec.line, conv, found + more)

@@ -39,16 +39,17 @@ def check_content(conv: Conversation) -> Iterator[Finding]:
         if sur:
             yield finding("D027", f"{m.role} message {i} holds unpaired surrogate U+{ord(sur.group()):04X} at "
                                   f"offset {sur.start()}", **where)
-        if "\ufffd" in m.content:
+        if "\ufffd" in m.content and not conv.replaced_bytes:
             yield finding("D029", f"{m.role} message {i} holds U+FFFD at offset {m.content.index(chr(0xFFFD))}",
                           **where)
 
 
 def check_order(conv: Conversation) -> Iterator[Finding]:
     msgs = conv.messages
+    if not conv.usable:
+        return  # a message could not be read: order checks on the rest would only mislead
     if not msgs:
-        if conv.usable:
-            yield finding("D019", "conversation is empty", **_at(conv, conv.key))
+        yield finding("D019", "conversation is empty", **_at(conv, conv.key))
         return
     systems = [i for i, m in enumerate(msgs) if m.role == "system"]
     for n, i in enumerate(systems):
@@ -66,8 +67,7 @@ def check_order(conv: Conversation) -> Iterator[Finding]:
         if a.role == b.role and a.role != "tool":
             yield finding("D017", f"messages {i} and {j} are both {a.role}", **_at(conv, conv.role_pointer(j)))
     if not any(m.role == "assistant" for m in msgs):
-        if conv.usable:
-            yield finding("D019", "conversation has no assistant turn", **_at(conv, conv.key))
+        yield finding("D019", "conversation has no assistant turn", **_at(conv, conv.key))
     elif msgs[-1].role != "assistant":
         yield finding("D018", f"conversation ends with a {msgs[-1].role} turn",
                       **_at(conv, conv.role_pointer(len(msgs) - 1)))
