@@ -381,7 +381,8 @@ def read_rows(path: str | Path, *, input_format: str | None = None,
         head = fh.read(4096)
         fh.seek(0)
         stripped = head.lstrip(_BOM).lstrip()
-        is_array = p.suffix.lower() == ".json" or stripped.startswith(b"[")
+        suffix = p.suffix.lower()
+        is_array = suffix == ".json" or (suffix not in (".jsonl", ".ndjson") and stripped.startswith(b"["))
         records = _iter_json_array(fh, shown, max_line_bytes) if is_array else _iter_lines(fh, shown, max_line_bytes)
         for rec in records:
             if rec.data is None:
