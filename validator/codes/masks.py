@@ -1,7 +1,55 @@
-"""M codes."""
+"""M codes: which tokens a training run would learn from (the assistant mask)."""
 
-from tmplcheck.validator.codes import Rule  # noqa: F401
-from tmplcheck.validator.findings import Severity  # noqa: F401
+from tmplcheck.validator.codes import Rule
+from tmplcheck.validator.findings import Severity
 
 PREFIX = "M"
-RULES: list[Rule] = []
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+RULES: list[Rule] = [
+    Rule("M001", "trained-outside-assistant", E, "The mask trains tokens of a system, user or tool turn, or of a header.",
+         """
+What: tokens outside the assistant turns' content and end-of-turn would be trained (label != -100). The message
+names the first such token and the message or header it belongs to.
+Why it hurts: the model learns to write user prompts and role headers; it starts answering its own questions.
+Example: a `{% generation %}` block that opens before `<|im_start|>assistant\\n`, so the header is trained.
+Fix: move the generation markers (or the masking code) so that only the assistant content and its end-of-turn are
+inside.
+""", "tokens/generation_header_trained.jsonl"),
+    Rule("M002", "assistant-content-masked", E, "Tokens of an assistant turn's content are not trained.",
+         """
+What: part of an assistant answer is masked (label -100), so the model never learns it.
+Why it hurts: silently less training signal; with a misplaced mask the model learns only the end of answers.
+Fix: make the mask cover each assistant turn's content in full.
+""", "tokens/generation_header_trained.jsonl"),
+    Rule("M003", "end-of-turn-not-trained", E, "An assistant turn's end-of-turn token is masked.",
+         """
+What: the end-of-turn token after an assistant answer has label -100.
+Why it hurts: the model never learns to emit it, so it never stops (trl's `is_chat_template_stop_token_trained`
+catches the same bug). Common with `{% generation %}` blocks that close before `<|im_end|>`.
+Fix: put the end-of-turn string inside the generation block / the trained span.
+""", "tokens/generation_eot_masked.jsonl"),
+    Rule("M004", "no-trained-tokens", E, "No token of the row would be trained.",
+         """
+What: the assistant mask is empty for the whole row (no assistant turn, or every assistant turn was cut away).
+Why it hurts: the row costs compute and trains nothing; with some trainers the loss is NaN (0/0).
+Fix: drop the row or add the assistant turn.
+""", "tokens/no_trained_tokens.jsonl"),
+    Rule("M005", "mask-boundary-merge", W, "A token spans the boundary between template text and assistant content.",
+         """
+What: BPE merged template text (the header before the answer, or the end-of-turn string after it) with content into
+one token, so the mask cannot separate them: either header text is trained or content is masked.
+Why it hurts: the mask boundary shifts; the model learns a token at inference time it will never produce after the
+real header (see K009).
+Example: chatml content starting with a newline: `assistant\\n` + `\\nHi` merges `\\n\\n`.
+Fix: strip whitespace at the edges of content (D014).
+""", "tokens/mask_boundary_merge.jsonl"),
+    Rule("M006", "generation-mask-mismatch", E, "The template's {% generation %} mask disagrees with the turn structure.",
+         """
+What: the template has `{% generation %}` markers (used by trl's `assistant_only_loss` and transformers'
+`return_assistant_tokens_mask`), and the characters they mark differ from the assistant content plus end-of-turn
+found from the render structure. The message gives the first differing position.
+Why it hurts: trainers that trust the markers train other tokens than tmplcheck's verified mask.
+Fix: fix the markers (or train with tmplcheck's labels, which come from the structure).
+""", "tokens/generation_header_trained.jsonl"),
+]

@@ -1,0 +1,473 @@
+"""K and M checks: small pure functions over one encoded row.
+
+Every function takes plain data (the rendered text, token ids, character offsets, labels, where each message's
+content sits in the text) plus a :class:`TokenContext` describing the tokenizer/template pair, and yields
+:class:`Finding` s located by line and JSON pointer. Nothing here renders, tokenizes or raises on bad data: the
+token stage (``validator/token_stage.py``) computes the inputs in batches and calls these.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from tmplcheck.validator.findings import Finding, finding
+
+IGNORE = -100
+ZWNJ = "\u200c"  # inserted after the first character of a control string to make it plain text
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Where one message's content sits in the rendered text (``start == -1`` when it could not be found)."""
+
+    index: int
+    role: str
+    start: int
+    end: int
+    pointer: str = ""          # JSON pointer of the content field
+    role_pointer: str = ""     # JSON pointer of the role field
+
+    @property
+    def found(self) -> bool:
+        return self.start >= 0
+
+
+@dataclass
+class TokenContext:
+    """What the checks need to know about the tokenizer/template pair; built once per gate run."""
+
+    path: str = ""
+    bos_id: int | None = None
+    bos_token: str | None = None
+    bos_expected: bool = False            # the model family uses BOS (template declares one, or tokenizer adds it)
+    eot_ids: frozenset[int] = frozenset()  # ids of the template's end-of-turn strings
+    stop_ids: frozenset[int] = frozenset()  # inference stop set: eos + generation config eos ids
+    special_ids: frozenset[int] = frozenset()  # every control/added-special id of the tokenizer
+    special_strings: tuple[str, ...] = ()     # their strings (for K006)
+    max_length: int | None = None
+    id_to_token: dict[int, str] = field(default_factory=dict)  # names for messages (special ids at least)
+    _special_re: re.Pattern | None = field(default=None, repr=False)
+
+    def name(self, i: int) -> str:
+        s = self.id_to_token.get(i)
+        return f"{s!r}({i})" if s is not None else str(i)
+
+    @property
+    def special_re(self) -> re.Pattern | None:
+        if self._special_re is None and self.special_strings:
+            alts = sorted({s for s in self.special_strings if s}, key=len, reverse=True)
+            self._special_re = re.compile("|".join(map(re.escape, alts)))
+        return self._special_re
+
+
+def _where(path: str, line: int, pointer: str = "") -> dict:
+    return {"path": path, "line": line, "pointer": pointer}
+
+
+# ------------------------------------------------------------------------------------------------- template level
+def check_special_tokens(strings: Iterable[str], encode, *, path: str = "", template: str = "") -> Iterator[Finding]:
+    """K001: each control string the template writes must encode to exactly one id.
+
+    ``encode(s) -> list[int]`` encodes without adding special tokens.
+    """
+    for s in dict.fromkeys(x for x in strings if x):
+        ids = list(encode(s))
+        if len(ids) != 1:
+            yield finding("K001", f"template {template or '?'} writes {s!r}, which this tokenizer encodes as "
+                                  f"{len(ids)} ids {ids[:12]}{'...' if len(ids) > 12 else ''}",
+                          hint="pair the template with its own tokenizer, or add the string as a special token",
+                          data={"string": s, "ids": ids}, **_where(path, 0))
+
+
+# ------------------------------------------------------------------------------------------------------ row level
+def check_bos(ids: Sequence[int], ctx: TokenContext, *, line: int, pointer: str = "") -> Iterator[Finding]:
+    """K002 two BOS at the start; K003 no BOS where the model expects one."""
+    if ctx.bos_id is None:
+        return
+    if len(ids) >= 2 and ids[0] == ctx.bos_id and ids[1] == ctx.bos_id:
+        yield finding("K002", f"row starts with {ctx.name(ctx.bos_id)} twice: the template writes it and the "
+                              "tokenizer adds it", hint="encode with add_special_tokens=False or drop {{ bos_token }}",
+                      **_where(ctx.path, line, pointer))
+    elif ctx.bos_expected and (not ids or ids[0] != ctx.bos_id):
+        first = ctx.name(ids[0]) if ids else "nothing"
+        yield finding("K003", f"row starts with {first}, not {ctx.name(ctx.bos_id)}",
+                      hint="let the tokenizer add BOS or write {{ bos_token }} once", **_where(ctx.path, line, pointer))
+
+
+class TokenIndex:
+    """Character → token lookups over an encoding's offsets (special tokens added by post-processing have (0, 0))."""
+
+    def __init__(self, offsets: Sequence[tuple[int, int]]):
+        self.offsets = offsets
+        # only tokens that cover text; keep their indices
+        self.real = [i for i, (s, e) in enumerate(offsets) if e > s]
+        self.starts = [offsets[i][0] for i in self.real]
+        self.ends = [offsets[i][1] for i in self.real]
+
+    def first_at_or_after(self, pos: int) -> int | None:
+        """Index of the first text token whose end is past ``pos`` (the token holding or following ``pos``)."""
+        k = bisect_right(self.ends, pos)
+        return self.real[k] if k < len(self.real) else None
+
+    def straddles(self, pos: int) -> int | None:
+        """Index of a token that starts before ``pos`` and ends after it (a merge across ``pos``)."""
+        k = bisect_right(self.starts, pos - 1) - 1  # last token starting before pos
+        if 0 <= k < len(self.real) and self.ends[k] > pos:
+            return self.real[k]
+        return None
+
+    def inside(self, start: int, end: int) -> range:
+        """Positions (in ``real``) of tokens lying fully inside [start, end)."""
+        lo = bisect_left(self.starts, start)
+        hi = bisect_right(self.ends, end)
+        return range(lo, max(lo, hi))
+
+
+def find_end_of_turns(turns: Sequence[Turn], ids: Sequence[int], idx: TokenIndex, ctx: TokenContext,
+                      text_len: int) -> dict[int, int | None]:
+    """For each found assistant turn: the token index of the control token that follows its content (or None).
+
+    The candidate is the first special token after the content end, before the next message's content starts.
+    """
+    out: dict[int, int | None] = {}
+    starts = sorted(t.start for t in turns if t.found)
+    last_end = max((t.end for t in turns if t.found), default=0)
+    for t in turns:
+        if t.role != "assistant" or not t.found:
+            continue
+        nxt = next((s for s in starts if s > t.start and s >= t.end), None)
+        found = None
+        k = bisect_right(idx.ends, t.end)  # first text token ending after the content end
+        while k < len(idx.real):
+            if nxt is not None and idx.starts[k] >= nxt:
+                break
+            ti = idx.real[k]
+            if ids[ti] in ctx.special_ids or ids[ti] in ctx.eot_ids:
+                found = ti
+                break
+            k += 1
+        if found is None and t.end >= last_end:
+            # a special token appended by the post-processor (zero width, at the very end)
+            j = len(ids) - 1
+            while j > 0 and idx.offsets[j][1] <= idx.offsets[j][0]:
+                if ids[j] in ctx.special_ids:
+                    found = j
+                j -= 1
+        out[t.index] = found
+    return out
+
+
+def check_end_of_turn(turns: Sequence[Turn], ids: Sequence[int], eots: dict[int, int | None], ctx: TokenContext,
+                      *, line: int) -> Iterator[Finding]:
+    """K004 an assistant turn with no end-of-turn id; K005 its end-of-turn id is not a stop id."""
+    for t in turns:
+        if t.index not in eots:
+            continue
+        e = eots[t.index]
+        where = _where(ctx.path, line, t.pointer)
+        if e is None:
+            yield finding("K004", f"assistant message {t.index} is not followed by an end-of-turn token",
+                          hint="end every assistant turn with the end-of-turn string", **where)
+            continue
+        tok = ids[e]
+        if ctx.eot_ids and tok not in ctx.eot_ids:
+            want = ", ".join(ctx.name(i) for i in sorted(ctx.eot_ids))
+            yield finding("K004", f"assistant message {t.index} is followed by {ctx.name(tok)}, not by its "
+                                  f"end-of-turn ({want})", **where)
+            continue
+        if ctx.stop_ids and tok not in ctx.stop_ids:
+            stops = ", ".join(ctx.name(i) for i in sorted(ctx.stop_ids))
+            yield finding("K005", f"assistant message {t.index} ends with {ctx.name(tok)}, which is not in the "
+                                  f"inference stop set ({stops}): generation will not stop",
+                          hint="give the model dir with generation_config.json, or add the id to its eos_token_id",
+                          data={"token": tok, "stop_ids": sorted(ctx.stop_ids)}, **where)
+
+
+def _locate(turns: Sequence[Turn], pos: int) -> tuple[Turn | None, str]:
+    """Which message a character belongs to: ('content' of turn, or the 'header' before it, or 'trailer')."""
+    for t in turns:
+        if not t.found:
+            continue
+        if pos < t.start:
+            return t, "header"
+        if pos < t.end:
+            return t, "content"
+    last = next((t for t in reversed(turns) if t.found), None)
+    return last, "trailer"
+
+
+def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], turns: Sequence[Turn],
+                  eots: dict[int, int | None]) -> tuple[list[int], list[int]]:
+    """The structural mask: 1 must be trained, 0 must not, -1 don't care (boundary merges, whitespace after eot).
+
+    Returns (mask, straddling token indices).
+    """
+    n = len(ids)
+    mask = [0] * n
+    straddle: list[int] = []
+    asst = [t for t in turns if t.role == "assistant" and t.found]
+    bounds = []
+    for t in asst:
+        bounds.append((t.start, t.end))
+    for i, (s, e) in enumerate(offsets):
+        if e <= s:
+            continue
+        for cs, ce in bounds:
+            if cs <= s and e <= ce and ce > cs:
+                mask[i] = 1
+                break
+            if (s < cs < e) or (s < ce < e):
+                mask[i] = -1
+                straddle.append(i)
+                break
+    for t in asst:
+        e = eots.get(t.index)
+        if e is None:
+            continue
+        mask[e] = 1
+        # tokens between the content end and the end-of-turn (template whitespace) may go either way
+        for j in range(e - 1, -1, -1):
+            s, en = offsets[j]
+            if en <= t.end or en <= s:
+                break
+            if not text[s:en].strip():
+                mask[j] = -1
+        # whitespace right after the end-of-turn (chatml's "\n") may go either way
+        for j in range(e + 1, n):
+            s, en = offsets[j]
+            if en <= s or text[s:en].strip():
+                break
+            mask[j] = -1
+    # post-processor tokens at the very end (an appended EOS) may go either way
+    for j in range(n - 1, -1, -1):
+        s, en = offsets[j]
+        if en > s:
+            break
+        if j > 0:
+            mask[j] = -1
+    return mask, straddle
+
+
+def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], labels: Sequence[int],
+               turns: Sequence[Turn], eots: dict[int, int | None], ctx: TokenContext, *, line: int,
+               source: str = "labels") -> Iterator[Finding]:
+    """M001 trained outside the assistant turns, M002 assistant content masked, M003 end-of-turn masked,
+    M004 nothing trained, M005 a token straddling an assistant content boundary."""
+    trained = [lab != IGNORE for lab in labels]
+    if not any(trained):
+        yield finding("M004", f"no token of the row is trained ({source})",
+                      **_where(ctx.path, line, ""))
+        return
+    if any(not t.found for t in turns):
+        return  # K012 already explains the row; a mask comparison would only cascade
+    mask, straddle = expected_mask(text, ids, offsets, turns, eots)
+    for i in straddle:
+        s, e = offsets[i]
+        t, _ = _locate(turns, s)
+        t = next((x for x in turns if x.role == "assistant" and x.found and (s < x.start < e or s < x.end < e)), t)
+        edge = "start" if t is not None and s < t.start < e else "end"
+        yield finding("M005", f"token {ctx.name(ids[i])} at chars {s}-{e} spans the {edge} of assistant message "
+                              f"{t.index if t else '?'}'s content: the mask cannot separate header and content",
+                      data={"token_index": i}, **_where(ctx.path, line, t.pointer if t else ""))
+    eot_at = {e: idx for idx, e in eots.items() if e is not None}
+    over: dict[int, list[int]] = {}
+    under: dict[int, list[int]] = {}
+    for i, (m, tr) in enumerate(zip(mask, trained)):
+        if m == -1 or bool(m) == tr:
+            continue
+        if i in eot_at and not tr:
+            t = next(x for x in turns if x.index == eot_at[i])
+            yield finding("M003", f"the end-of-turn {ctx.name(ids[i])} of assistant message {t.index} is not "
+                                  f"trained ({source})", **_where(ctx.path, line, t.pointer))
+            continue
+        s, _e = offsets[i]
+        t, part = _locate(turns, s)
+        key = t.index if t else -1
+        (over if tr else under).setdefault(key, []).append(i)
+    for key, toks in over.items():
+        t = next((x for x in turns if x.index == key), None)
+        s, e = offsets[toks[0]]
+        s = max(s, 0)
+        part = _locate(turns, s)[1] if t else "text"
+        what = f"{t.role} message {t.index}'s {part}" if t else "template text"
+        yield finding("M001", f"{len(toks)} token(s) of {what} are trained ({source}), first {ctx.name(ids[toks[0]])}"
+                              f" at chars {s}-{e}: {text[s:e]!r}",
+                      data={"token_indices": toks[:50]},
+                      **_where(ctx.path, line, (t.pointer if part == "content" else t.role_pointer) if t else ""))
+    for key, toks in under.items():
+        t = next((x for x in turns if x.index == key), None)
+        s, e = offsets[toks[0]]
+        yield finding("M002", f"{len(toks)} token(s) of assistant message {key}'s content are not trained "
+                              f"({source}), first at chars {s}-{e}: {text[s:e]!r}",
+                      data={"token_indices": toks[:50]}, **_where(ctx.path, line, t.pointer if t else ""))
+
+
+def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]],
+                          spans: Sequence[tuple[int, int]], turns: Sequence[Turn], eots: dict[int, int | None],
+                          ctx: TokenContext, *, line: int) -> Iterator[Finding]:
+    """M006: the ``{% generation %}`` character spans, mapped to tokens, against the structural mask."""
+    if any(not t.found for t in turns):
+        return
+    gen = [False] * len(ids)
+    sp = sorted(spans)
+    starts = [a for a, _ in sp]
+    for i, (s, e) in enumerate(offsets):
+        if e <= s:
+            continue
+        k = bisect_right(starts, s) - 1
+        if k >= 0 and sp[k][0] <= s < sp[k][1]:
+            gen[i] = True
+    mask, _ = expected_mask(text, ids, offsets, turns, eots)
+    eot_set = {e for e in eots.values() if e is not None}
+    kinds: dict[str, list[int]] = {}
+    for i, (m, g) in enumerate(zip(mask, gen)):
+        if m == -1 or bool(m) == g:
+            continue
+        if i in eot_set:
+            kinds.setdefault("end-of-turn not marked", []).append(i)
+        elif g:
+            kinds.setdefault("marks template or non-assistant text", []).append(i)
+        else:
+            kinds.setdefault("leaves assistant content unmarked", []).append(i)
+    if not kinds:
+        return
+    first = min(i for v in kinds.values() for i in v)
+    s, e = offsets[first]
+    t, _ = _locate(turns, s)
+    desc = "; ".join(f"{k} ({len(v)} tokens)" for k, v in kinds.items())
+    yield finding("M006", f"the template's {{% generation %}} mask {desc}; first at token {first} "
+                          f"{ctx.name(ids[first])} chars {s}-{e}: {text[s:e]!r}",
+                  data={"kinds": {k: v[:50] for k, v in kinds.items()}},
+                  **_where(ctx.path, line, t.pointer if t else ""))
+
+
+def check_boundary_merges(ids: Sequence[int], idx: TokenIndex, turns: Sequence[Turn], ctx: TokenContext, *,
+                          text: str, line: int) -> Iterator[Finding]:
+    """K009: a token spans the start of a message's content (header + content merged by BPE), or the end of a
+    non-assistant content and the template text after it (assistant ends are M005)."""
+    for t in turns:
+        if not t.found or t.end == t.start:
+            continue
+        i = idx.straddles(t.start)
+        if i is not None:
+            s, e = idx.offsets[i]
+            yield finding("K009", f"token {ctx.name(ids[i])} ({text[s:e]!r}) merges the header of {t.role} message "
+                                  f"{t.index} with its content; alone the header tokenizes differently",
+                          hint="strip leading whitespace from the content", data={"token_index": i},
+                          **_where(ctx.path, line, t.pointer))
+        if t.role != "assistant":
+            i = idx.straddles(t.end)
+            if i is not None:
+                s, e = idx.offsets[i]
+                yield finding("K009", f"token {ctx.name(ids[i])} ({text[s:e]!r}) merges the end of {t.role} "
+                                      f"message {t.index} with the template text after it", data={"token_index": i},
+                              **_where(ctx.path, line, t.pointer))
+
+
+def escape_control_strings(content: str, specials: Iterable[str] | re.Pattern) -> str:
+    """``content`` with every control-token string made plain text (a zero-width non-joiner after its first char)."""
+    rx = specials if isinstance(specials, re.Pattern) else re.compile(
+        "|".join(map(re.escape, sorted(set(specials), key=len, reverse=True))))
+    return rx.sub(lambda m: m.group()[0] + ZWNJ + m.group()[1:], content)
+
+
+def check_control_in_content(messages: Sequence[tuple[int, str, str, str]], ctx: TokenContext, *, line: int,
+                             encode=None) -> Iterator[Finding]:
+    """K006: control-token strings inside content. ``messages`` holds (index, role, content, pointer).
+
+    ``encode(s) -> list[int]`` (optional) gives the ids the escaped string would encode to, for the hint.
+    """
+    rx = ctx.special_re
+    if rx is None:
+        return
+    for index, role, content, pointer in messages:
+        m = rx.search(content)
+        if not m:
+            continue
+        every = [x.group() for x in rx.finditer(content)]
+        esc = m.group()[0] + ZWNJ + m.group()[1:]
+        data = {"offset": m.start(), "strings": sorted(set(every)), "escaped": esc}
+        extra = ""
+        if encode is not None:
+            data["escaped_ids"] = list(encode(esc))
+            extra = f" (escaped as {esc!r} it is {len(data['escaped_ids'])} plain ids)"
+        yield finding("K006", f"{role} message {index} contains {m.group()!r} at offset {m.start()}; it encodes as "
+                              f"the real control token{extra}" + (f", {len(every)} occurrences" if len(every) > 1 else ""),
+                      hint="remove it, or escape it: escape_control_strings() puts U+200C after its first character",
+                      data=data, **_where(ctx.path, line, pointer))
+
+
+def check_max_length(ids: Sequence[int], turns: Sequence[Turn], eots: dict[int, int | None],
+                     idx: TokenIndex, ctx: TokenContext, *, line: int) -> Iterator[Finding]:
+    """K007 the row is over --max-length; K008 the assistant turn the cut leaves without its end-of-turn."""
+    limit = ctx.max_length
+    if not limit or len(ids) <= limit:
+        return
+    yield finding("K007", f"row is {len(ids)} tokens, over --max-length {limit}", data={"tokens": len(ids)},
+                  **_where(ctx.path, line, ""))
+    for t in turns:
+        if t.role != "assistant" or not t.found:
+            continue
+        first = idx.first_at_or_after(t.start)
+        e = eots.get(t.index)
+        if first is None or first >= limit:
+            continue
+        if e is None or e >= limit:
+            yield finding("K008", f"truncating at {limit} tokens keeps assistant message {t.index} from token "
+                                  f"{first} but cuts its end-of-turn (token {e if e is not None else 'missing'})",
+                          hint="raise --max-length or drop/split the row", **_where(ctx.path, line, t.pointer))
+
+
+def check_content_found(turns: Sequence[Turn], ctx: TokenContext, *, line: int) -> Iterator[Finding]:
+    """K012: a message whose content could not be found in the render."""
+    for t in turns:
+        if not t.found:
+            yield finding("K012", f"{t.role} message {t.index}'s content is not in the rendered text as written "
+                                  "(the template trims, rewrites or drops it)", **_where(ctx.path, line, t.pointer))
+
+
+def check_prefix(full_ids: Sequence[int], prompts: Iterable[tuple[Turn, str, Sequence[int], bool]],
+                 ctx: TokenContext, *, line: int) -> Iterator[Finding]:
+    """K011: each inference prompt (``(user turn, prompt text, prompt ids, text_is_prefix)``) must be a token
+    prefix of the full training row. One finding per row (the first unstable prompt)."""
+    for t, _text, pids, text_ok in prompts:
+        n = len(pids)
+        if list(full_ids[:n]) == list(pids):
+            continue
+        k = next((i for i, (a, b) in enumerate(zip(full_ids, pids)) if a != b), min(n, len(full_ids)))
+        why = ("the template renders the history differently once more turns follow" if not text_ok else
+               "the generation prompt tokenizes differently from the trained assistant header")
+        got = ctx.name(full_ids[k]) if k < len(full_ids) else "end of row"
+        yield finding("K011", f"prompt for the answer after {t.role} message {t.index} is not a token prefix of the "
+                              f"row: first divergence at token {k} (prompt {ctx.name(pids[k]) if k < n else 'end'}, "
+                              f"row {got}); {why}", data={"token_index": k, "text_prefix": text_ok},
+                      **_where(ctx.path, line, t.role_pointer))
+        return
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first position where two id sequences differ (None when equal)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def check_llamacpp_ids(hf_ids: Sequence[int], lc_ids: Sequence[int], ctx: TokenContext, *, line: int,
+                       text: str = "", offsets: Sequence[tuple[int, int]] = (), lc_name=None) -> Iterator[Finding]:
+    """K010: HF and llama.cpp ids for the same rendered text (both without added special tokens)."""
+    k = first_divergence(hf_ids, lc_ids)
+    if k is None:
+        return
+    ctxt = ""
+    if text and k < len(offsets):
+        s = offsets[k][0]
+        ctxt = f" near {text[max(0, s - 12):s + 12]!r}"
+    hf_piece = [ctx.name(i) for i in hf_ids[k:k + 3]]
+    lc_piece = [(lc_name(i) if lc_name else str(i)) for i in lc_ids[k:k + 3]]
+    yield finding("K010", f"llama.cpp tokenizes the row differently from HF at token {k}{ctxt}: HF {hf_piece}, "
+                          f"llama.cpp {lc_piece} ({len(hf_ids)} vs {len(lc_ids)} ids)",
+                  data={"token_index": k}, **_where(ctx.path, line, ""))
