@@ -1,0 +1,265 @@
+"""``tmplcheck report RUN_DIR``: generate on the held-out prompts, scan, write report.json and report.html.
+
+Each generation is scanned twice: as decoded with special tokens kept (``kept``) and skipped (``skipped``, what
+most serving stacks show). Rates are given per group (``greedy/kept``, ``greedy/skipped``, ``sampled/...``) and
+overall; thresholds apply to the overall rate of each code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tmplcheck import __version__
+from tmplcheck.artifacts.patterns import ArtifactPatterns, patterns_for
+from tmplcheck.artifacts.scan import A_CODES, ARTIFACT_CODES, scan_rows
+from tmplcheck.validator.codes import RULES
+
+EXAMPLES_PER_CODE = 3
+
+
+class ReportError(Exception):
+    """A user-facing problem with the run directory."""
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]      # exactly what report.json holds
+    result: Any               # the GateResult of the scan
+    out_dir: Path
+    json_path: Path
+    html_path: Path
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+
+def _read_json(p: Path, what: str) -> Any:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{p}: cannot read the {what}: {e}") from None
+
+
+def load_run_template(run_dir: Path, run: dict) -> Any:
+    """The validated template the run trained with: the registry's when the saved source matches it, else the
+    saved source itself (metadata derived by the loader)."""
+    from tmplcheck.templates import load_template, registry
+
+    t = run.get("template") or {}
+    if isinstance(t, str):
+        t = {"name": t}
+    name, source = t.get("name"), t.get("source")
+    tok_cfg = _read_json(run_dir / "tokenizer" / "tokenizer_config.json", "tokenizer config") or None
+    if name and name in registry():
+        reg = load_template(name)
+        if source is None or reg.source == source:
+            return reg
+    if source:
+        d = run_dir / "report"
+        d.mkdir(parents=True, exist_ok=True)
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or "template")) or "template"
+        p = d / f"{stem}.jinja"
+        p.write_text(source, encoding="utf-8")
+        return load_template(str(p), tokenizer_config=tok_cfg)
+    if (run_dir / "tokenizer").is_dir():
+        return load_template(str(run_dir / "tokenizer"), tokenizer_config=tok_cfg)
+    raise ReportError(f"{run_dir}/run.json names no template source and there is no tokenizer/ folder")
+
+
+def _stop_ids(run: dict, run_dir: Path) -> list[int]:
+    ids = run.get("stop_ids")
+    if not ids:
+        gc = _read_json(run_dir / "model" / "generation_config.json", "generation config") or {}
+        ids = gc.get("eos_token_id")
+    if isinstance(ids, int):
+        ids = [ids]
+    return [int(i) for i in (ids or [])]
+
+
+def scan_views(rows: Sequence[dict], pats: ArtifactPatterns, *, thresholds: dict[str, float] | None = None,
+               warn_only: bool = False, path: str = "generations.jsonl") -> tuple[Any, list[dict]]:
+    """Scan every generation as kept and as skipped text; returns the GateResult and the scanned rows
+    (line N of the result is scanned[N-1])."""
+    scanned = []
+    for r in rows:
+        for view, key in (("kept", "output"), ("skipped", "output_skipped")):
+            if key not in r:
+                continue
+            scanned.append({"prompt": r.get("prompt"), "output": r[key], "output_ids": r.get("output_ids"),
+                            "finish_reason": r.get("finish_reason"), "mode": r.get("mode", "given"),
+                            "view": view, "eval_line": r.get("eval_line")})
+    res = scan_rows(scanned, pats, path=path, thresholds=thresholds, warn_only=warn_only,
+                    group=lambda g: f"{g.extra.get('mode')}/{g.extra.get('view')}")
+    return res, scanned
+
+
+def segments(text: str, start: int | None, end: int | None, pats: ArtifactPatterns) -> list[dict]:
+    """Split ``text`` into plain / control-token pieces, marking those inside [start, end)."""
+    cuts = {0, len(text)}
+    if start is not None and end is not None:
+        cuts |= {max(0, min(start, len(text))), max(0, min(end, len(text)))}
+    ctl: list[tuple[int, int]] = []
+    if pats.control_re is not None:
+        for m in pats.control_re.finditer(text):
+            ctl.append((m.start(), m.end()))
+            cuts |= {m.start(), m.end()}
+    pts = sorted(cuts)
+    out = []
+    ci = 0
+    for a, b in zip(pts, pts[1:]):
+        if a == b:
+            continue
+        while ci < len(ctl) and ctl[ci][1] <= a:
+            ci += 1
+        is_ctl = ci < len(ctl) and ctl[ci][0] <= a and b <= ctl[ci][1]
+        mark = start is not None and end is not None and start <= a and b <= end and start < end
+        if out and out[-1]["ctl"] == is_ctl and out[-1]["mark"] == mark and not is_ctl:
+            out[-1]["text"] += text[a:b]
+        else:
+            out.append({"text": text[a:b], "ctl": is_ctl, "mark": mark})
+    return out
+
+
+def examples(result: Any, scanned: list[dict], pats: ArtifactPatterns, per_code: int = EXAMPLES_PER_CODE) -> list[dict]:
+    out: list[dict] = []
+    seen: dict[str, int] = {}
+    for f in result.findings:
+        if f.code not in ARTIFACT_CODES or seen.get(f.code, 0) >= per_code or not 1 <= f.line <= len(scanned):
+            continue
+        row = scanned[f.line - 1]
+        seen[f.code] = seen.get(f.code, 0) + 1
+        d = f.data or {}
+        out.append({"code": f.code, "name": RULES[f.code].name, "line": f.line, "mode": row["mode"],
+                    "view": row["view"], "eval_line": row.get("eval_line"), "message": f.message,
+                    "finish_reason": row.get("finish_reason"),
+                    "segments": segments(row["output"], d.get("start"), d.get("end"), pats)})
+    return out
+
+
+def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict[str, float] | None = None,
+                 samples: int = 1, max_prompts: int | None = None, max_new_tokens: int = 64,
+                 temperature: float = 0.8, seed: int = 0, generations_file: str | Path | None = None,
+                 warn_only: bool = False) -> Report:
+    """Generate (or re-read ``generations_file``), scan, and write report.json, report.html, generations.jsonl."""
+    from tmplcheck.artifacts.generate import GenerationConfig, eval_prompts, generate, write_generations
+    from tmplcheck.artifacts.html import render_html
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such run directory")
+    run = _read_json(run_dir / "run.json", "run config")
+    if run is None:
+        raise ReportError(f"{run_dir}: no run.json (is this a directory written by `tmplcheck train`?)")
+    out = Path(out_dir) if out_dir else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    template = load_run_template(run_dir, run)
+    stops = _stop_ids(run, run_dir)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature, seed=seed,
+                           max_prompts=max_prompts)
+    gen_path = out / "generations.jsonl"
+    if generations_file:
+        rows = [json.loads(x) for x in Path(generations_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+    else:
+        eval_path = run_dir / "eval.jsonl"
+        if not eval_path.is_file():
+            raise ReportError(f"{run_dir}: no eval.jsonl with held-out rows to generate on")
+        prompts = list(eval_prompts(eval_path, max_prompts))
+        if not prompts:
+            raise ReportError(f"{eval_path}: no usable held-out prompts")
+        from tmplcheck.trainer import load_run
+
+        model, tokenizer, _ = load_run(run_dir)
+        rows = generate(model, tokenizer, template, prompts, stops, cfg)
+        write_generations(rows, gen_path)
+    pats = patterns_for(template.meta)
+    pats.stop_ids = frozenset(stops) | pats.stop_ids
+    tok_cfg = _read_json(run_dir / "tokenizer" / "tokenizer_config.json", "tokenizer config") or {}
+    bos = template.meta.bos_token or (tok_cfg.get("bos_token") if isinstance(tok_cfg.get("bos_token"), str) else None)
+    if bos:
+        from tmplcheck.validator.tokenizer import load_tokenizer
+
+        try:
+            pats.bos_id = load_tokenizer(str(run_dir / "tokenizer")).token_to_id(bos)
+        except Exception:  # the id check is an extra; the text check still runs
+            pats.bos_id = None
+    result, scanned = scan_views(rows, pats, thresholds=thresholds, warn_only=warn_only, path=str(gen_path))
+    approval = _read_json(run_dir / "approval.json", "approval stamp")
+    metrics = _read_json(run_dir / "metrics.json", "training metrics") or {}
+    art = result.summary["artifacts"]
+    data = {
+        "tmplcheck_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir),
+        "run": {k: v for k, v in run.items() if k != "template"} | {
+            "template": {k: v for k, v in (run.get("template") or {}).items() if k != "source"}
+            if isinstance(run.get("template"), dict) else run.get("template")},
+        "forced": bool(run.get("forced")),
+        "approval": approval,
+        "gate": (approval or {}).get("summary") or (approval or {}).get("gate"),
+        "metrics": {"loss": metrics.get("loss", []), "tokens_per_s": metrics.get("tokens_per_s"),
+                    "peak_memory_bytes": metrics.get("peak_memory_bytes"),
+                    "train_tokens": metrics.get("train_tokens")},
+        "generation": {"prompts": len({r.get("eval_line") for r in rows}), "generations": len(rows),
+                       "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                       "seed": seed, "stop_ids": stops, "template": template.meta.name},
+        "verdict": art["verdict"],
+        "exit_code": result.exit_code,
+        "scan": art,
+        "codes": {c: {"name": RULES[c].name, "summary": RULES[c].summary} for c in A_CODES},
+        "summary": {k: v for k, v in result.summary.items() if k != "artifacts"},
+        "examples": examples(result, scanned, pats),
+        "findings": [f.to_dict() for f in result.findings],
+    }
+    json_path, html_path = out / "report.json", out / "report.html"
+    _atomic(json_path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    _atomic(html_path, render_html(data))
+    return Report(data, result, out, json_path, html_path)
+
+
+def _atomic(p: Path, text: str) -> None:
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(p)
+
+
+def render_terminal(rep: Report, *, color: bool = False, width: int = 110) -> str:
+    """A rich summary: rates per artifact and group, verdict, where the files are."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    buf = io.StringIO()
+    con = Console(file=buf, force_terminal=color, no_color=not color, width=width, highlight=False)
+    art = rep.data["scan"]
+    groups = sorted(art.get("groups", {}))
+    t = Table(title=f"template artifacts: {rep.data['run_dir']}", header_style="bold")
+    t.add_column("code")
+    t.add_column("artifact")
+    for g in groups:
+        t.add_column(g, justify="right")
+    t.add_column("overall", justify="right")
+    t.add_column("threshold", justify="right")
+    for c in A_CODES:
+        over = c in art["over_threshold"]
+        cells = [f"{art['groups'][g]['rates'][c]:.1%}" for g in groups]
+        t.add_row(c, RULES[c].name, *cells, Text(f"{art['rates'][c]:.1%}", style="bold red" if over else ""),
+                  f"{art['thresholds'][c]:.1%}")
+    con.print(t)
+    ok = art["verdict"] == "pass"
+    line = Text("PASS" if ok else "FAIL", style="bold green" if ok else "bold red")
+    line.append(f"  {art['headline']}")
+    con.print(line)
+    if rep.data.get("forced"):
+        con.print(Text("  trained with --force: the data was not approved by the gate", style="yellow"))
+    con.print(Text(f"  {rep.json_path}\n  {rep.html_path}", style="dim"))
+    return buf.getvalue()
