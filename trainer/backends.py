@@ -1,0 +1,282 @@
+"""Training backends: ``unsloth`` (CUDA; FastLanguageModel + TRL's SFTTrainer) and ``hf`` (transformers + PEFT +
+the same SFTTrainer; CPU or CUDA). ``auto`` picks Unsloth only when CUDA is available and Unsloth imports.
+
+Both get the same pre-tokenised dataset (labels = the validator's verified masks) and our own collator, so neither
+library builds labels, picks a pad token or enables padding-free batching on its own; whatever they change on the
+model's config (pad, eos) is overwritten afterwards by ``own_special_tokens``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class BackendError(RuntimeError):
+    pass
+
+
+class MissingBackend(BackendError):
+    """A backend's libraries are not installed; ``extra`` names the pip extra that brings them."""
+
+    def __init__(self, message: str, extra: str = "train"):
+        super().__init__(message)
+        self.extra = extra
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def unsloth_importable() -> bool:
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    try:
+        importlib.import_module("unsloth")
+    except Exception:  # noqa: BLE001 - Unsloth raises many kinds of errors when it cannot run here
+        return False
+    return True
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` → ``unsloth`` when CUDA and Unsloth are present, else ``hf``; explicit names are checked."""
+    if name == "auto":
+        return "unsloth" if cuda_available() and unsloth_importable() else "hf"
+    if name == "unsloth":
+        if not cuda_available():
+            raise BackendError("--backend unsloth needs an NVIDIA GPU with CUDA; none is available "
+                               "(use --backend hf, which runs on the CPU)")
+        if importlib.util.find_spec("unsloth") is None:
+            raise MissingBackend("--backend unsloth needs Unsloth: pip install unsloth", extra="unsloth")
+        import_unsloth()
+        return "unsloth"
+    if name == "hf":
+        return "hf"
+    raise BackendError(f"unknown backend {name!r} (auto, unsloth, hf)")
+
+
+def import_unsloth():
+    """Import Unsloth — before transformers/peft/trl whenever possible, so that its patches apply."""
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network calls from the training machine
+    try:
+        return importlib.import_module("unsloth")
+    except ImportError as e:
+        raise MissingBackend(f"Unsloth could not be imported: {e}", extra="unsloth") from None
+
+
+def check_train_libraries() -> None:
+    """Raise ``MissingBackend`` naming the first missing library of the 'train' extra."""
+    for mod in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            raise MissingBackend(f"training needs {mod}, which is not installed")
+
+
+@dataclass
+class TrainArgs:
+    mode: str = "lora"            # lora | full
+    lora_r: int = 16
+    lora_alpha: int | None = None  # default: r
+    lora_dropout: float = 0.0
+    load_in_4bit: bool = False
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_length: int = 2048
+    seed: int = 42
+    gradient_checkpointing: bool | None = None  # default: on for CUDA, off on CPU
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _dtype(torch):
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(backend: str, model_path: str, args: TrainArgs):
+    """Load the base model ready for training (LoRA adapters attached in ``lora`` mode)."""
+    if backend == "unsloth":
+        return _load_unsloth(model_path, args)
+    return _load_hf(model_path, args)
+
+
+def _load_hf(model_path: str, args: TrainArgs):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kw: dict[str, Any] = {"dtype": _dtype(torch)}
+    if args.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise BackendError("--load-in-4bit needs CUDA (bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_compute_dtype=kw["dtype"])
+    if torch.cuda.is_available():
+        kw["device_map"] = {"": 0}
+        kw["attn_implementation"] = "sdpa"
+    return AutoModelForCausalLM.from_pretrained(model_path, **kw)
+
+
+def attach_lora(model, args: TrainArgs, *, save_embeddings: bool = False):
+    """PEFT LoRA on every projection (hf backend)."""
+    from peft import LoraConfig, get_peft_model
+
+    if args.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+    cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha or args.lora_r, lora_dropout=args.lora_dropout,
+                     target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def _load_unsloth(model_path: str, args: TrainArgs):
+    unsloth = import_unsloth()
+    model, _their_tokenizer = unsloth.FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=args.max_length,
+        dtype=None,
+        load_in_4bit=args.load_in_4bit,
+        full_finetuning=args.mode == "full",
+        local_files_only=os.path.isdir(model_path),
+    )
+    # their tokenizer is discarded: Unsloth "fixes" pad/BOS on it; ours is the validated one
+    return model
+
+
+def attach_lora_unsloth(model, args: TrainArgs):
+    unsloth = import_unsloth()
+    return unsloth.FastLanguageModel.get_peft_model(
+        model, r=args.lora_r, lora_alpha=args.lora_alpha or args.lora_r, lora_dropout=args.lora_dropout,
+        target_modules=LORA_TARGETS, bias="none", use_gradient_checkpointing="unsloth", random_state=args.seed,
+        max_seq_length=args.max_length)
+
+
+def own_special_tokens(model, *, pad_id: int, bos_id: int | None, stop_ids: list[int]) -> None:
+    """Set pad/eos/bos on the model config and generation config, overriding what the libraries chose."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for m in {id(model): model, id(base): base}.values():
+        cfg = m.config.get_text_config() if hasattr(m.config, "get_text_config") else m.config
+        cfg.pad_token_id = pad_id
+        cfg.eos_token_id = stop_ids[0] if len(stop_ids) == 1 else list(stop_ids)
+        if bos_id is not None:
+            cfg.bos_token_id = bos_id
+        gen = getattr(m, "generation_config", None)
+        if gen is not None:
+            gen.pad_token_id = pad_id
+            gen.eos_token_id = list(stop_ids)
+            if bos_id is not None:
+                gen.bos_token_id = bos_id
+
+
+def make_callback(on_step, on_log):
+    """A TrainerCallback recording step times and loss, and driving the progress display."""
+    from transformers import TrainerCallback
+
+    class _CB(TrainerCallback):
+        def __init__(self):
+            self.t0 = None
+            self.step_times: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            on_step(0, state.max_steps)
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.t0 is not None:
+                self.step_times.append(time.perf_counter() - self.t0)
+            on_step(state.global_step, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                on_log(state.global_step, float(logs["loss"]))
+
+    return _CB()
+
+
+def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainArgs, work_dir: str, callbacks):
+    """TRL's SFTTrainer over our tokenised dataset and collator (no dataset preparation, no packing by TRL)."""
+    import torch
+
+    if backend == "unsloth":
+        import_unsloth()  # already imported first; keeps the order when called on its own
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    gc = args.gradient_checkpointing if args.gradient_checkpointing is not None else cuda
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    conf = SFTConfig(
+        output_dir=work_dir,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps if args.max_steps else -1,
+        learning_rate=args.lr,
+        lr_scheduler_type="linear",
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        gradient_checkpointing=gc and backend == "hf",
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc and backend == "hf" else None,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        packing=False,
+        padding_free=False,
+        max_length=None,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        **args.extra,
+    )
+    return SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
+                      processing_class=hf_tok, callbacks=callbacks)
+
+
+def peak_memory(start_rss: int | None = None) -> tuple[int, str]:
+    """Peak memory of the training: CUDA max allocated bytes, else the process's peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+
+
+def reset_peak_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    return isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e).lower()
+                                                           or isinstance(e, MemoryError))
