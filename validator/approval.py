@@ -112,7 +112,7 @@ def tokenizer_fingerprint(tokenizer: Any, template: Any = None) -> dict[str, Any
     if hashes:
         digest = sha256_text(json.dumps(hashes, sort_keys=True))
     else:
-        inner = getattr(tokenizer, "tokenizer", None) or getattr(tokenizer, "_tok", None)
+        inner = getattr(tokenizer, "backend", None)
         to_str = getattr(inner, "to_str", None)
         if to_str is None:
             raise StampError(f"cannot fingerprint tokenizer {getattr(tokenizer, 'name', tokenizer)!r}: "
