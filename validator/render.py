@@ -1,0 +1,487 @@
+"""The HF Jinja renderer: transformers' ``apply_chat_template`` semantics, compiled once, bounded, sandboxed.
+
+What transformers does (``transformers.utils.chat_template_utils``) and what we copy exactly:
+``ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)`` with the ``loopcontrols`` extension and a
+``{% generation %}`` extension, ``raise_exception``, ``strftime_now``, a ``tojson`` that does not HTML-escape, a
+``dict`` and a ``namespace`` that refuse underscore names, the tokenizer's special tokens as variables, and message
+keys whose value is ``None`` dropped before rendering.
+
+What we add, because templates come from strangers (hub repos, GGUF files):
+
+* unsafe attribute access raises at once (jinja's sandbox returns an ``Undefined`` that only raises when used, so
+  ``{{ x.__class__ }}`` would render as nothing); every refusal is a :class:`TemplateRenderError` of kind
+  ``"security"``;
+* a render-time bound enforced by a watchdog thread that raises inside the rendering thread when the deadline
+  passes (a pure-Python loop cannot escape it), and an output-size bound checked on every emitted chunk, on
+  every call's arguments and result, on ``+``/``*``/``**`` and on namespace assignments (so exponential string
+  growth stops before it exhausts memory);
+* ``strftime_now`` reads a pinnable clock, so renders that print today's date are reproducible;
+* the names of undefined variables a render *printed or iterated* (silently producing nothing) are recorded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+DEFAULT_MAX_SECONDS = 2.0
+DEFAULT_MAX_CHARS = 4_000_000
+#: Biggest exponent ``**`` may take, and biggest int a str-padding method or filter may get.
+_MAX_POW_BITS = 4096
+
+
+class TemplateLoadError(ValueError):
+    """A template could not be found, read or compiled. ``kind``: ``"missing"``, ``"syntax"``, ``"load"``."""
+
+    def __init__(self, message: str, kind: str = "load", *, lineno: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.lineno = lineno
+
+
+class TemplateRenderError(Exception):
+    """Rendering one conversation failed.
+
+    ``kind`` is one of ``"raise"`` (the template called ``raise_exception``), ``"undefined"`` (an operation on an
+    undefined value), ``"security"`` (the sandbox refused an attribute, call or mutation), ``"timeout"`` and
+    ``"size"`` (a render bound was exceeded), ``"no-markers"`` (a mask was asked of a template without
+    ``{% generation %}``) or ``"error"`` (any other exception inside the template, e.g. a ``TypeError``).
+    """
+
+    def __init__(self, message: str, kind: str = "error", *, lineno: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.lineno = lineno
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _RenderTimeout(BaseException):
+    """Raised asynchronously inside the rendering thread by the watchdog (BaseException: templates can't catch it)."""
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------------ the watchdog
+@dataclass
+class _Job:
+    tid: int
+    deadline: float
+    fired: bool = False
+
+
+class _Watchdog:
+    """One daemon thread for the process; raises :class:`_RenderTimeout` in a thread whose render overran."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._jobs: dict[int, _Job] = {}
+        self._thread: threading.Thread | None = None
+
+    def _ensure(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="tmplcheck-render-watchdog", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._cv:
+            while True:
+                pending = [j for j in self._jobs.values() if not j.fired]
+                if not pending:
+                    self._cv.wait()
+                    continue
+                now = time.monotonic()
+                due = min(j.deadline for j in pending)
+                if due > now:
+                    self._cv.wait(due - now)
+                    continue
+                for j in pending:
+                    if j.deadline <= now:
+                        j.fired = True
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(j.tid),
+                                                                   ctypes.py_object(_RenderTimeout))
+
+    def register(self, seconds: float) -> _Job:
+        job = _Job(threading.get_ident(), time.monotonic() + seconds)
+        with self._cv:
+            self._ensure()
+            self._jobs[job.tid] = job
+            self._cv.notify()
+        return job
+
+    def unregister(self, job: _Job) -> None:
+        with self._cv:
+            self._jobs.pop(job.tid, None)
+            if job.fired:  # clear an exception that was set but not yet delivered
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.tid), None)
+            self._cv.notify()
+
+
+_WATCHDOG = _Watchdog()
+
+
+# --------------------------------------------------------------------------------------------------- render state
+@dataclass
+class _State:
+    max_chars: int
+    emitted: int = 0
+    spans: list[tuple[int, int]] | None = None
+    undefined: set[str] = field(default_factory=set)
+
+
+_STATE: ContextVar[_State | None] = ContextVar("tmplcheck_render_state", default=None)
+
+
+def _too_big(n: int) -> None:
+    st = _STATE.get()
+    limit = st.max_chars if st else DEFAULT_MAX_CHARS
+    if n > limit:
+        raise _LimitExceeded(f"the template built a value of {n:,} characters/items, over the {limit:,} limit")
+
+
+def _size(v: Any) -> int:
+    if isinstance(v, (str, list, tuple, dict, bytes)):
+        return len(v)
+    return 0
+
+
+class _TrackingUndefined(jinja2.Undefined):
+    """transformers' default ``Undefined`` (prints as nothing), recording top-level names that were printed."""
+
+    __slots__ = ()
+
+    def _note(self) -> None:
+        st = _STATE.get()
+        if st is not None and self._undefined_obj is jinja2.utils.missing and self._undefined_name:
+            st.undefined.add(self._undefined_name)
+
+    def __str__(self) -> str:
+        self._note()
+        return ""
+
+    def __iter__(self):
+        self._note()
+        return iter(())
+
+    def __len__(self) -> int:
+        self._note()
+        return 0
+
+
+class _GenerationExtension(jinja2.ext.Extension):
+    """``{% generation %}...{% endgeneration %}``: renders its body unchanged and records its character span."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_generation"), [], [], body).set_lineno(lineno)
+
+    def _generation(self, caller) -> str:
+        rv = caller()
+        st = _STATE.get()
+        if st is not None and st.spans is not None:
+            st.spans.append((st.emitted, st.emitted + len(rv)))
+        return rv
+
+
+class _TemplateDict:
+    """transformers' ``dict`` global: callable, ``fromkeys``, nothing else reachable."""
+
+    def __call__(self, *args, **kwargs):
+        return dict(*args, **kwargs)
+
+    def fromkeys(self, *args, **kwargs):
+        return dict.fromkeys(*args, **kwargs)
+
+
+class _TemplateNamespace(jinja2.utils.Namespace):
+    """transformers' namespace (no underscore names), plus a size bound on what is stored."""
+
+    def __init__(*args, **kwargs):  # noqa: N805 - jinja's signature trick so that namespace(self=...) works
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name, value in attrs.items():
+            _TemplateNamespace._check(name, value)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name, value):
+        _TemplateNamespace._check(name, value)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name, value) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise SecurityError(f"Chat templates cannot store underscore-prefixed attributes on a namespace, "
+                                f"but got {name!r}.")
+        _too_big(_size(value))
+
+
+class _BoundedRange:
+    """The sandbox's ``range`` (at most 100,000 items) that also counts toward the size bound when listed."""
+
+    def __init__(self, *args):
+        from jinja2.sandbox import safe_range
+
+        self._r = safe_range(*args)
+
+    def __iter__(self):
+        return iter(self._r)
+
+    def __len__(self):
+        return len(self._r)
+
+    def __getitem__(self, i):
+        return self._r[i]
+
+    def __contains__(self, x):
+        return x in self._r
+
+    def __reversed__(self):
+        return reversed(self._r)
+
+
+_WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
+_WIDTH_FILTERS = {"center", "indent", "wordwrap", "truncate", "batch", "slice"}
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"+", "*", "**"})
+
+    def unsafe_undefined(self, obj: Any, attribute: str):  # refuse now instead of returning a lazy Undefined
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805
+        name = getattr(__obj, "__name__", "")
+        if isinstance(getattr(__obj, "__self__", None), str) and name in _WIDTH_METHODS:
+            for a in args:
+                if isinstance(a, int):
+                    _too_big(a)
+        for a in args:
+            _too_big(_size(a))
+        for a in kwargs.values():
+            _too_big(_size(a))
+        rv = ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+        _too_big(_size(rv))
+        return rv
+
+    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                    abs(left) > 1 and right * max(abs(left).bit_length(), 1) > _MAX_POW_BITS:
+                raise _LimitExceeded(f"{left} ** {right} is over the size limit")
+        elif operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                    _too_big(len(seq) * n)
+        elif operator == "+":
+            _too_big(_size(left) + _size(right))
+        return super().call_binop(context, operator, left, right)
+
+
+def _wrap_filter(name: str, fn):
+    def bounded(*args, **kwargs):
+        if name in _WIDTH_FILTERS:
+            for a in list(args) + list(kwargs.values()):
+                if isinstance(a, int) and not isinstance(a, bool):
+                    _too_big(a)
+        rv = fn(*args, **kwargs)
+        _too_big(_size(rv))
+        return rv
+
+    for attr in ("jinja_pass_arg",):
+        if hasattr(fn, attr):
+            setattr(bounded, attr, getattr(fn, attr))
+    bounded.__name__ = getattr(fn, "__name__", name)
+    return bounded
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' override: no HTML escaping, and indent/separators/sort_keys exposed
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _raise_exception(message):
+    raise TemplateError(message)
+
+
+def make_environment(now: datetime | None = None) -> _Environment:
+    """A fresh environment with transformers' globals and filters, plus our bounds."""
+    env = _Environment(trim_blocks=True, lstrip_blocks=True, undefined=_TrackingUndefined,
+                       extensions=[_GenerationExtension, jinja2.ext.loopcontrols])
+    for name, fn in list(env.filters.items()):
+        env.filters[name] = _wrap_filter(name, fn)
+    env.filters["tojson"] = _wrap_filter("tojson", _tojson)
+    env.globals["raise_exception"] = _raise_exception
+
+    def strftime_now(format):
+        return (now or datetime.now()).strftime(format)
+
+    env.globals["strftime_now"] = strftime_now
+    env.globals["dict"] = _TemplateDict()
+    env.globals["namespace"] = _TemplateNamespace
+    env.globals["range"] = _BoundedRange
+    return env
+
+
+# ------------------------------------------------------------------------------------------------- message data
+def _plain(value: Any) -> Any:
+    """What transformers lets a template see: plain JSON types, rich objects replaced by an inert placeholder."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return f"<{type(value).__name__}>"
+
+
+def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """transformers' normalisation: each message a plain dict, keys whose value is ``None`` dropped."""
+    out = []
+    for m in messages:
+        if not isinstance(m, Mapping):
+            raise TemplateRenderError(f"a message must be a mapping, got {type(m).__name__}", "error")
+        out.append({k: _plain(v) for k, v in m.items() if v is not None})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ renderer
+@dataclass
+class Rendering:
+    text: str
+    spans: list[tuple[int, int]]          # {% generation %} spans (character offsets), empty unless asked for
+    undefined: frozenset[str]             # top-level variables that were printed or iterated while undefined
+
+
+def compile_template(source: str, env: _Environment | None = None) -> jinja2.Template:
+    """Compile, turning a syntax error into :class:`TemplateLoadError` (kind ``"syntax"``) with its line."""
+    env = env or make_environment()
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as e:
+        raise TemplateLoadError(f"line {e.lineno}: {e.message}", "syntax", lineno=e.lineno) from None
+    except (RecursionError, MemoryError) as e:
+        raise TemplateLoadError(f"template too deeply nested to compile ({type(e).__name__})", "syntax") from None
+
+
+def _error_line(tb) -> int | None:
+    """The template line of the innermost template frame of a traceback (jinja rewrites those frames so that
+    their line numbers are template lines)."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+class HFRenderer:
+    """Render conversations with one compiled chat template, the way ``tokenizer.apply_chat_template`` does.
+
+    ``variables`` are passed to every render (the tokenizer's special tokens: ``bos_token``, ``eos_token``...);
+    keyword arguments of :meth:`render` override them, like transformers' ``**kwargs``. ``now`` pins the clock
+    ``strftime_now`` reads. Raises :class:`TemplateLoadError` on a syntax error.
+    """
+
+    def __init__(self, source: str, *, variables: Mapping[str, Any] | None = None, now: datetime | None = None,
+                 max_seconds: float = DEFAULT_MAX_SECONDS, max_chars: int = DEFAULT_MAX_CHARS):
+        self.source = source
+        self.variables = dict(variables or {})
+        self.now = now
+        self.max_seconds = max_seconds
+        self.max_chars = max_chars
+        self.env = make_environment(now)
+        self.template = compile_template(source, self.env)
+
+    def render(self, messages: Iterable[Mapping[str, Any]], *, add_generation_prompt: bool = False,
+               tools: list | None = None, documents: list | None = None, **extra: Any) -> str:
+        return self.render_full(messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                                documents=documents, **extra).text
+
+    def render_with_spans(self, messages, **kw) -> tuple[str, list[tuple[int, int]]]:
+        r = self.render_full(messages, spans=True, **kw)
+        return r.text, r.spans
+
+    def render_full(self, messages: Iterable[Mapping[str, Any]], *, add_generation_prompt: bool = False,
+                    tools: list | None = None, documents: list | None = None, spans: bool = False,
+                    **extra: Any) -> Rendering:
+        """Render and return the text, the generation spans (when ``spans``) and the undefined names used."""
+        msgs = normalize_messages(messages)
+        ctx = {**{k: _plain(v) for k, v in self.variables.items()}, **{k: _plain(v) for k, v in extra.items()}}
+        ctx.update(messages=msgs, tools=_plain(tools), documents=_plain(documents),
+                   add_generation_prompt=add_generation_prompt)
+        st = _State(self.max_chars, spans=[] if spans else None)
+        token = _STATE.set(st)
+        chunks: list[str] = []
+        try:
+            try:
+                job = _WATCHDOG.register(self.max_seconds)
+                try:
+                    for chunk in self.template.generate(**ctx):
+                        chunks.append(chunk)
+                        st.emitted += len(chunk)
+                        if st.emitted > self.max_chars:
+                            raise _LimitExceeded(f"the render passed the {self.max_chars:,}-character output limit")
+                finally:
+                    _WATCHDOG.unregister(job)
+            except _RenderTimeout:
+                raise TemplateRenderError(f"the render took longer than {self.max_seconds:g} s and was stopped",
+                                          "timeout") from None
+        except TemplateRenderError:
+            raise
+        except _LimitExceeded as e:
+            raise TemplateRenderError(str(e), "size") from None
+        except SecurityError as e:
+            raise TemplateRenderError(f"sandbox refused: {e}", "security", lineno=_error_line(e.__traceback__)) \
+                from None
+        except UndefinedError as e:
+            raise TemplateRenderError(str(e), "undefined", lineno=_error_line(e.__traceback__)) from None
+        except TemplateError as e:
+            raise TemplateRenderError(str(e), "raise", lineno=_error_line(e.__traceback__)) from None
+        except RecursionError:
+            raise TemplateRenderError("the template recursed too deeply", "size") from None
+        except MemoryError:
+            raise TemplateRenderError("the template ran out of memory", "size") from None
+        except Exception as e:  # noqa: BLE001 - a template's TypeError, KeyError, ... is data, not our crash
+            raise TemplateRenderError(f"{type(e).__name__}: {e}", "error", lineno=_error_line(e.__traceback__)) \
+                from None
+        finally:
+            _STATE.reset(token)
+        return Rendering("".join(chunks), st.spans or [], frozenset(st.undefined))
+
+
+def find_markers(source: str) -> bool:
+    """Whether a template text holds ``{% generation %}`` blocks (the same test transformers uses)."""
+    import re
+
+    return re.search(r"\{\%-?\s*generation\s*-?\%\}", source) is not None

@@ -1,0 +1,152 @@
+"""The gate's template stage: render every row with the HF renderer and report T findings (and X findings from the
+llama.cpp comparison when that module is available).
+
+Template-level findings (T001 syntax, T002 undefined variables, T007 generation prompt) are reported once, with
+line 0. Row-level ones (T003 raises, T004/T005 needle probe, T006 end of turn, T008/T009 sandbox and limits) carry
+the row's line and the JSON pointer of the message concerned. After a T008 or T009 the template is not rendered
+again: a hostile template must not cost a bound per row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from tmplcheck.templates import Template
+from tmplcheck.validator.checks.template import (
+    NeedleProbe,
+    Structure,
+    check_end_of_turn,
+    check_generation_prompt,
+    check_needles,
+    check_render_error,
+    check_syntax,
+    check_undefined,
+    infer_structure,
+    needle_probe,
+)
+from tmplcheck.validator.findings import Finding
+from tmplcheck.validator.ingest import Conversation
+from tmplcheck.validator.render import TemplateRenderError
+
+
+def _cross_checker():
+    try:
+        from tmplcheck.validator.llamacpp import check_cross
+    except ImportError:
+        return None
+    return check_cross
+
+
+class TemplateStage:
+    name = "template"
+
+    def __init__(self, path: str, template: Template, *, cross: bool = True, now: datetime | None = None):
+        self.path = path
+        # one clock for the whole run: templates that print today's date render the same for every row
+        self.template = template.pinned(now or template.now or datetime.now())
+        self.cross = _cross_checker() if cross else None
+        self.rows = 0
+        self.rendered = 0
+        self.failed = 0
+        self.skipped = 0
+        self.codes: Counter[str] = Counter()
+        self._started = False
+        self._broken = False      # does not compile
+        self._poisoned = ""       # sandbox violation or limit: stop rendering
+        self._probes: dict[tuple[str, ...], NeedleProbe] = {}
+        self._structure: Structure | None = None
+        self._undefined_seen: set[str] = set()
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _template_level(self) -> Iterator[Finding]:
+        self._started = True
+        syntax = list(check_syntax(self.template, path=self.path))
+        if syntax:
+            self._broken = True
+            yield from syntax
+            return
+        yield from check_undefined(self.template, path=self.path)
+        from tmplcheck.validator.checks.template import undefined_names
+
+        self._undefined_seen.update(undefined_names(self.template))
+        yield from check_generation_prompt(self.template, path=self.path)
+        if not self.template.meta.end_of_turn:
+            self._structure = infer_structure(self.template)
+
+    def _probe(self, roles: tuple[str, ...]) -> NeedleProbe:
+        p = self._probes.get(roles)
+        if p is None:
+            p = self._probes[roles] = needle_probe(self.template, roles)
+        return p
+
+    def _count(self, found: list[Finding]) -> list[Finding]:
+        self.codes.update(f.code for f in found)
+        return found
+
+    # ---------------------------------------------------------------------------------------------------- stage
+    def check(self, conv: Conversation) -> Iterator[Finding]:
+        out: list[Finding] = []
+        if not self._started:
+            out.extend(self._template_level())
+        self.rows += 1
+        if self._broken or self._poisoned or not conv.usable or not conv.messages:
+            if self._broken or self._poisoned:
+                self.skipped += 1
+            return iter(self._count(out))
+        name = self.template.meta.name
+        try:
+            r = self.template.render_full(conv.dicts())
+        except TemplateRenderError as e:
+            self.failed += 1
+            out.extend(check_render_error(conv, e, name))
+            if e.kind in ("security", "timeout", "size"):
+                self._poisoned = e.kind
+            return iter(self._count(out))
+        self.rendered += 1
+        new_undef = set(r.undefined) - self._undefined_seen
+        if new_undef:
+            self._undefined_seen |= new_undef
+            out.extend(f for f in check_undefined(self.template, path=conv.path, used=new_undef)
+                       if f.data.get("variable") in new_undef and "template_line" not in f.data)
+        probe = self._probe(tuple(m.role for m in conv.messages))
+        out.extend(check_needles(conv, probe, name))
+        out.extend(check_end_of_turn(conv, probe, self.template, self._structure))
+        if self.cross is not None:
+            out.extend(self.cross(conv, self.template, r.text))
+        return iter(self._count(out))
+
+    def finish(self) -> Iterator[Finding]:
+        out: list[Finding] = []
+        if not self._started:
+            out.extend(self._template_level())
+        return iter(self._count(out))
+
+    def summary(self) -> dict[str, Any]:
+        m = self.template.meta
+        parts = [f"template {m.name}"]
+        if m.same_as and m.same_as != m.name:
+            parts.append(f"(renders like built-in {m.same_as})")
+        parts.append(f": {self.rendered}/{self.rows} rows rendered")
+        if self.failed:
+            parts.append(f", {self.failed} failed")
+        if self._broken:
+            parts.append(", the template does not compile")
+        if self._poisoned:
+            parts.append(f", stopped after a {self._poisoned} violation ({self.skipped} rows not rendered)")
+        return {
+            "template": m.name,
+            "origin": m.origin,
+            "sha256": self.template.sha256,
+            "same_as": m.same_as,
+            "rows": self.rows,
+            "rows_rendered": self.rendered,
+            "rows_failed": self.failed,
+            "rows_skipped": self.skipped,
+            "end_of_turn": list(m.end_of_turn or (self._structure.end_of_turn if self._structure else ())),
+            "notes": list(m.notes),
+            "by_code": dict(sorted(self.codes.items())),
+            "headline": "".join(parts),
+        }
