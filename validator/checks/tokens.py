@@ -47,6 +47,7 @@ class TokenContext:
     stop_ids: frozenset[int] = frozenset()  # inference stop set: eos + generation config eos ids
     special_ids: frozenset[int] = frozenset()  # every control/added-special id of the tokenizer
     special_strings: tuple[str, ...] = ()     # their strings (for K006)
+    header_ids: frozenset[int] = frozenset()  # first ids of the role headers / generation prompt (turn openers)
     max_length: int | None = None
     id_to_token: dict[int, str] = field(default_factory=dict)  # names for messages (special ids at least)
     _special_re: re.Pattern | None = field(default=None, repr=False)
@@ -160,9 +161,24 @@ def find_end_of_turns(turns: Sequence[Turn], ids: Sequence[int], idx: TokenIndex
     return out
 
 
+def is_end_of_turn(tok: int, ctx: TokenContext) -> bool:
+    """Whether a control token closes an assistant turn: one of the template's end-of-turn ids; when the template
+    names none, any control token that is not a turn opener (a header start)."""
+    if ctx.eot_ids:
+        return tok in ctx.eot_ids
+    return tok not in ctx.header_ids
+
+
+def accepted(eots: dict[int, int | None], ids: Sequence[int], ctx: TokenContext) -> dict[int, int | None]:
+    """Only the candidates that are end-of-turn tokens (see :func:`is_end_of_turn`)."""
+    return {k: (v if v is not None and is_end_of_turn(ids[v], ctx) else None) for k, v in eots.items()}
+
+
 def check_end_of_turn(turns: Sequence[Turn], ids: Sequence[int], eots: dict[int, int | None], ctx: TokenContext,
                       *, line: int) -> Iterator[Finding]:
-    """K004 an assistant turn with no end-of-turn id; K005 its end-of-turn id is not a stop id."""
+    """K004 an assistant turn with no end-of-turn id; K005 its end-of-turn id is not a stop id.
+
+    ``eots`` are the candidates from :func:`find_end_of_turns` (the first control token after each content)."""
     for t in turns:
         if t.index not in eots:
             continue
@@ -173,10 +189,10 @@ def check_end_of_turn(turns: Sequence[Turn], ids: Sequence[int], eots: dict[int,
                           hint="end every assistant turn with the end-of-turn string", **where)
             continue
         tok = ids[e]
-        if ctx.eot_ids and tok not in ctx.eot_ids:
-            want = ", ".join(ctx.name(i) for i in sorted(ctx.eot_ids))
-            yield finding("K004", f"assistant message {t.index} is followed by {ctx.name(tok)}, not by its "
-                                  f"end-of-turn ({want})", **where)
+        if not is_end_of_turn(tok, ctx):
+            want = ", ".join(ctx.name(i) for i in sorted(ctx.eot_ids)) or "an end-of-turn token"
+            yield finding("K004", f"assistant message {t.index} is followed by {ctx.name(tok)}, not by {want}",
+                          hint="end every assistant turn with the end-of-turn string", **where)
             continue
         if ctx.stop_ids and tok not in ctx.stop_ids:
             stops = ", ".join(ctx.name(i) for i in sorted(ctx.stop_ids))
@@ -413,11 +429,11 @@ def check_max_length(ids: Sequence[int], turns: Sequence[Turn], eots: dict[int, 
             continue
         first = idx.first_at_or_after(t.start)
         e = eots.get(t.index)
-        if first is None or first >= limit:
-            continue
-        if e is None or e >= limit:
+        if first is None or first >= limit or e is None:
+            continue  # wholly cut away, or no end-of-turn at all (K004)
+        if e >= limit:
             yield finding("K008", f"truncating at {limit} tokens keeps assistant message {t.index} from token "
-                                  f"{first} but cuts its end-of-turn (token {e if e is not None else 'missing'})",
+                                  f"{first} but cuts its end-of-turn (token {e})",
                           hint="raise --max-length or drop/split the row", **_where(ctx.path, line, t.pointer))
 
 

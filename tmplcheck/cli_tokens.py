@@ -1,0 +1,185 @@
+"""``tmplcheck show`` (one row's tokens, trained vs masked) and ``tmplcheck probe`` (hypothesis properties)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def _load_pair(template: str | None, tokenizer: str | None):
+    from tmplcheck.validator.token_stage import resolve_template
+    from tmplcheck.validator.tokenizer import TokenizerLoadError, load_tokenizer
+
+    if not tokenizer:
+        raise click.UsageError("--tokenizer is required (or set tokenizer in tmplcheck.toml)")
+    try:
+        tok = load_tokenizer(tokenizer)
+    except TokenizerLoadError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        tmpl = resolve_template(template, tok)
+    except Exception as e:  # TemplateLoadError, ValueError (no default template)
+        raise click.ClickException(str(e)) from None
+    return tmpl, tok
+
+
+def _conf(data: str | None) -> dict:
+    from pathlib import Path
+
+    from tmplcheck.config import ConfigError, find_config
+
+    try:
+        found = find_config(Path(data).resolve().parent if data else None) or find_config()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    return found[1] if found else {}
+
+
+def token_table(tmpl, tok, conv) -> dict:
+    """The row's tokens with strings, offsets, mask, special flags and the message each belongs to, plus findings."""
+    from tmplcheck.validator.checks.tokens import IGNORE
+    from tmplcheck.validator.token_stage import TokenPipeline, locate_turns, row_in
+    from tmplcheck.validator.tokens import encode_conversation
+
+    messages = conv.dicts()
+    enc = encode_conversation(tmpl, tok, messages)
+    turns, _ = locate_turns(tmpl, messages, enc.text)
+    found = sorted((t for t in turns if t.found), key=lambda t: t.start)
+    specials = set(getattr(tok, "special_ids", ()))
+    rows = []
+    for i, (tid, (s, e), lab) in enumerate(zip(enc.ids, enc.offsets, enc.labels)):
+        owner, part = None, "template"
+        for t in found:
+            if s < t.start:
+                owner, part = t.index, "header"
+                break
+            if s < t.end or (e <= s and s == t.start):
+                owner, part = t.index, "content"
+                break
+        rows.append({"index": i, "id": tid, "string": enc.text[s:e] if e > s else (tok.id_to_token(tid) or ""),
+                     "token": tok.id_to_token(tid), "offset": [s, e], "trained": lab != IGNORE,
+                     "special": tid in specials, "message": owner, "part": part})
+    pipe = TokenPipeline(tmpl, tok, path=conv.path)
+    res = pipe.process_row(row_in(conv))
+    return {"path": conv.path, "line": conv.line, "template": tmpl.meta.name, "tokenizer": getattr(tok, "name", ""),
+            "text": enc.text, "ids": list(enc.ids), "labels": list(enc.labels),
+            "turns": [{"message": t.index, "role": t.role, "start": t.start, "end": t.end} for t in turns],
+            "tokens": rows, "findings": [f.to_dict() for f in res.findings]}
+
+
+def render_rich(table: dict, console) -> None:
+    """Coloured tokens: trained green, masked dim, special tokens boxed, a rule at each message boundary."""
+    from rich.rule import Rule
+    from rich.text import Text
+
+    roles = {t["message"]: t["role"] for t in table["turns"]}
+    console.print(f"[bold]{table['path']}:{table['line']}[/] template [cyan]{table['template']}[/] tokenizer "
+                  f"[cyan]{table['tokenizer']}[/]  {len(table['tokens'])} tokens, "
+                  f"{sum(t['trained'] for t in table['tokens'])} trained ([black on green] trained [/] "
+                  f"[dim]masked[/] [reverse] special [/])")
+    line = Text()
+    current = object()
+    for tok in table["tokens"]:
+        if tok["message"] != current and tok["message"] is not None and tok["part"] == "header":
+            if line:
+                console.print(line)
+                line = Text()
+            console.print(Rule(f"message {tok['message']} · {roles.get(tok['message'], '?')}", style="blue"))
+            current = tok["message"]
+        s = tok["string"]
+        if tok["special"]:
+            piece = f"⟦{tok['token']}⟧"
+            style = "bold reverse green" if tok["trained"] else "reverse"
+        else:
+            piece = s.replace("\n", "↵\n").replace("\t", "→")
+            style = "black on green" if tok["trained"] else "dim"
+        parts = piece.split("\n")
+        for k, p in enumerate(parts):
+            if p:
+                line.append(p, style=style)
+            if k < len(parts) - 1:
+                console.print(line)
+                line = Text()
+        line.append("│", style="grey30")
+    if line:
+        console.print(line)
+    for f in table["findings"]:
+        console.print(f"[bold red]{f['code']}[/] {f.get('pointer') or ''} {f['message']}")
+
+
+@click.command("show")
+@click.argument("data", type=click.Path(exists=True, dir_okay=False))
+@click.option("--line", "line_no", type=int, required=True, help="The 1-based line of the row to show.")
+@click.option("--template", "-t", help="Template (default: the tokenizer's own, or the registry's default for it).")
+@click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+def show_cmd(data, line_no, template, tokenizer, fmt, input_format):
+    """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries."""
+    from tmplcheck.validator.ingest import read_rows
+
+    conf = _conf(data)
+    template = template or conf.get("template")
+    tokenizer = tokenizer or conf.get("tokenizer")
+    tmpl, tok = _load_pair(template, tokenizer)
+    conv = None
+    for row in read_rows(data, input_format=input_format or conf.get("input_format")):
+        if row.line == line_no:
+            conv = row.conversation
+            if conv is None:
+                msgs = "; ".join(f"{f.code} {f.message}" for f in row.findings)
+                raise click.ClickException(f"{data}:{line_no} holds no readable conversation ({msgs})")
+            break
+        if row.line > line_no:
+            break
+    if conv is None:
+        raise click.ClickException(f"{data} has no row at line {line_no}")
+    try:
+        table = token_table(tmpl, tok, conv)
+    except Exception as e:  # a template that raises on this row
+        raise click.ClickException(f"{data}:{line_no}: cannot render/encode this row: {e}") from None
+    if fmt == "json":
+        click.echo(json.dumps(table, ensure_ascii=False, indent=1))
+        return
+    from rich.console import Console
+
+    render_rich(table, Console(highlight=False, soft_wrap=True, force_terminal=sys.stdout.isatty() or None))
+
+
+@click.command("probe")
+@click.option("--template", "-t", help="Template (default: the tokenizer's own, or the registry's default for it).")
+@click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
+@click.option("--examples", type=int, default=100, show_default=True, help="Generated conversations per property.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--property", "only", multiple=True, help="Only this property (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def probe_cmd(template, tokenizer, examples, seed, only, fmt):
+    """Generate conversations with hypothesis and check the template/tokenizer pair's properties.
+
+    Prints each violated property with its shrunk counterexample; exit 1 on any.
+    """
+    from tmplcheck.validator.probe import run_probe
+
+    conf = _conf(None)
+    tmpl, tok = _load_pair(template or conf.get("template"), tokenizer or conf.get("tokenizer"))
+    res = run_probe(tmpl, tok, examples=examples, seed=seed, only=list(only) or None,
+                    tokenizer_name=tokenizer or conf.get("tokenizer") or "")
+    if fmt == "json":
+        click.echo(json.dumps({"template": res.template, "tokenizer": res.tokenizer, "examples": res.examples,
+                               "seed": res.seed, "passed": res.passed, "skipped": res.skipped,
+                               "violations": [v.as_dict() for v in res.violations]}, ensure_ascii=False, indent=1))
+    else:
+        click.echo(f"probe {res.template} × {res.tokenizer}: {examples} examples per property, seed {seed}")
+        for name in res.passed:
+            click.echo(f"  ok    {name}")
+        for name, why in res.skipped.items():
+            click.echo(f"  skip  {name}: {why}")
+        for v in res.violations:
+            click.echo(f"  FAIL  {v.property}: {v.message}")
+            click.echo("        counterexample: " + json.dumps(v.example, ensure_ascii=False))
+    sys.exit(1 if res.violations else 0)
+
+
+COMMANDS = [show_cmd, probe_cmd]

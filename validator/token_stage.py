@@ -1,0 +1,438 @@
+"""The gate's token stage: encode every row with the real tokenizer and run the K and M checks.
+
+Per row the pipeline (``TokenPipeline.process``) takes the trainer's own encoding (``encode_conversation``: text,
+ids, offsets, labels), locates each message's content in the render from the template's structure (a second render
+with sentinel contents gives the template text between messages), and runs the pure checks of
+``validator/checks/tokens.py``. The pipeline is plain data in, findings and statistics out, so the same code runs in
+the gate's process (serial) or in worker processes over chunks of rows (``validator/parallel.py``), with identical
+results.
+
+Prefix stability (K011) is checked per row without tokenizing the prompts: the inference prompt's text must be a
+prefix of the row's text, and the row's encoding must have a token boundary where the prompt ends (no token may span
+it). With BPE and a pre-tokenizer that splits the prompt the same way, that is the token-prefix property; where the
+cheap test fails the prompt is encoded to name the first divergent token. ``tmplcheck probe`` tests it exactly.
+
+The llama.cpp tokenizer comparison (K010) costs as much as the HF tokenization itself, so on large files it runs on a
+deterministic sample: every row up to ``llamacpp_all`` rows, then one row in ``llamacpp_every`` (the summary says how
+many rows were compared).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmplcheck.validator.checks import tokens as K
+from tmplcheck.validator.checks.tokens import TokenContext, TokenIndex, Turn
+from tmplcheck.validator.findings import Finding, Severity, finding
+
+#: one row as the pipeline sees it: (line, [(role, content, content pointer, role pointer), ...])
+RowIn = tuple[int, list[tuple[str, str, str, str]]]
+_SENTINEL = "\u2063TMPLCHECK{}\u2063"
+
+
+@dataclass
+class RowOut:
+    """What the pipeline returns per row (picklable; the parallel path ships these back)."""
+
+    line: int
+    findings: list[Finding]
+    tokens: int = -1          # -1: the row could not be rendered/encoded (the template stage reports why)
+    trained: int = 0
+
+
+# -------------------------------------------------------------------------------------------- locating the turns
+def locate_turns(template, messages: Sequence[dict], text: str, pointers: Sequence[tuple[str, str]] = ()) \
+        -> tuple[list[Turn], list[int]]:
+    """Where each message's content sits in ``text`` (the render of ``messages``), from the template's structure.
+
+    The template is rendered once more with unique sentinel contents; the text between sentinels is the template's
+    own text (headers, end-of-turn strings), and the sentinels' order is the order the template writes the messages
+    in (a Mistral template writes the system prompt inside the last user turn). Walking ``text`` piece by piece gives
+    exact content spans even when a content equals a role name. Returns the turns sorted by position (turns that
+    could not be found last, with ``start == -1``) and the indices of messages whose content the template trimmed.
+    """
+    n = len(messages)
+    sent = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
+    try:
+        stext = template.render(sent)
+    except Exception:  # noqa: BLE001 - a template that branches on content; fall back to searching
+        stext = None
+    where: list[tuple[int, int]] = []
+    if stext is not None:
+        for i in range(n):
+            k = stext.find(_SENTINEL.format(i))
+            if k >= 0:
+                where.append((k, i))
+        where.sort()
+    else:
+        where = [(0, i) for i in range(n)]
+    turns: list[Turn] = []
+    trimmed: list[int] = []
+    pos = 0
+    prev_end = 0
+    placed = set()
+    for k, i in where:
+        m = messages[i]
+        c = m.get("content") or ""
+        ptr, rptr = pointers[i] if i < len(pointers) else ("", "")
+        piece = stext[prev_end:k] if stext is not None else None
+        if stext is not None:
+            prev_end = k + len(_SENTINEL.format(i))
+        at = pos + len(piece) if piece is not None and text.startswith(piece, pos) else -1
+        start = end = -1
+        if at >= 0 and text.startswith(c, at):
+            start, end = at, at + len(c)
+        elif at >= 0 and c.strip() != c and text.startswith(c.strip(), at):
+            start, end = at, at + len(c.strip())
+            trimmed.append(i)
+        else:
+            f = text.find(c, pos) if c else -1
+            if f >= 0:
+                start, end = f, f + len(c)
+            elif c.strip():
+                f = text.find(c.strip(), pos)
+                if f >= 0:
+                    start, end = f, f + len(c.strip())
+                    trimmed.append(i)
+        if start < 0:
+            continue
+        turns.append(Turn(i, m.get("role", ""), start, end, ptr, rptr))
+        placed.add(i)
+        pos = end
+    for i in range(n):
+        if i not in placed:
+            ptr, rptr = pointers[i] if i < len(pointers) else ("", "")
+            turns.append(Turn(i, messages[i].get("role", ""), -1, -1, ptr, rptr))
+    return turns, trimmed
+
+
+# ---------------------------------------------------------------------------------------------------- the pipeline
+def _special_strings_of(tok) -> dict[str, int]:
+    """Control strings of the tokenizer (added tokens marked special) → id."""
+    inner = getattr(tok, "backend", None)
+    out: dict[str, int] = {}
+    if inner is not None and hasattr(inner, "get_added_tokens_decoder"):
+        for i, at in inner.get_added_tokens_decoder().items():
+            if getattr(at, "special", True) and at.content:
+                out[at.content] = i
+    for s in (getattr(tok, "bos_token", None), getattr(tok, "eos_token", None)):
+        if s and s not in out:
+            i = tok.token_to_id(s)
+            if i is not None:
+                out[s] = i
+    return out
+
+
+def template_control_strings(template) -> list[str]:
+    """Every control string the template writes (from its metadata)."""
+    meta = template.meta
+    out = list(meta.special_tokens) + list(meta.end_of_turn)
+    if meta.bos_in_template and meta.bos_token:
+        out.append(meta.bos_token)
+    return list(dict.fromkeys(s for s in out if s))
+
+
+class TokenPipeline:
+    """Template + tokenizer + settings → findings per row. Built once per process."""
+
+    def __init__(self, template, tokenizer, *, path: str = "", max_length: int | None = None,
+                 llamacpp_vocab: str | None = None, llamacpp_all: int = 2000, llamacpp_every: int = 50,
+                 check_generation: bool = True):
+        from tmplcheck.validator.tokens import encode_conversation
+
+        self.template = template
+        self.tokenizer = tokenizer
+        self.path = path
+        self._encode_conversation = encode_conversation
+        specials = {s: i for i in getattr(tokenizer, "special_ids", ()) if (s := tokenizer.id_to_token(i))}
+        specials.update({k: v for k, v in _special_strings_of(tokenizer).items() if k not in specials})
+        meta = template.meta
+        enc1 = self.encode_plain
+        eot_ids = set()
+        for s in meta.end_of_turn:
+            ids = enc1(s)
+            if len(ids) == 1:
+                eot_ids.add(ids[0])
+        stop = set(getattr(tokenizer, "stop_ids", ()) or ())
+        if getattr(tokenizer, "eos_id", None) is not None:
+            stop.add(tokenizer.eos_id)
+        heads = set()
+        for h in list(meta.role_headers.values()) + [meta.generation_prompt]:
+            hid = enc1(h)[:1] if h else []
+            if hid and hid[0] in specials.values():
+                heads.add(hid[0])
+        bos_id = getattr(tokenizer, "bos_id", None)
+        bos_expected = bos_id is not None and bool(getattr(tokenizer, "adds_bos", False) or meta.bos_token)
+        self.ctx = TokenContext(
+            path=path, bos_id=bos_id, bos_token=getattr(tokenizer, "bos_token", None), bos_expected=bos_expected,
+            eot_ids=frozenset(eot_ids), stop_ids=frozenset(stop), special_ids=frozenset(specials.values()),
+            special_strings=tuple(specials), max_length=max_length, header_ids=frozenset(heads),
+            id_to_token={i: s for s, i in specials.items()})
+        self.has_markers = bool(check_generation and getattr(meta, "has_generation_markers", False)
+                                and hasattr(template, "render_with_mask"))
+        self.llamacpp_vocab = llamacpp_vocab
+        self.llamacpp_all = llamacpp_all
+        self.llamacpp_every = max(1, llamacpp_every)
+        self._lc = None
+        self.rows_seen = 0
+
+    # -- helpers
+    def encode_plain(self, s: str) -> list[int]:
+        return list(self.tokenizer.encode(s, add_special_tokens=False).ids)
+
+    def template_findings(self) -> list[Finding]:
+        name = self.template.meta.name
+        return list(K.check_special_tokens(template_control_strings(self.template), self.encode_plain,
+                                           path=self.path, template=name))
+
+    def _llamacpp(self):
+        if self._lc is None and self.llamacpp_vocab:
+            from tmplcheck.validator.tokenizer import LlamaCppTokenizer
+
+            self._lc = LlamaCppTokenizer(self.llamacpp_vocab)
+        return self._lc
+
+    def _lc_sampled(self, ordinal: int) -> bool:
+        return bool(self.llamacpp_vocab) and (ordinal < self.llamacpp_all or ordinal % self.llamacpp_every == 0)
+
+    # -- per row
+    def process(self, rows: Iterable[RowIn], first_ordinal: int = 0) -> list[RowOut]:
+        return [self.process_row(r, first_ordinal + k) for k, r in enumerate(rows)]
+
+    def process_row(self, row: RowIn, ordinal: int = 0) -> RowOut:
+        line, msgs = row
+        messages = [{"role": r, "content": c} for r, c, _p, _rp in msgs]
+        pointers = [(p, rp) for _r, _c, p, rp in msgs]
+        ctx = self.ctx
+        out: list[Finding] = []
+        try:
+            enc = self._encode_conversation(self.template, self.tokenizer, messages)
+        except Exception:  # noqa: BLE001 - the template stage reports render errors (T codes)
+            return RowOut(line, [], -1, 0)
+        text, ids, offsets, labels = enc.text, list(enc.ids), list(enc.offsets), list(enc.labels)
+        turns, trimmed = locate_turns(self.template, messages, text, pointers)
+        idx = TokenIndex(offsets)
+        by_index = {t.index: t for t in turns}
+        for i in trimmed:
+            t = by_index[i]
+            out.append(finding("K012", f"{t.role} message {i}'s content is trimmed by the template: training sees "
+                                       "other text than the dataset holds", severity=Severity.WARNING,
+                               path=ctx.path, line=line, pointer=t.pointer))
+        out.extend(K.check_content_found(turns, ctx, line=line))
+        out.extend(K.check_bos(ids, ctx, line=line))
+        cands = K.find_end_of_turns(turns, ids, idx, ctx, len(text))
+        out.extend(K.check_end_of_turn(turns, ids, cands, ctx, line=line))
+        eots = K.accepted(cands, ids, ctx)
+        out.extend(K.check_mask(text, ids, offsets, labels, turns, eots, ctx, line=line))
+        if self.has_markers and all(t.found for t in turns):
+            try:
+                _gtext, spans = self.template.render_with_mask(messages)
+            except Exception:  # noqa: BLE001
+                spans = None
+            if spans is not None and _gtext == text:
+                out.extend(K.check_generation_mask(text, ids, offsets, spans, turns, eots, ctx, line=line))
+        out.extend(K.check_boundary_merges(ids, idx, turns, ctx, text=text, line=line))
+        out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
+                                               for t in turns], ctx, line=line, encode=self.encode_plain))
+        out.extend(K.check_max_length(ids, turns, eots, idx, ctx, line=line))
+        out.extend(K.check_prefix(ids, self._prompts(messages, turns, text, ids, idx), ctx, line=line))
+        if self._lc_sampled(ordinal):
+            lc = self._llamacpp()
+            skip = 1 if ids and ids[0] == ctx.bos_id and offsets[0] == (0, 0) else 0
+            lc_ids = lc.encode(text, add_special=False, parse_special=True)
+            out.extend(K.check_llamacpp_ids(ids[skip:], lc_ids, ctx, line=line, text=text, offsets=offsets[skip:],
+                                            lc_name=lambda i: repr(lc.token_text(i))))
+        trained = sum(1 for lab in labels if lab != K.IGNORE)
+        return RowOut(line, out, len(ids), trained)
+
+    def _prompts(self, messages, turns, text, ids, idx) -> Iterator[tuple[Turn, str, list[int], bool]]:
+        """Inference prompts that fail the cheap prefix test, with their ids (see the module docstring)."""
+        for t in turns:
+            i = t.index
+            if t.role != "user" or i + 1 >= len(messages) or messages[i + 1]["role"] != "assistant":
+                continue
+            try:
+                prompt = self.template.render(messages[: i + 1], add_generation_prompt=True)
+            except Exception:  # noqa: BLE001
+                continue
+            ok_text = text.startswith(prompt)
+            if ok_text and (len(prompt) == len(text) or idx.straddles(len(prompt)) is None):
+                continue
+            pids = list(self.tokenizer.encode(prompt).ids)
+            yield t, prompt, pids, ok_text
+            return  # one per row is enough to explain it
+
+
+# ------------------------------------------------------------------------------------------------------ statistics
+class TokenStats:
+    """Token-length distribution and per-check failed-row counts (mergeable across workers)."""
+
+    def __init__(self) -> None:
+        self.hist: Counter[int] = Counter()
+        self.n = 0
+        self.total = 0
+        self.trained = 0
+        self.min = math.inf
+        self.max = 0
+        self.zero_trained = 0
+        self.unencoded = 0
+        self.rows_failed: Counter[str] = Counter()
+
+    def add(self, r: RowOut) -> None:
+        if r.tokens < 0:
+            self.unencoded += 1
+            return
+        self.n += 1
+        self.total += r.tokens
+        self.trained += r.trained
+        self.min = min(self.min, r.tokens)
+        self.max = max(self.max, r.tokens)
+        self.hist[max(0, int(r.tokens).bit_length() - 1)] += 1
+        if r.trained == 0:
+            self.zero_trained += 1
+        for code in {f.code for f in r.findings}:
+            self.rows_failed[code] += 1
+
+    def percentile(self, q: float) -> int:
+        """Upper bound of the log2 bucket holding the q-quantile (exact min/max at the ends)."""
+        if not self.n:
+            return 0
+        target = q * self.n
+        seen = 0
+        for b in sorted(self.hist):
+            seen += self.hist[b]
+            if seen >= target:
+                return min(int(self.max), (1 << (b + 1)) - 1)
+        return int(self.max)
+
+    def as_dict(self, max_length: int | None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "rows_encoded": self.n, "rows_not_encoded": self.unencoded, "tokens": self.total,
+            "trained_tokens": self.trained, "rows_without_trained_tokens": self.zero_trained,
+            "length": {"min": 0 if not self.n else int(self.min), "max": int(self.max),
+                       "mean": round(self.total / self.n, 1) if self.n else 0,
+                       "p50_le": self.percentile(0.5), "p90_le": self.percentile(0.9),
+                       "p99_le": self.percentile(0.99),
+                       "histogram_log2": {f"{1 << b}-{(1 << (b + 1)) - 1}": c for b, c in sorted(self.hist.items())}},
+            "rows_failed_by_code": dict(sorted(self.rows_failed.items())),
+        }
+        if max_length:
+            d["max_length"] = max_length
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------- the stage
+def row_in(conv) -> RowIn:
+    """The pipeline's picklable view of an ingested Conversation."""
+    return (conv.line, [(m.role, m.content, m.pointer, conv.role_pointer(i)) for i, m in enumerate(conv.messages)])
+
+
+class TokenStage:
+    """Gate stage: buffers rows into chunks, runs the pipeline serially or on a process pool, collects findings."""
+
+    name = "tokens"
+
+    def __init__(self, path: str, template, tokenizer, *, max_length: int | None = None, jobs: int | None = None,
+                 chunk_rows: int = 512, parallel_after: int = 2048, llamacpp_vocab: str | None = None,
+                 template_name: str = "", tokenizer_name: str = "", **pipeline_kw):
+        self.path = path
+        self.max_length = max_length
+        self.pipeline = TokenPipeline(template, tokenizer, path=path, max_length=max_length,
+                                      llamacpp_vocab=llamacpp_vocab, **pipeline_kw)
+        self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
+        self.chunk_rows = chunk_rows
+        self.parallel_after = parallel_after
+        self.buf: list[RowIn] = []
+        self.seen = 0
+        self.stats = TokenStats()
+        self.template_name = template_name or template.meta.name
+        self.tokenizer_name = tokenizer_name or getattr(tokenizer, "name", "")
+        self._pool = None
+        self._lc_rows = 0
+
+    # Stage protocol
+    def check(self, conv) -> list[Finding]:
+        if not conv.usable or not conv.messages:
+            return []
+        self.buf.append(row_in(conv))
+        if len(self.buf) >= self.chunk_rows:
+            return self._flush()
+        return []
+
+    def finish(self) -> list[Finding]:
+        out = self.pipeline.template_findings()
+        out.extend(self._flush())
+        if self._pool is not None:
+            for res in self._pool.drain():
+                out.extend(self._take(res))
+            self._pool.close()
+            self._pool = None
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        d = self.stats.as_dict(self.max_length)
+        d["template"] = self.template_name
+        d["tokenizer"] = self.tokenizer_name
+        if self.pipeline.llamacpp_vocab:
+            d["llamacpp_rows_compared"] = self._lc_rows
+        s = self.stats
+        failed = ", ".join(f"{c} {n}" for c, n in sorted(s.rows_failed.items(), key=lambda kv: -kv[1])[:6])
+        d["headline"] = (f"tokens ({self.tokenizer_name}): {s.n} rows, {s.total} tokens "
+                         f"(min {d['length']['min']}, mean {d['length']['mean']}, max {d['length']['max']}), "
+                         f"{s.trained} trained" + (f"; rows failing: {failed}" if failed else "; every token check passed"))
+        return d
+
+    # internals
+    def _take(self, results: list[RowOut]) -> list[Finding]:
+        out: list[Finding] = []
+        for r in results:
+            self.stats.add(r)
+            out.extend(r.findings)
+        return out
+
+    def _count_lc(self, first: int, n: int) -> None:
+        p = self.pipeline
+        self._lc_rows += sum(1 for k in range(first, first + n) if p._lc_sampled(k))
+
+    def _flush(self) -> list[Finding]:
+        if not self.buf:
+            return []
+        chunk, self.buf = self.buf, []
+        first = self.seen
+        self.seen += len(chunk)
+        self._count_lc(first, len(chunk))
+        if self._pool is None and self.jobs > 1 and self.seen > self.parallel_after:
+            from tmplcheck.validator.parallel import ChunkPool
+
+            self._pool = ChunkPool(self.pipeline, self.jobs)
+        if self._pool is None:
+            return self._take(self.pipeline.process(chunk, first))
+        out: list[Finding] = []
+        for res in self._pool.submit(chunk, first):
+            out.extend(self._take(res))
+        return out
+
+
+def resolve_template(spec: str | None, tokenizer):
+    """The template to check with: ``spec`` when given; else the chat template shipped with the tokenizer (its
+    model directory's tokenizer_config.json / chat_template.jinja); else the registry template whose default
+    tokenizer is this built-in tokenizer."""
+    from tmplcheck.templates import load_template, registry
+
+    cfg = getattr(tokenizer, "config", None) or {}
+    if spec is not None:
+        return load_template(spec, tokenizer_config=cfg or None)
+    hf_dir = getattr(tokenizer, "hf_dir", None)
+    if cfg.get("chat_template") or (hf_dir is not None and (hf_dir / "chat_template.jinja").is_file()):
+        return load_template(str(hf_dir), tokenizer_config=cfg)
+    name = getattr(tokenizer, "name", "")
+    for tname, meta in registry().items():
+        if meta.default_tokenizer and meta.default_tokenizer == name:
+            return load_template(tname)
+    raise ValueError(f"tokenizer {name!r} has no chat template and no built-in template names it as its default: "
+                     "pass --template")
