@@ -1,0 +1,804 @@
+"""llama.cpp's built-in chat formats, through llama-cpp-python's low-level binding, and the per-row cross check.
+
+``llama_chat_apply_template(tmpl, chat, n_msg, add_ass, buf, length)`` needs no model: ``tmpl`` is either one of the
+built-in format names (``llama_chat_builtin_templates``) or a template text that llama.cpp *detects* a built-in
+format from (substring tests, first match wins; see LLAMA_CPP_NOTES). It returns the full byte length of the result
+(call again with a larger buffer when that is more than the buffer), or -1 when it recognises nothing.
+
+``check_cross`` compares one row's training render (HF Jinja) with llama.cpp's and explains every difference it can
+(X codes); what it cannot explain is an error with a compact diff. ``CrossSummary`` counts the outcomes per dataset.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmplcheck.validator import crossdiff as cd
+from tmplcheck.validator.findings import Finding, Severity, finding
+
+
+class UnsupportedTemplate(ValueError):
+    """llama.cpp does not recognise the template (``llama_chat_apply_template`` returned -1)."""
+
+
+def _lib():
+    import llama_cpp  # noqa: PLC0415 - loads the shared library; only when llama.cpp is actually used
+
+    return llama_cpp
+
+
+# ------------------------------------------------------------------------------------------------------ the binding
+@functools.lru_cache(maxsize=1)
+def _builtins() -> tuple[str, ...]:
+    lib = _lib()
+    n = lib.llama_chat_builtin_templates(None, 0)
+    if n <= 0:
+        return ()
+    arr = (ctypes.c_char_p * n)()
+    got = lib.llama_chat_builtin_templates(arr, n)
+    return tuple(arr[i].decode("utf-8") for i in range(min(n, got)))
+
+
+def builtin_templates() -> list[str]:
+    """The built-in format names of the linked llama.cpp, byte-sorted as it returns them (54 in 0.3.36)."""
+    return list(_builtins())
+
+
+#: Formats llama.cpp can detect but has no name for: the template string that selects each.
+UNNAMED = {"dots1": "<|endofuserprompt|>"}
+
+
+def _as_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI typed parts: the text parts, as the dataset reader joins them
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
+    raise TypeError(f"message content must be a string, got {type(content).__name__}")
+
+
+@dataclass(frozen=True)
+class LlamaCppRender:
+    text: str
+    truncated: tuple[int, ...] = ()   # messages whose role or content llama.cpp cut at a NUL
+    regrowths: int = 0                # times the output buffer was too small
+
+
+def _apply(tmpl: bytes, pairs: Sequence[tuple[str, str]], add_ass: bool, initial: int | None) -> tuple[bytes, int]:
+    """Call ``llama_chat_apply_template``, growing the buffer until the whole result fits. Returns (bytes, regrowths)."""
+    lib = _lib()
+    enc = [(r.encode("utf-8"), c.encode("utf-8")) for r, c in pairs]
+    arr = (lib.llama_chat_message * max(1, len(enc)))()
+    for i, (r, c) in enumerate(enc):
+        arr[i].role = r
+        arr[i].content = c
+    size = initial if initial is not None else sum(len(r) + len(c) for r, c in enc) + 48 * len(enc) + 128
+    size = max(1, size)
+    regrowths = 0
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        res = lib.llama_chat_apply_template(tmpl, arr, len(enc), add_ass, buf, size)
+        if res < 0:
+            raise UnsupportedTemplate("llama.cpp does not recognise this chat template (llama_chat_apply_template "
+                                      f"returned {res})")
+        if res <= size:
+            return buf.raw[:res], regrowths
+        size = res   # llama.cpp copied only `size` bytes: call again with room for the full result
+        regrowths += 1
+
+
+class LlamaCppRenderer:
+    """Render conversations the way llama.cpp's built-in chat formats do.
+
+    ``template_source_or_builtin_name`` is a built-in name (``"llama3"``, ``"chatml"``, ...) or a template text from
+    which llama.cpp detects one. ``render`` raises ``UnsupportedTemplate`` when llama.cpp recognises nothing.
+    Role and content are C strings to llama.cpp: a NUL cuts them there (``render_detailed`` reports which).
+    """
+
+    def __init__(self, template_source_or_builtin_name: str, *, initial_buffer: int | None = None):
+        self.template = template_source_or_builtin_name
+        self.initial_buffer = initial_buffer
+        arg = UNNAMED.get(self.template, self.template)
+        self._tmpl = arg.encode("utf-8")
+        self.builtin = self.template if self.template in _builtins() or self.template in UNNAMED else \
+            detect(self.template)
+        self.regrowths = 0  # total over this renderer's life
+
+    @property
+    def supported(self) -> bool:
+        return self.builtin is not None
+
+    def render_detailed(self, messages: Iterable[dict], *, add_generation_prompt: bool = False,
+                        tools: Any = None) -> LlamaCppRender:
+        """Like ``render``; ``tools`` are accepted and ignored (llama.cpp's built-in formats have no tool support)."""
+        pairs = []
+        truncated = []
+        for i, m in enumerate(messages):
+            role, content = str(m.get("role", "")), _as_text(m.get("content"))
+            if "\0" in role or "\0" in content:
+                truncated.append(i)
+                role, content = role.split("\0", 1)[0], content.split("\0", 1)[0]
+            pairs.append((role, content))
+        raw, grown = _apply(self._tmpl, pairs, bool(add_generation_prompt), self.initial_buffer)
+        self.regrowths += grown
+        return LlamaCppRender(raw.decode("utf-8", errors="replace"), tuple(truncated), grown)
+
+    def render(self, messages: Iterable[dict], *, add_generation_prompt: bool = False, tools: Any = None) -> str:
+        return self.render_detailed(messages, add_generation_prompt=add_generation_prompt, tools=tools).text
+
+
+def _render_pairs(tmpl: str, pairs: cd.Messages, add_ass: bool) -> str:
+    return _apply(UNNAMED.get(tmpl, tmpl).encode("utf-8"), pairs, add_ass, None)[0].decode("utf-8", "replace")
+
+
+# ------------------------------------------------------------------------------------------------------- detection
+# Probe conversations whose renders tell every built-in format apart (granite-4.0 and -4.1 format identically).
+_PROBES: tuple[tuple[cd.Messages, bool], ...] = (
+    ((("system", " S0 \n"), ("user", " U1 \n"), ("assistant", " A1 \n"), ("user", "U2")), True),
+    ((("system", " S0 \n"), ("user", " U1 \n"), ("assistant", " A1 \n"), ("user", "U2"), ("assistant", "A2")), False),
+    ((("user", "u"), ("assistant_tool_call", "c"), ("tool", "t"), ("assistant", "a"), ("system", "s2"),
+      ("user", "u3")), True),
+    ((("user", "x"),), False),
+)
+
+
+def _fingerprint(tmpl: str) -> tuple[str, ...] | None:
+    try:
+        return tuple(_render_pairs(tmpl, msgs, add) for msgs, add in _PROBES)
+    except UnsupportedTemplate:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_fingerprints() -> dict[str, tuple[str, ...]]:
+    out = {name: _fingerprint(name) for name in _builtins()}
+    out.update({name: _fingerprint(name) for name in UNNAMED})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def detect(template_source: str) -> str | None:
+    """The built-in format llama.cpp picks for this template text, or None when it returns -1.
+
+    Measured, not guessed: the text's renders of a few probe conversations are matched against every built-in's;
+    the rule port (``detect_by_rules``) only breaks ties between formats that render identically. ``"dots1"`` is
+    llama.cpp's one detectable format without a name.
+    """
+    if template_source in _builtins():
+        return template_source
+    fp = _fingerprint(template_source)
+    if fp is None:
+        return None
+    matches = [name for name, f in _builtin_fingerprints().items() if f == fp]
+    if len(matches) == 1:
+        return matches[0]
+    guess = detect_by_rules(template_source)
+    if guess in matches:
+        return guess
+    return matches[0] if matches else guess
+
+
+def detect_by_rules(t: str) -> str | None:
+    """A port of ``llm_chat_detect_template`` (llama.cpp, vendored in llama-cpp-python 0.3.36); None = unknown.
+
+    Used to break ties in ``detect``; the tests check it against the library on every upstream template.
+    """
+    if t in _builtins() or t in UNNAMED:
+        return t
+    has = t.__contains__
+    if has("<|im_start|>"):
+        return "phi4" if has("<|im_sep|>") else "smolvlm" if has("<end_of_utterance>") else "chatml"
+    if t.startswith("mistral") or has("[INST]"):
+        if has("[SYSTEM_PROMPT]"):
+            return "mistral-v7"
+        if has("' [INST] ' + system_message") or has("[AVAILABLE_TOOLS]"):
+            if has(" [INST]"):
+                return "mistral-v1"
+            return "mistral-v3-tekken" if has('"[INST]"') else "mistral-v3"
+        if has("content.strip()"):
+            return "llama2-sys-strip"
+        if has("bos_token + '[INST]"):
+            return "llama2-sys-bos"
+        return "llama2-sys" if has("<<SYS>>") else "llama2"
+    if has("<|assistant|>") and has("<|end|>"):
+        return "phi3"
+    if has("[gMASK]<sop>"):
+        return "chatglm4"
+    if has("<|assistant|>") and has("<|user|>"):
+        return "exaone-moe" if has("<|tool_declare|>") else "falcon3" if has("</s>") else "glmedge"
+    if has("<|{{ item['role'] }}|>") and has("<|begin_of_image|>"):
+        return "glmedge"
+    if has("<|user|>") and has("<|endoftext|>"):
+        return "zephyr"
+    if has("bos_token + message['role']"):
+        return "monarch"
+    if has("<start_of_turn>"):
+        return "gemma"
+    if has("'\\n\\nAssistant: ' + eos_token"):
+        return "orion"
+    if has("GPT4 Correct "):
+        return "openchat"
+    if has("USER: ") and has("ASSISTANT: "):
+        return "vicuna-orca" if has("SYSTEM: ") else "vicuna"
+    if has("### Instruction:") and has("<|EOT|>"):
+        return "deepseek"
+    if has("<|START_OF_TURN_TOKEN|>") and has("<|USER_TOKEN|>"):
+        return "command-r"
+    if has("<|start_header_id|>") and has("<|end_header_id|>"):
+        return "llama3"
+    if has("[gMASK]sop"):
+        return "chatglm3"
+    if has("<用户>"):
+        return "minicpm"
+    if has("'Assistant: ' + message['content'] + eos_token"):
+        return "deepseek2"
+    if has("<｜Assistant｜>") and has("<｜User｜>") and has("<｜end▁of▁sentence｜>"):
+        return "deepseek3"
+    if has("[|system|]") and has("[|assistant|]") and has("[|endofturn|]"):
+        return "exaone4" if has("[|tool|]") else "exaone3"
+    if has("rwkv-world") or has("{{- 'User: ' + message['content']|trim + '\\n\\n' -}}"):
+        return "rwkv-world"
+    if has("<|start_of_role|>"):
+        if has("<tool_call>") or has("<tools>"):
+            return "granite-4.0" if has("g4_default_system_message") else "granite-4.1"
+        return "granite"
+    if has("message['role'] + additional_special_tokens[0] + message['content'] + additional_special_tokens[1]"):
+        return "gigachat"
+    if has("<|role_start|>"):
+        return "megrez"
+    if has(" Ассистент:"):
+        return "yandex"
+    if has("<role>ASSISTANT</role>") and has("'HUMAN'"):
+        return "bailing"
+    if has("<role>ASSISTANT</role>") and has('"HUMAN"') and has("<think>"):
+        return "bailing-think"
+    if has("<role>ASSISTANT</role>") and has("<role>HUMAN</role>") and has("<|role_end|>"):
+        return "bailing2"
+    if has("<|header_start|>") and has("<|header_end|>"):
+        return "llama4"
+    if has("<|endofuserprompt|>"):
+        return "dots1"
+    if has("<|extra_0|>") and has("<|extra_4|>"):
+        return "hunyuan-moe"
+    if has("<|start|>") and has("<|channel|>"):
+        return "gpt-oss"
+    if has("<｜hy_Assistant｜>") and has("<｜hy_begin▁of▁sentence｜>"):
+        return "hunyuan-vl"
+    if has("<｜hy_Assistant｜>") and has("<｜hy_place▁holder▁no▁3｜>"):
+        return "hunyuan-dense"
+    if has("<|im_assistant|>assistant<|im_middle|>"):
+        return "kimi-k2"
+    if has("<seed:bos>"):
+        return "seed_oss"
+    if has("'Assistant: '  + message['content'] + '<|separator|>"):
+        return "grok-2"
+    if has("[unused9]系统：[unused10]"):
+        return "pangu-embedded"
+    if has("<|begin|>") and has("<|end|>") and has("<|content|>"):
+        return "solar-open"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def trimmed_roles(builtin: str) -> frozenset[str]:
+    """Roles whose content this built-in strips (C whitespace), measured by rendering padded content."""
+    pad = "\t \n"
+    msgs = tuple((r, f"{pad}{r[0].upper()}q{i}z{pad}") for i, r in
+                 enumerate(("system", "user", "assistant", "user", "assistant")))
+    try:
+        text = _render_pairs(builtin, msgs, False)
+    except UnsupportedTemplate:
+        return frozenset()
+    out = set()
+    for role, content in msgs:
+        core = cd.c_strip(content)
+        if core in text and content not in text:
+            out.add(role)
+    return frozenset(out)
+
+
+def _family(name: str) -> str:
+    m = re.match(r"[a-z]+", name)
+    return m.group(0) if m else name
+
+
+def alternates(builtin: str) -> list[str]:
+    """Other built-ins of the same family, closest names first (mistral-v7 → mistral-v7-tekken, mistral-v3...)."""
+    fam = _family(builtin)
+
+    def shared(n: str) -> int:
+        k = 0
+        while k < min(len(n), len(builtin)) and n[k] == builtin[k]:
+            k += 1
+        return k
+
+    same = [n for n in _builtins() if n != builtin and _family(n) == fam]
+    return sorted(same, key=lambda n: (-shared(n), n))
+
+
+# ------------------------------------------------------------------------------------------------- the cross check
+@dataclass
+class _Context:
+    """Per template: the llama.cpp format rows are compared with, and what llama.cpp would detect on its own."""
+
+    source: str
+    builtin: str | None          # the format rendered (template.meta.llama_cpp, else detected)
+    detected: str | None         # what llama.cpp detects from the template text (None: -1)
+    named: bool                  # builtin came from the template's metadata
+    bos: tuple[str, ...]
+    eos: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _context(source: str, meta_name: str | None, bos: str | None, eos: str | None) -> _Context:
+    detected = detect(source) if source else None
+    if meta_name and (meta_name in _builtins() or meta_name in UNNAMED):
+        builtin, named = meta_name, True
+    else:
+        builtin, named = detected, False
+    bos_c = tuple(x for x in (bos, *cd.KNOWN_BOS) if x)
+    eos_c = tuple(x for x in (eos, *cd.KNOWN_EOS) if x)
+    return _Context(source, builtin, detected, named, bos_c, eos_c)
+
+
+def context_for(template: Any) -> _Context:
+    meta = getattr(template, "meta", None)
+    return _context(getattr(template, "source", "") or "", getattr(meta, "llama_cpp", None),
+                    getattr(meta, "bos_token", None), getattr(meta, "eos_token", None))
+
+
+@dataclass(frozen=True)
+class _State:
+    hf: cd.Messages
+    ll: cd.Messages
+    fmt: str
+
+
+@dataclass
+class _Step:
+    code: str
+    message: str
+    index: int | None = None       # message the finding points at (None: the row)
+    hint: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+_SIDE = {"template": "the training template", "llama": "llama.cpp"}
+
+
+class _RowCheck:
+    def __init__(self, ctx: _Context, conv: Any, template: Any, hf_text: str, add_gen: bool):
+        self.ctx, self.conv, self.template, self.add_gen = ctx, conv, template, add_gen
+        self.pairs = cd.as_pairs(conv.dicts())
+        self.hf_cache: dict[cd.Messages, str | None] = {self.pairs: hf_text}
+        self.ll_cache: dict[tuple[str, cd.Messages], str | None] = {}
+        #: text-level normalisations found so far: ("prefix" | "suffix" | "remove", side, text)
+        self.norm: list[tuple[str, str, str]] = []
+
+    # -- rendering with caches --------------------------------------------------------------------------------------
+    def hf(self, pairs: cd.Messages) -> str | None:
+        if pairs not in self.hf_cache:
+            try:
+                self.hf_cache[pairs] = self.template.render(cd.as_dicts(pairs), add_generation_prompt=self.add_gen)
+            except Exception:  # a transformed row the template refuses: that candidate simply does not apply
+                self.hf_cache[pairs] = None
+        return self.hf_cache[pairs]
+
+    def ll(self, fmt: str, pairs: cd.Messages) -> str | None:
+        key = (fmt, pairs)
+        if key not in self.ll_cache:
+            try:
+                self.ll_cache[key] = _render_pairs(fmt, pairs, self.add_gen)
+            except (UnsupportedTemplate, UnicodeEncodeError):
+                self.ll_cache[key] = None
+        return self.ll_cache[key]
+
+    def texts(self, st: _State) -> tuple[str, str] | None:
+        a, b = self.hf(st.hf), self.ll(st.fmt, st.ll)
+        if a is None or b is None:
+            return None
+        for how, side, tok in self.norm:
+            x = a if side == "template" else b
+            if how == "prefix" and x.startswith(tok):
+                x = x[len(tok):]
+            elif how == "suffix" and x.endswith(tok):
+                x = x[: len(x) - len(tok)]
+            elif how == "remove":
+                x = x.replace(tok, "", 1)
+            if side == "template":
+                a = x
+            else:
+                b = x
+        return a, b
+
+    def distance(self, st: _State) -> tuple[int, int] | None:
+        t = self.texts(st)
+        return None if t is None else cd.distance(*t)
+
+    # -- the steps --------------------------------------------------------------------------------------------------
+    def run(self) -> tuple[list[_Step], list[_Step], tuple[str, str] | None]:
+        """Returns (explained steps, unexplained residue, final texts)."""
+        ctx = self.ctx
+        fmt = ctx.builtin
+        steps: list[_Step] = []
+        # llama.cpp cuts C strings at NUL: compare with the template's render of what llama.cpp saw
+        cut, changed = cd.cut_at_nul(self.pairs)
+        st = _State(cut if changed else self.pairs, cut, fmt)
+        if changed:
+            steps.append(_Step("X009", "llama.cpp cuts message text at the NUL character (C strings): "
+                                       + ", ".join(f"message {i} keeps {len(cut[i][1])} of {len(self.pairs[i][1])} "
+                                                   "characters" for i in changed),
+                               changed[0], data={"messages": changed}))
+        t = self.texts(st)
+        if t is None:
+            return steps, [], None
+        a, b = t
+        if a == b:
+            return steps, [], t
+        # BOS / EOS written by one side only (text level)
+        pre = cd.one_sided_prefix(a, b, ctx.bos)
+        if pre:
+            side, tok = pre
+            self.norm.append(("prefix", side, tok))
+            steps.append(_Step("X001", f"{_SIDE[side]} writes {tok} at the start, "
+                                       f"{_SIDE['llama' if side == 'template' else 'template']} does not"
+                                       + (" (llama.cpp leaves BOS to the tokenizer)" if side == "template" else ""),
+                               None, data={"side": side, "token": tok}))
+        post = cd.one_sided_suffix(*self.texts(st), ctx.eos)
+        if post:
+            side, tok = post
+            self.norm.append(("suffix", side, tok))
+            steps.append(_Step("X002", f"{_SIDE[side]} ends the text with an extra {tok}", None,
+                               data={"side": side, "token": tok}))
+        # text before the first turn that only one side writes (date lines, default system prompts)
+        a, b = self.texts(st)
+        if a != b:
+            more, _ = self._residual(st, a, b, only_preamble=True)
+            for step in more:
+                self.norm.extend(("remove", step.data["side"], x) for x in step.data.pop("parts"))
+                steps.append(step)
+        best = self.distance(st)
+        for _round in range(2):
+            if best[0] == 0:
+                break
+            progressed = False
+            for group in (self._trim, self._system, self._format):
+                if best[0] == 0:
+                    break
+                found = group(st, best)
+                if found:
+                    st, best, step = found
+                    steps.append(step)
+                    progressed = True
+            if not progressed:
+                break
+        t = self.texts(st)
+        if t is None or best[0] == 0:
+            return steps, [], t
+        more, residue = self._residual(st, *t)
+        return steps + more, residue, t
+
+    def _pick(self, cands: list[tuple[_State, _Step]], best: tuple[int, int]):
+        """The candidate that removes the most differing regions (never adding characters), if any removes one."""
+        winner = None
+        for st, step in cands:
+            d = self.distance(st)
+            if d is None or d[0] >= best[0] or d[1] > best[1]:
+                continue
+            if winner is None or d < winner[1]:
+                winner = (st, d, step)
+        return winner
+
+    def _trim(self, st: _State, best: int):
+        cands = []
+        roles = trimmed_roles(st.fmt)
+        if roles:
+            hf2, changed = cd.trim_roles(st.hf, roles)
+            if changed:
+                cands.append((_State(hf2, st.ll, st.fmt), _Step(
+                    "X003", f"llama.cpp's {st.fmt} format strips whitespace around {', '.join(sorted(roles))} "
+                            "content; the training text keeps it: " + self._edges(st.hf, changed),
+                    changed[0], hint="strip the content in the dataset (or serve with --jinja)",
+                    data={"side": "llama", "messages": changed})))
+        for subset in ({"system", "user", "assistant", "tool"}, {"system"}, {"user"}, {"assistant"}):
+            ll2, changed = cd.trim_roles(st.ll, subset, unicode=True)
+            if not changed:
+                continue
+            cands.append((_State(st.hf, ll2, st.fmt), _Step(
+                "X003", "the training template strips whitespace around content that llama.cpp's "
+                        f"{st.fmt} format keeps: " + self._edges(st.ll, changed),
+                changed[0], hint="strip the content in the dataset",
+                data={"side": "template", "messages": changed})))
+        return self._pick(cands, best)
+
+    @staticmethod
+    def _edges(pairs: cd.Messages, idx: list[int]) -> str:
+        out = []
+        for i in idx[:3]:
+            c = pairs[i][1]
+            lead = c[: len(c) - len(c.lstrip())]
+            trail = c[len(c.rstrip()):]
+            bits = ([f"leading '{cd.visible(lead)}'"] if lead else []) + ([f"trailing '{cd.visible(trail)}'"]
+                                                                         if trail else [])
+            out.append(f"message {i} ({pairs[i][0]}) has {' and '.join(bits) or 'edge whitespace'}")
+        return "; ".join(out) + (f"; {len(idx) - 3} more" if len(idx) > 3 else "")
+
+    def _system(self, st: _State, best: int):
+        si = cd.system_index(st.hf)
+        if si is None or cd.system_index(st.ll) is None:
+            return None
+        cands: list[tuple[_State, _Step]] = []
+        fmt = st.fmt
+        cands.append((_State(st.hf, cd.drop_system(st.ll), fmt), _Step(
+            "X005", f"the training template drops the system message; llama.cpp's {fmt} format renders it, so "
+                    "the served model sees a system prompt it was never trained with", si,
+            data={"side": "template"})))
+        cands.append((_State(cd.drop_system(st.hf), st.ll, fmt), _Step(
+            "X005", f"llama.cpp's {fmt} format drops the system message that training renders", si,
+            data={"side": "llama"})))
+        for into in ("first", "last"):
+            for sep in ("\n\n", "\n", " ", ""):
+                for trim in (False, True):
+                    shown = f"'{cd.visible(sep)}'"
+                    folded = cd.fold_system(st.hf, into=into, sep=sep, trim=trim)
+                    if folded:
+                        cands.append((_State(folded, st.ll, fmt), _Step(
+                            "X004", f"llama.cpp's {fmt} format folds the system message into the {into} user turn "
+                                    f"(joined with {shown}); the training template renders it differently", si,
+                            data={"side": "llama", "into": into, "sep": sep})))
+                    folded = cd.fold_system(st.ll, into=into, sep=sep, trim=trim)
+                    if folded:
+                        cands.append((_State(st.hf, folded, fmt), _Step(
+                            "X004", f"the training template folds the system message into the {into} user turn "
+                                    f"(joined with {shown}); llama.cpp's {fmt} format renders it "
+                                    + ("in place" if into == "last" else "as its own turn"), si,
+                            data={"side": "template", "into": into, "sep": sep})))
+        for sep in ("\n\n", "\n"):
+            shown = f"'{cd.visible(sep)}'"
+            cands.append((_State(cd.append_to_system(st.hf, sep), st.ll, fmt), _Step(
+                "X004", f"llama.cpp's {fmt} format separates the system prompt from the next turn with {shown}, "
+                        "the training template does not", si, data={"side": "llama", "sep": sep})))
+            cands.append((_State(st.hf, cd.append_to_system(st.ll, sep), fmt), _Step(
+                "X004", f"the training template separates the system prompt from the next turn with {shown}, "
+                        f"llama.cpp's {fmt} format does not", si, data={"side": "template", "sep": sep})))
+        return self._pick(cands, best)
+
+    def _format(self, st: _State, best: int):
+        cands = []
+        how = "named in the template's metadata" if self.ctx.named else "detected from the template text"
+        for alt in alternates(st.fmt):
+            cands.append((_State(st.hf, st.ll, alt), _Step(
+                "X007", f"llama.cpp renders this row in its {st.fmt} format ({how}); the training text matches "
+                        f"its {alt} format", None,
+                hint=f"serve with --chat-template {alt} (or --jinja)",
+                data={"format": st.fmt, "matches": alt})))
+        return self._pick(cands, best)
+
+    def _residual(self, st: _State, a: str, b: str, *, only_preamble: bool = False
+                  ) -> tuple[list[_Step], list[_Step]]:
+        """Classify what is left, region by region: preambles, generation prompt, template-only markup."""
+        ops = cd.diff_ops(a, b)
+        spans_a = cd.content_spans(a, st.hf)
+        spans_b = cd.content_spans(b, st.ll)
+        start_a = cd.first_turn_start(spans_a, st.hf)
+        start_b = cd.first_turn_start(spans_b, st.ll)
+        groups: dict[str, list[tuple[cd.Op, str]]] = {}
+        residue: list[cd.Op] = []
+        for op in ops:
+            kind = op.kind
+            ins_a, ins_b = a[op.a0:op.a1], b[op.b0:op.b1]
+            if kind == "template_only" and start_a is not None and op.a1 <= start_a \
+                    and not cd.overlaps(spans_a, op.a0, op.a1) and ins_a.strip():
+                groups.setdefault("pre_template", []).append((op, ins_a))
+            elif kind == "llama_only" and start_b is not None and op.b1 <= start_b \
+                    and not cd.overlaps(spans_b, op.b0, op.b1) and ins_b.strip():
+                groups.setdefault("pre_llama", []).append((op, ins_b))
+            elif kind == "template_only" and op.a1 == len(a) and op.b0 == len(b) and self.add_gen:
+                groups.setdefault("gen_template", []).append((op, ins_a))
+            elif kind == "llama_only" and op.b1 == len(b) and op.a0 == len(a) and not self.add_gen:
+                groups.setdefault("gen_llama", []).append((op, ins_b))
+            elif kind == "template_only" and not cd.overlaps(spans_a, op.a0, op.a1) \
+                    and cd.template_literals_only(ins_a, self.ctx.source):
+                groups.setdefault("extras", []).append((op, ins_a))
+            else:
+                residue.append(op)
+        if only_preamble:
+            groups = {k: v for k, v in groups.items() if k.startswith("pre_")}
+        steps: list[_Step] = []
+        fmt = st.fmt
+        if "pre_template" in groups:
+            txt = " … ".join(x for _, x in groups["pre_template"])
+            what = "Llama 3.1 date lines" if "Cutting Knowledge Date:" in txt else "a preamble"
+            steps.append(_Step("X006", f"the training template writes {what} that llama.cpp's {fmt} format never "
+                                       f"writes: '{_short(txt)}'", self._index_at(spans_a, groups['pre_template'][0][0].a0),
+                               hint="serve with --jinja, or pin/remove the preamble in the training template",
+                               data={"side": "template", "text": txt[:500],
+                                     "parts": [x for _, x in groups["pre_template"]]}))
+        if "pre_llama" in groups:
+            txt = " … ".join(x for _, x in groups["pre_llama"])
+            steps.append(_Step("X006", f"llama.cpp's {fmt} format writes a preamble the training template does "
+                                       f"not: '{_short(txt)}'", None,
+                               data={"side": "llama", "text": txt[:500], "parts": [x for _, x in groups["pre_llama"]]}))
+        if "gen_template" in groups:
+            txt = groups["gen_template"][0][1]
+            steps.append(_Step("X008", f"llama.cpp's {fmt} format ignores add_generation_prompt; the template "
+                                       f"appends '{_short(txt)}'", None, data={"side": "llama", "text": txt}))
+        if "gen_llama" in groups:
+            txt = groups["gen_llama"][0][1]
+            steps.append(_Step("X008", f"llama.cpp's {fmt} format appends '{_short(txt)}' although no generation "
+                                       "prompt was asked for", None, data={"side": "template", "text": txt}))
+        if "extras" in groups:
+            bits = list(dict.fromkeys(x for _, x in groups["extras"]))
+            how = "named in the template's metadata" if self.ctx.named else "detected by llama.cpp"
+            steps.append(_Step("X007", f"the training template writes markup that llama.cpp's {fmt} format ({how}) "
+                                       "never writes: " + ", ".join(f"'{_short(x, 40)}'" for x in bits[:4])
+                                       + (f" and {len(bits) - 4} more" if len(bits) > 4 else ""),
+                               self._index_at(spans_a, groups["extras"][0][0].a0),
+                               hint="serve with --jinja so that the server renders the template itself",
+                               data={"format": fmt, "text": bits[:10]}))
+        unexplained = []
+        if residue:
+            op = residue[0]
+            idx = self._index_at(spans_a, op.a0)
+            where = f" (near message {idx}, {st.hf[idx][0]})" if idx is not None else ""
+            unexplained.append(_Step(
+                "X011", f"training and llama.cpp's {fmt} render differ at character {op.a0}{where}: "
+                        f"template {cd.snippet(a, op.a0, op.a1)} vs llama.cpp {cd.snippet(b, op.b0, op.b1)}"
+                        + (f"; {len(residue) - 1} more difference(s)" if len(residue) > 1 else ""),
+                idx, hint=_hint_for(fmt),
+                data={"format": fmt, "position": op.a0, "llama_position": op.b0, "regions": len(residue),
+                      "template": a[op.a0:op.a1][:200], "llama": b[op.b0:op.b1][:200]}))
+        return steps, unexplained
+
+    @staticmethod
+    def _index_at(spans, pos: int) -> int | None:
+        return cd.message_at(spans, pos)
+
+
+#: Built-ins llama.cpp's own notes call lossy skeletons of richer formats.
+_LOSSY = {
+    "gpt-oss": "llama.cpp's gpt-oss built-in is a bare Harmony skeleton (no default system header, no channels)",
+    "deepseek3": "llama.cpp's deepseek3 built-in has no <think> handling and places the system prompt in place",
+    "granite": "llama.cpp's granite (3.x) built-in prints assistant_tool_call as a role name",
+    "openchat": "llama.cpp's openchat built-in prints a system message bare",
+}
+
+
+def _hint_for(fmt: str) -> str:
+    base = "compare the template with its upstream original; if the model will be served with this format, " \
+           "the training text must match it"
+    return f"{_LOSSY[fmt]}; serve with --jinja" if fmt in _LOSSY else base
+
+
+def _short(s: str, n: int = 80) -> str:
+    v = cd.visible(s)
+    return v if len(v) <= n else v[: n - 1] + "…"
+
+
+def check_cross(conv: Any, template: Any, hf_text: str, *, add_generation_prompt: bool = False) -> Iterator[Finding]:
+    """X findings for one row: llama.cpp's render of ``conv`` compared with the training render ``hf_text``.
+
+    ``template`` is a ``tmplcheck.templates.Template`` (``.source``, ``.meta.llama_cpp``, ``.meta.bos_token``,
+    ``.meta.eos_token``, ``.render``). Rows that render identically yield nothing. Never raises on bad data.
+    """
+    ctx = context_for(template)
+    path, line = getattr(conv, "path", ""), getattr(conv, "line", 0)
+
+    def ptr(i: int | None) -> str:
+        if i is None or i >= len(conv.messages):
+            return ""
+        return conv.messages[i].pointer
+
+    if ctx.builtin is None:
+        yield finding("X010", "llama.cpp recognises none of its built-in chat formats in this template "
+                              "(llama_chat_apply_template returns -1): a server that does not run the Jinja "
+                              "template (llama-server without --jinja, Ollama-style importers) will use another "
+                              "format", path=path, line=line, hint="serve with --jinja, or pick a built-in with "
+                                                                  "--chat-template NAME",
+                      data={"format": None, "outcome": "unknown"})
+        return
+    try:
+        row = _RowCheck(ctx, conv, template, hf_text, add_generation_prompt)
+        steps, residue, _ = row.run()
+    except Exception as e:  # never let one odd row stop the gate: say what happened
+        yield finding("X011", f"could not compare with llama.cpp's {ctx.builtin} format: {type(e).__name__}: {e}",
+                      path=path, line=line, data={"format": ctx.builtin, "outcome": "unexplained"})
+        return
+    if ctx.named and ctx.detected != ctx.builtin:
+        a = row.ll(ctx.builtin, row.pairs)
+        b = row.ll(ctx.detected, row.pairs) if ctx.detected else None
+        if ctx.detected is None:
+            steps.insert(0, _Step("X010", f"llama.cpp does not recognise this template's text (-1); rows match its "
+                                          f"{ctx.builtin} format only when the server is told --chat-template "
+                                          f"{ctx.builtin}", None, hint=f"serve with --chat-template {ctx.builtin}"))
+        elif a is not None and b is not None and a != b:
+            steps.insert(0, _Step("X007", f"a server that reads this template detects llama.cpp's {ctx.detected} "
+                                          f"format, which renders this row differently from {ctx.builtin}", None,
+                                  hint=f"serve with --chat-template {ctx.builtin}",
+                                  data={"format": ctx.detected, "matches": ctx.builtin}))
+    outcome = "unexplained" if residue else ("explained" if steps else "identical")
+    for s in steps + residue:
+        data = {"format": ctx.builtin, "outcome": outcome, **{k: v for k, v in s.data.items() if k != "parts"}}
+        yield finding(s.code, s.message, path=path, line=line, pointer=ptr(s.index), hint=s.hint, data=data)
+
+
+# ----------------------------------------------------------------------------------------------------- the summary
+_VIEW = {
+    "X001": "no BOS in the text (the tokenizer adds it)",
+    "X002": "no EOS after the last turn",
+    "X003": "message text with its edge whitespace stripped",
+    "X004": "the system prompt in another place",
+    "X005": "a different set of system prompts",
+    "X006": "no preamble (date lines, default system prompt)",
+    "X007": "a different format than the template's",
+    "X008": "a different assistant cue at the end",
+    "X009": "messages cut at NUL characters",
+    "X011": "text that differs in unexplained ways",
+}
+
+
+@dataclass
+class CrossSummary:
+    """Per-dataset counts of the cross check: ``add(findings)`` once per row (all of the row's findings)."""
+
+    builtin: str | None = None
+    rows: int = 0
+    identical: int = 0
+    explained: int = 0
+    unexplained: int = 0
+    unknown: int = 0
+    by_code: Counter = field(default_factory=Counter)
+
+    def add(self, findings: Iterable[Finding]) -> None:
+        xs = [f for f in findings if f.code.startswith("X")]
+        self.rows += 1
+        for f in xs:
+            if f.data.get("format") and not self.builtin:
+                self.builtin = f.data["format"]
+        codes = {f.code for f in xs}
+        self.by_code.update(codes)
+        if not xs:
+            self.identical += 1
+        elif "X010" in codes and any(f.data.get("outcome") == "unknown" for f in xs):
+            self.unknown += 1
+        elif any(f.severity is Severity.ERROR for f in xs):
+            self.unexplained += 1
+        else:
+            self.explained += 1
+
+    def headline(self) -> str:
+        fmt = f"llama.cpp's {self.builtin} format" if self.builtin else "llama.cpp"
+        if self.rows == 0:
+            return "llama.cpp comparison: no rows compared."
+        if self.unknown == self.rows:
+            return ("llama.cpp does not recognise this template: a llama.cpp/Ollama-style server that does not run "
+                    "the Jinja template will format every row differently from training.")
+        if self.identical == self.rows:
+            return (f"{fmt}: all {self.rows} rows render identically, so a llama.cpp/Ollama-style server sees "
+                    "exactly what training saw.")
+        top = [c for c, _ in self.by_code.most_common() if c in _VIEW and c != "X011"][:3]
+        seen = ", ".join(f"{_VIEW[c]} ({self.by_code[c]} rows)" for c in top)
+        parts = [f"{fmt}: {self.identical} of {self.rows} rows identical, {self.explained} differ in explained "
+                 f"ways, {self.unexplained} unexplained"]
+        if self.unknown:
+            parts.append(f", {self.unknown} not comparable")
+        s = "".join(parts) + "; "
+        if seen:
+            s += f"a llama.cpp/Ollama-style server would show the model {seen} where training saw the template's text"
+        else:
+            s += "a llama.cpp/Ollama-style server would show the model a differently formatted text than training"
+        if self.unexplained:
+            s += f", and {self.unexplained} rows in a format nothing explains"
+        return s + "."
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.builtin, "rows": self.rows, "identical": self.identical, "explained": self.explained,
+                "unexplained": self.unexplained, "unknown": self.unknown,
+                "by_code": dict(sorted(self.by_code.items())), "headline": self.headline()}
