@@ -168,8 +168,10 @@ def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: An
     words: set[str] = set()
     for m in [meta, *others]:
         for h in headers_of(m):
-            w = h.stripped.strip().rstrip(":")
-            if _WORD.match(w):
+            w = h.stripped.strip()
+            # a role word is what a header leaves once its control tokens are skipped: plain-text headers
+            # ("USER:") leave nothing behind, they are header fragments (A004)
+            if _WORD.match(w) and w != h.rendered.strip() and w.islower():
                 words.add(w)
             if m is meta or h.rendered in own_rendered or h.rendered in foreign:
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from tmplcheck.validator.findings import Finding, Severity, finding
 A_CODES = tuple(c for c in RULES if c.startswith("A"))
 ARTIFACT_CODES = tuple(c for c in A_CODES if c != "A010")
 SNIPPET = 24
+_CTRL = re.compile(r"[\x00-\x1f]")
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Generation:
 def _snip(text: str, start: int, end: int) -> str:
     a, b = max(0, start - SNIPPET), min(len(text), end + SNIPPET)
     s = ("…" if a else "") + text[a:b] + ("…" if b < len(text) else "")
-    return s.encode("unicode_escape").decode("ascii") if any(ord(c) < 32 for c in s) else s
+    return s.encode("unicode_escape").decode("ascii") if _CTRL.search(s) else s
 
 
 def _at(gen: Generation, code: str, msg: str, start: int, end: int, count: int = 1, *, view: str = "output",
@@ -72,6 +74,10 @@ class _View:
     def orig(self, i: int) -> int:
         return i if len(self.s) == 1 else ArtifactPatterns.to_original(i, self.s, self.o)
 
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """A [a, b) span of the stripped text in original offsets (the end stays before any removed token)."""
+        return self.orig(a), (self.orig(b - 1) + 1 if b > a else self.orig(a))
+
 
 def check_role_words(gen: Generation, pats: ArtifactPatterns, view: _View) -> Iterator[Finding]:
     """A001 trailing role word (glued to the text before it, or alone on its line); A002 leading role word."""
@@ -79,7 +85,7 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, view: _View) -> It
     first = len(text) - len(text.lstrip())
     lead = pats.role_start_re.match(text) if pats.role_start_re else None
     if lead:
-        a, b = view.orig(lead.start(1)), view.orig(lead.end(1))
+        a, b = view.span(lead.start(1), lead.end(1))
         yield _at(gen, "A002", f"output starts with the role word {lead.group(1)!r}: "
                                f"{_snip(gen.output, a, b)}", a, b, word=lead.group(1))
     if pats.role_end_re is None:
@@ -99,7 +105,7 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, view: _View) -> It
         hits.append(m)
     if hits:
         m = hits[0]
-        a, b = view.orig(m.start()), view.orig(m.end())
+        a, b = view.span(m.start(), m.end())
         words = sorted({h.group() for h in hits})
         yield _at(gen, "A001", f"role word {m.group()!r} ends a line ({len(hits)}x: {', '.join(words)}): "
                                f"{_snip(gen.output, a, b)}", a, b, len(hits), word=m.group())
@@ -146,7 +152,7 @@ def check_headers(gen: Generation, pats: ArtifactPatterns, view: _View) -> Itera
         hits += [(m.start(), m.end(), m.group().strip()) for m in pats.foreign_plain_re.finditer(text)]
     if pats.names_re is not None:
         for m in pats.names_re.finditer(view.text):
-            a, b = view.orig(m.start()), view.orig(m.end())
+            a, b = view.span(m.start(), m.end())
             hits.append((a, b, m.group()))
     if hits:
         hits.sort()
@@ -173,7 +179,7 @@ def check_continuation(gen: Generation, pats: ArtifactPatterns, view: _View) -> 
                 best = (m.start(), m.end(), role, "rendered")
         if sre is not None:
             for m in sre.finditer(view.text):
-                a, b = view.orig(m.start(1)), view.orig(m.end(1))
+                a, b = view.span(m.start(1), m.end(1))
                 if best is None or a < best[0]:
                     best = (a, b, role, "stripped")
                 break

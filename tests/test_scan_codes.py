@@ -1,0 +1,206 @@
+"""A codes: every code has a fixture generation that triggers it (line 1) and a clean counterpart (line 2), scanned
+with patterns derived from the real template registry and the real Llama 3 tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tmplcheck.artifacts.patterns import ArtifactPatterns, patterns_for
+from tmplcheck.artifacts.scan import (A_CODES, Generation, parse_generation, parse_thresholds, scan_file,
+                                      scan_generation, scan_rows)
+from tmplcheck.validator.codes import RULES
+from tmplcheck.validator.findings import Severity
+
+FIX = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def pats():
+    from tmplcheck.templates import registry
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    return patterns_for(registry()["llama-3"], tokenizer=load_tokenizer("llama-3"))
+
+
+def by_line(result) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for f in result.findings:
+        out.setdefault(f.line, set()).add(f.code)
+    return out
+
+
+def test_every_a_code_has_a_fixture_and_explanation():
+    assert A_CODES == tuple(f"A{i:03d}" for i in range(1, 11))
+    for c in A_CODES:
+        r = RULES[c]
+        assert r.fixture.startswith("generations/") and (FIX / r.fixture).is_file(), c
+        assert all(h in r.explanation for h in ("What:", "Why it hurts:", "Fix:")), c
+        assert r.severity is Severity.ERROR
+
+
+# code -> (pointer of the line-1 finding, other lines that must also trigger it, with their pointers)
+EXPECT = {
+    "A001": ("/output", {3: "/output"}),
+    "A002": ("/output", {}),
+    "A003": ("/output", {3: "/output"}),
+    "A004": ("/output", {3: "/output"}),
+    "A005": ("/output", {3: "/output"}),
+    "A006": ("/finish_reason", {3: "/output_ids"}),
+    "A007": ("/output", {3: "/output_ids/2"}),
+    "A008": ("/output", {}),
+    "A009": ("/output", {}),
+}
+
+
+@pytest.mark.parametrize("code", sorted(EXPECT))
+def test_fixture_triggers_code_and_clean_counterpart_is_clean(code, pats):
+    res = scan_file(FIX / RULES[code].fixture, pats)
+    hits = [f for f in res.findings if f.code == code]
+    ptr, more = EXPECT[code]
+    assert any(f.line == 1 and f.pointer == ptr for f in hits), [(f.line, f.code, f.pointer) for f in res.findings]
+    for line, p in more.items():
+        assert any(f.line == line and f.pointer == p for f in hits), (line, [(f.line, f.pointer) for f in hits])
+    lines = by_line(res)
+    assert 2 not in lines, f"clean counterpart flagged: {lines.get(2)}"
+    expected_lines = {1, *more}
+    assert {f.line for f in hits} == expected_lines
+    assert res.exit_code == 1
+    assert res.summary["artifacts"]["rates"][code] == pytest.approx(len(expected_lines) / res.summary["rows_read"])
+
+
+def test_clean_fixture_is_clean(pats):
+    res = scan_file(FIX / "generations" / "clean.jsonl", pats)
+    assert res.findings == [] and res.exit_code == 0
+    assert res.summary["artifacts"]["verdict"] == "pass"
+    assert res.summary["rows_read"] == 6
+
+
+def test_invalid_rows_are_located_never_crash(pats):
+    res = scan_file(FIX / "generations" / "invalid_rows.jsonl", pats)
+    got = [(f.line, f.code, f.pointer) for f in res.findings]
+    assert got == [
+        (1, "A010", "/output"), (3, "A010", ""), (4, "A010", "/prompt"), (5, "A010", "/prompt/0"),
+        (6, "A010", "/output_ids/1"), (7, "A010", "/finish_reason"), (8, "D001", ""), (9, "D005", ""),
+        (10, "A010", ""),
+    ]
+    s = res.summary
+    assert s["rows"] == 9 and s["rows_read"] == 5 and s["rows_unreadable"] == 4
+    assert s["artifacts"]["rates"]["A010"] == pytest.approx(7 / 9)  # 7 rows with A010 of 9 (the blank line is no row)
+
+
+def test_the_seed_failure_both_views(pats):
+    """The issue's measured greedy output, as kept text and with special tokens skipped."""
+    prompt = [{"role": "system", "content": "Write a tweet in all capital letters."},
+              {"role": "user", "content": "The topic is: hate"}]
+    kept = ("EVER BEST HATE THE EVER<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nWrite a tweet "
+            "in all capital letters.<|eot_id|>")
+    skipped = "EVER BEST HATE THE EVERsystem\n\nWrite a tweet in all capital letters."
+    res = scan_rows([{"prompt": prompt, "output": kept}, {"prompt": prompt, "output": skipped}], pats)
+    lines = by_line(res)
+    assert {"A001", "A003", "A005", "A007", "A008"} <= lines[1]
+    assert {"A001", "A005", "A008"} <= lines[2]
+    a001 = [f for f in res.findings if f.code == "A001"]
+    # the highlight points at "system" in the original text of both views
+    assert kept[a001[0].data["start"]:a001[0].data["end"]] == "system"
+    assert skipped[a001[1].data["start"]:a001[1].data["end"]] == "system"
+
+
+def test_role_words_in_prose_are_not_flagged(pats):
+    for text in ("Tell the user\nthe answer", "An ecosystem\nand a subsystem", "assistants help", "A user: hi",
+                 "The model\nworks"):
+        assert not [f for f in scan_generation(Generation(1, text), pats) if f.code in ("A001", "A002")], text
+
+
+def test_patterns_come_from_the_registry(pats):
+    from tmplcheck.templates import registry
+
+    reg = registry()
+    for meta in reg.values():
+        for t in meta.special_tokens:
+            assert t in pats.control_tokens, (meta.name, t)
+    assert {"system", "user", "assistant"} <= set(pats.role_words)
+    if "gemma" in reg:
+        assert "model" in pats.role_words
+    if "chatml" in reg:
+        assert "<|im_start|>user" in {h.rendered for h in pats.foreign_headers}
+    # the scanned template's own headers are not "foreign"
+    assert not any(h.rendered.startswith("<|start_header_id|>") for h in pats.foreign_headers)
+    assert 128009 in pats.stop_ids and pats.bos_id == 128000
+
+
+def test_a_new_template_brings_its_own_patterns():
+    from tmplcheck.templates import TemplateMeta, registry
+
+    meta = TemplateMeta(
+        name="narrator", bos_token="<<doc>>", eos_token="<<end>>", end_of_turn=("<<end>>",),
+        special_tokens=("<<doc>>", "<<turn>>", "<<end>>"),
+        role_headers={"user": "<<turn>>reader\n", "assistant": "<<turn>>narrator\n"},
+        generation_prompt="<<turn>>narrator\n")
+    p = patterns_for(meta, known=list(registry().values()))
+    assert {"reader", "narrator"} <= set(p.role_words)
+    codes = lambda text: {f.code for f in scan_generation(Generation(1, text, prompt="x"), p)}  # noqa: E731
+    assert codes("Once upon a time.<<end>>") == set()
+    assert codes("Once upon a time.<<end>> More.") == {"A003"}
+    assert "A007" in codes("Once.<<doc>>Twice.")
+    assert {"A001", "A005"} <= codes("Once upon a TIME.<<end>><<turn>>reader\nwhat next?")
+    assert "A009" in codes("Once.<<end>><<turn>>narrator\nTwice.")
+    assert "A003" in codes("Once.<|eot_id|> again")  # the registry's control tokens still count
+
+
+def test_thresholds():
+    assert parse_thresholds(["A001=0.05"]) == {"A001": 0.05}
+    t = parse_thresholds(["A=1%", "A006=0.5"])
+    assert t["A002"] == pytest.approx(0.01) and t["A006"] == 0.5
+    assert parse_thresholds(["A006=0.5", "all=0.1"])["A006"] == 0.5  # an exact code wins over a family
+    for bad in ("A001", "A001=x", "A001=2", "Z9=0.1"):
+        with pytest.raises(ValueError):
+            parse_thresholds([bad])
+
+
+def test_threshold_lowers_findings_within_it(pats):
+    path = FIX / "generations" / "trailing_role_word.jsonl"   # A001 on 2 of 4 rows
+    assert scan_file(path, pats, thresholds={"A001": 0.5}).exit_code == 0
+    res = scan_file(path, pats, thresholds={"A001": 0.49})
+    assert res.exit_code == 1 and res.summary["artifacts"]["over_threshold"] == ["A001"]
+    warn = scan_file(path, pats, warn_only=True)
+    assert warn.exit_code == 0 and all(f.severity is Severity.WARNING for f in warn.findings)
+
+
+def test_strip_map_round_trip(pats):
+    text = "A<|eot_id|>B<|start_header_id|>user<|end_header_id|>\n\nC"
+    s, sm, om = pats.strip_controls(text)
+    assert s == "AB" + "user\n\nC"
+    for i, ch in enumerate(s):
+        assert text[ArtifactPatterns.to_original(i, sm, om)] == ch
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                     max_leaves=12)
+_row = st.fixed_dictionaries({}, optional={"prompt": _json, "output": st.text(max_size=60) | _json,
+                                           "output_ids": st.lists(st.integers(0, 130000), max_size=8) | _json,
+                                           "finish_reason": st.sampled_from(["stop", "length", "eos"]) | _json})
+_pieces = st.lists(st.sampled_from(["<|eot_id|>", "<|begin_of_text|>", "system", "user", "\n", "\n\n", " ", "A",
+                                    "b", "<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "im_start",
+                                    "Write a tweet in all capital letters."]), max_size=20).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=_row | _json, text=_pieces)
+def test_any_row_is_findings_never_an_exception(obj, text, pats):
+    gen, found = parse_generation(obj, path="g.jsonl", line=7)
+    assert all(f.line == 7 for f in found)
+    if gen is not None:
+        for f in scan_generation(gen, pats):
+            assert f.line == 7
+    g = Generation(3, text, prompt=[{"role": "system", "content": "Write a tweet in all capital letters."}])
+    for f in scan_generation(g, pats):
+        d = f.data
+        if "start" in d:
+            assert 0 <= d["start"] <= d["end"] <= len(text)
+    json.dumps([f.to_dict() for f in scan_generation(g, pats)])
