@@ -83,6 +83,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     from tmplcheck.validator.gate import GateOptions, run_gate
     from tmplcheck.validator.report import report
     from tmplcheck.validator.stages import StageConfig, build_stages
+    from tmplcheck.validator.render import TemplateLoadError
 
     try:
         if config_path:
@@ -116,6 +117,8 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         stages = build_stages(stage_cfg)
     except ImportError as e:
         raise missing_extra("hf", "--tokenizer", e) from None
+    except TemplateLoadError as e:
+        raise click.UsageError(f"--template: {e}") from None
     opts = GateOptions(input_format=pick(input_format, "input_format"), select=sel, ignore=ign, stages=stages)
     if pick(max_line_bytes, "max_line_bytes"):
         opts.max_line_bytes = pick(max_line_bytes, "max_line_bytes")
