@@ -362,11 +362,16 @@ def first_turn_start(spans: list[tuple[int, int, int]], pairs: Messages) -> int 
 
 
 def message_at(spans: list[tuple[int, int, int]], pos: int) -> int | None:
-    """The message whose content holds ``pos``, else the next one after it, else the last one."""
+    """The message whose content holds ``pos``; else the one whose content ends last before it; else the first."""
+    before = None
     for i, s, e in spans:
-        if s <= pos < e or pos < s:
+        if s <= pos < e:
             return i
-    return spans[-1][0] if spans else None
+        if e <= pos:
+            before = i
+    if before is not None:
+        return before
+    return spans[0][0] if spans else None
 
 
 def template_literals_only(inserted: str, source: str) -> bool:

@@ -452,7 +452,7 @@ class _RowCheck:
                                        + (" (llama.cpp leaves BOS to the tokenizer)" if side == "template" else ""),
                                None, data={"side": side, "token": tok}))
         post = cd.one_sided_suffix(*self.texts(st), ctx.eos)
-        if post:
+        if post and post[0] == "template":  # llama.cpp never appends EOS: an extra token there is an end-of-turn
             side, tok = post
             self.norm.append(("suffix", side, tok))
             steps.append(_Step("X002", f"{_SIDE[side]} ends the text with an extra {tok}", None,
@@ -591,6 +591,8 @@ class _RowCheck:
         start_b = cd.first_turn_start(spans_b, st.ll)
         groups: dict[str, list[tuple[cd.Op, str]]] = {}
         residue: list[cd.Op] = []
+        # only a row that ends without an assistant turn is a prompt whose assistant cue can differ
+        prompt_row = bool(st.hf) and st.hf[-1][0] != "assistant"
         for op in ops:
             kind = op.kind
             ins_a, ins_b = a[op.a0:op.a1], b[op.b0:op.b1]
@@ -600,9 +602,9 @@ class _RowCheck:
             elif kind == "llama_only" and start_b is not None and op.b1 <= start_b \
                     and not cd.overlaps(spans_b, op.b0, op.b1) and ins_b.strip():
                 groups.setdefault("pre_llama", []).append((op, ins_b))
-            elif kind == "template_only" and op.a1 == len(a) and op.b0 == len(b) and self.add_gen:
+            elif kind == "template_only" and op.a1 == len(a) and op.b0 == len(b) and self.add_gen and prompt_row:
                 groups.setdefault("gen_template", []).append((op, ins_a))
-            elif kind == "llama_only" and op.b1 == len(b) and op.a0 == len(a) and not self.add_gen:
+            elif kind == "llama_only" and op.b1 == len(b) and op.a0 == len(a) and prompt_row and not self.add_gen:
                 groups.setdefault("gen_llama", []).append((op, ins_b))
             elif kind == "template_only" and not cd.overlaps(spans_a, op.a0, op.a1) \
                     and cd.template_literals_only(ins_a, self.ctx.source):

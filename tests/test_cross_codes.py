@@ -1,0 +1,101 @@
+"""Every X code: its fixture triggers it at the right line and pointer; CrossSummary counts the outcomes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tmplcheck.validator.codes import RULES
+from tmplcheck.validator.ingest import read_rows
+from tmplcheck.validator.llamacpp import CrossSummary, check_cross
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "fixtures" / "cross"
+SPEC = json.loads((FIX / "templates.json").read_text())
+
+
+def fixture_template(name: str):
+    from tmplcheck.templates import Template, TemplateMeta
+
+    spec = SPEC[name]
+    src = (FIX / spec["template"]).read_text(encoding="utf-8")
+    meta = TemplateMeta(name=Path(spec["template"]).stem, bos_token=spec.get("bos_token"),
+                        eos_token=spec.get("eos_token"))
+    return Template(meta, src)
+
+
+def run_fixture(name: str, *, add_generation_prompt: bool = False):
+    t = fixture_template(name)
+    out, summary = [], CrossSummary()
+    for row in read_rows(FIX / name):
+        conv = row.conversation
+        assert conv is not None, row.findings
+        hf = t.render(conv.dicts(), add_generation_prompt=add_generation_prompt)
+        fs = list(check_cross(conv, t, hf, add_generation_prompt=add_generation_prompt))
+        summary.add(fs)
+        out.extend(fs)
+    return out, summary
+
+
+# fixture -> exactly the (line, code, pointer) set it produces
+EXPECTED: dict[str, set[tuple[int, str, str]]] = {
+    "bos_one_side.jsonl": {(1, "X001", "")},
+    "eos_one_side.jsonl": {(1, "X002", "")},
+    "content_trimmed.jsonl": {(2, "X003", "/conversations/1/value")},
+    "system_folded.jsonl": {(2, "X004", "/conversations/0/value")},
+    "system_dropped.jsonl": {(2, "X005", "/conversations/0/value")},
+    "preamble_one_side.jsonl": {(1, "X006", "/conversations/0/value")},
+    "format_redetected.jsonl": {(1, "X007", "")},
+    "generation_prompt_ignored.jsonl": {(2, "X008", "")},
+    "nul_truncates_content.jsonl": {(2, "X009", "/conversations/0/value")},
+    "template_unknown.jsonl": {(1, "X010", "")},
+    "unexplained.jsonl": {(1, "X011", "/conversations/1/value")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_triggers_exactly_its_code(name):
+    found, _ = run_fixture(name)
+    assert {(f.line, f.code, f.pointer) for f in found} == EXPECTED[name], [f.message for f in found]
+
+
+def test_every_x_code_has_its_fixture():
+    xs = {c: r for c, r in RULES.items() if c.startswith("X")}
+    assert len(xs) == 11
+    covered = {code for exp in EXPECTED.values() for _, code, _ in exp}
+    assert covered == set(xs)
+    for code, rule in xs.items():
+        assert rule.fixture.startswith("cross/") and (ROOT / "fixtures" / rule.fixture).is_file(), code
+        assert any(c == code for _, c, _ in EXPECTED[Path(rule.fixture).name]), code
+        assert len(rule.explanation) > 200 and "Fix" in rule.explanation
+
+
+def test_messages_explain_and_show_the_diff():
+    found, _ = run_fixture("unexplained.jsonl")
+    (f,) = found
+    assert f.severity.value == "error"
+    # position, both snippets, control tokens and newlines visible
+    assert "differ at character" in f.message and "⟦⟧" in f.message and "⟦<|eot_id|>⟧" in f.message
+    assert "\\n" in f.message and "\n" not in f.message
+    found, _ = run_fixture("format_redetected.jsonl")
+    assert "mistral-v7" in found[0].message and "mistral-v7-tekken" in found[0].message
+    assert "--chat-template mistral-v7-tekken" in found[0].hint
+    found, _ = run_fixture("content_trimmed.jsonl")
+    assert "trailing '\\n'" in found[0].message and found[0].severity.value == "warning"
+
+
+def test_summary_counts_and_headline():
+    _, s = run_fixture("content_trimmed.jsonl")
+    d = s.as_dict()
+    assert (d["rows"], d["identical"], d["explained"], d["unexplained"]) == (2, 1, 1, 0)
+    assert d["format"] == "llama3"
+    assert "llama.cpp/Ollama-style server" in d["headline"] and "stripped" in d["headline"]
+    _, s = run_fixture("unexplained.jsonl")
+    assert s.as_dict()["unexplained"] == 1 and "nothing explains" in s.headline()
+    _, s = run_fixture("template_unknown.jsonl")
+    assert s.unknown == 1 and "does not recognise" in s.headline()
+    s = CrossSummary(builtin="chatml")
+    s.add([])
+    assert "exactly what training saw" in s.headline()
