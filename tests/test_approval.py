@@ -161,7 +161,12 @@ def test_stamp_write_is_atomic(stamped, monkeypatch):
     assert sorted(p.name for p in data.parent.iterdir()) == ["tweets.jsonl", "tweets.jsonl.tmplcheck.json"]
 
 
-def test_template_without_tokenizer_uses_its_default(stamped):
-    data, _, _ = stamped
-    cfg = StageConfig(template="llama-3", max_length=256)
-    assert A.verify_stamp(data, "llama-3", None, cfg) == []
+def test_approved_without_tokenizer_check(tmp_path):
+    """`check --template T` alone runs no token/mask checks: such a stamp does not approve training."""
+    data = tmp_path / "d.jsonl"
+    shutil.copy(TWEETS, data)
+    cfg = StageConfig(template="llama-3")
+    A.write_stamps(run_gate(data), cfg)
+    assert json.loads(A.stamp_path(data).read_text())["tokenizer"] is None
+    msgs = A.verify_stamp(data, "llama-3", "llama-3", cfg)
+    assert kinds(msgs) == ["tokenizer"] and "without a tokenizer check" in msgs[0]

@@ -93,7 +93,7 @@ class TrainArgs:
     max_steps: int | None = None
     batch_size: int = 4
     grad_accum: int = 1
-    warmup_ratio: float = 0.0
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     max_length: int = 2048
     seed: int = 42
@@ -230,7 +230,7 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
         max_steps=args.max_steps if args.max_steps else -1,
         learning_rate=args.lr,
         lr_scheduler_type="linear",
-        warmup_ratio=args.warmup_ratio,
+        warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         logging_steps=1,
         save_strategy="no",
@@ -239,8 +239,6 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
         data_seed=args.seed,
         bf16=bf16,
         fp16=cuda and not bf16,
-        gradient_checkpointing=gc and backend == "hf",
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc and backend == "hf" else None,
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         packing=False,
@@ -249,10 +247,17 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not cuda,
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if gc and backend == "hf" else {}),  # Unsloth does its own ("unsloth" checkpointing)
         **args.extra,
     )
-    return SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
-                      processing_class=hf_tok, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
+                         processing_class=hf_tok, callbacks=callbacks)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):  # our own display replaces them
+        trainer.remove_callback(cb)
+    return trainer
 
 
 def peak_memory(start_rss: int | None = None) -> tuple[int, str]:

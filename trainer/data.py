@@ -140,7 +140,11 @@ class Collator:
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
-        self.tokens_seen = 0
+        self.batch_tokens: list[int] = []   # real tokens per collated batch, in order (the loader may run ahead)
+
+    def tokens_in(self, batches: int) -> int:
+        """Real tokens in the first ``batches`` batches (those the optimiser actually consumed)."""
+        return sum(self.batch_tokens[:batches])
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -154,5 +158,5 @@ class Collator:
             ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
             mask[i, :n] = 1
-            self.tokens_seen += n
+        self.batch_tokens.append(int(mask.sum()))
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -116,6 +116,15 @@ def check_model_spec(model: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------- approve
+def _default_tokenizer(template_spec: str) -> str | None:
+    from tmplcheck.templates import load_template
+
+    try:
+        return load_template(template_spec).meta.default_tokenizer
+    except Exception:  # noqa: BLE001 - a bad template spec is reported where it is loaded
+        return None
+
+
 def approve(cfg: TrainConfig, hooks: Hooks) -> tuple[dict[str, Any] | None, str | None, int | None, bool]:
     """The gate in front of training. Returns (stamp, tokenizer spec, approved max_length, revalidated).
 
@@ -132,7 +141,7 @@ def approve(cfg: TrainConfig, hooks: Hooks) -> tuple[dict[str, Any] | None, str 
         old = read_stamp(cfg.data)
     except Exception:  # noqa: BLE001 - an unreadable stamp is simply not a match
         old = None
-    tok_spec = cfg.tokenizer or ((old or {}).get("tokenizer") or {}).get("spec")
+    tok_spec = cfg.tokenizer or ((old or {}).get("tokenizer") or {}).get("spec") or _default_tokenizer(cfg.template)
     old_len = ((old or {}).get("config") or {}).get("settings", {}).get("max_length")
     max_length = cfg.max_length if cfg.max_length is not None else old_len
     stage_cfg = StageConfig(template=cfg.template, tokenizer=tok_spec, max_length=max_length)
@@ -405,7 +414,7 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
     if stamp is not None:
         _json(tmp / "approval.json", stamp)
 
-    tokens = collator.tokens_seen
+    tokens = collator.tokens_in(trainer.state.global_step * cfg.grad_accum)
     step_times = cb.step_times
     steady = step_times[len(step_times) // 10:] or step_times
     metrics = {

@@ -86,20 +86,13 @@ def _tokenizer_files(spec: str | None, tok: Any) -> list[Path]:
     return []
 
 
-def tokenizer_fingerprint(tokenizer: Any, template: Any = None) -> dict[str, Any] | None:
-    """``{"spec", "name", "sha256", "files"}`` of a tokenizer given as a spec string or a loaded ``Tokenizer``.
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any] | None:
+    """``{"spec", "name", "sha256", "files"}`` of a tokenizer given as a spec string or a loaded ``Tokenizer``;
+    None when no tokenizer was given (the gate's token stage, which verifies the masks, did not run).
 
-    With no tokenizer but a template, the template's default tokenizer is used (what the token stage checks).
     The hash covers the bytes of the tokenizer's files (name → sha256); when no file can be found (an object
     built in memory) it covers the serialised vocabulary instead.
     """
-    if tokenizer is None and template is not None:
-        meta = getattr(template, "meta", None)
-        if meta is None and isinstance(template, str):
-            from tmplcheck.templates import load_template
-
-            meta = load_template(template).meta
-        tokenizer = getattr(meta, "default_tokenizer", None)
     if tokenizer is None:
         return None
     spec = tokenizer if isinstance(tokenizer, str) else None
@@ -144,7 +137,7 @@ def fingerprint(data_path: str | os.PathLike, template: Any, tokenizer: Any, cfg
     return {
         "bytes": {"sha256": sha256_file(data_path), "size": Path(data_path).stat().st_size},
         "template": tfp,
-        "tokenizer": tokenizer_fingerprint(tokenizer, tmpl),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
         "config": config_fingerprint(cfg),
         "version": __version__,
     }
@@ -213,7 +206,7 @@ def verify_stamp(data_path: str | os.PathLike, template: Any, tokenizer: Any, cf
 
     Returns one message per mismatch, each starting with the part that changed (``bytes:``, ``template:``,
     ``tokenizer:``, ``config:``, ``version:``) or ``stamp:`` when there is no usable stamp; empty when it matches.
-    ``template``/``tokenizer`` are spec strings or loaded objects; a ``None`` tokenizer means the template's default.
+    ``template``/``tokenizer`` are spec strings or loaded objects (None: not checked).
     """
     sp = stamp_path(data_path)
     try:
@@ -242,7 +235,8 @@ def verify_stamp(data_path: str | os.PathLike, template: Any, tokenizer: Any, cf
 
     old_k, new_k = stamp.get("tokenizer"), now["tokenizer"]
     if old_k is None:
-        out.append("tokenizer: the dataset was approved without a tokenizer check")
+        out.append("tokenizer: the dataset was approved without a tokenizer check (--tokenizer), so its token "
+                   "and mask checks never ran")
     elif new_k is None or old_k.get("sha256") != new_k["sha256"]:
         changed = sorted(n for n in set(old_k.get("files", {})) | set((new_k or {}).get("files", {}))
                          if old_k.get("files", {}).get(n) != (new_k or {}).get("files", {}).get(n))
