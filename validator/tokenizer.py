@@ -1,0 +1,384 @@
+"""Real tokenizers, loaded with the ``tokenizers`` library only (no transformers, no torch on this path).
+
+``load_tokenizer(spec)`` accepts a built-in name (``llama-3`` …, converted once from llama.cpp's vocabularies by
+``python -m tmplcheck.assets prepare``), an HF model/tokenizer directory, a ``tokenizer.json`` file, a GGUF file
+(converted once, cached by sha256) or a hub id (``huggingface_hub.snapshot_download``, which honours
+``HF_HUB_OFFLINE``). ``LlamaCppTokenizer`` is llama.cpp's own tokenizer for a GGUF vocabulary, for comparing ids.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tokenizers import Encoding
+from tokenizers import Tokenizer as _RustTokenizer
+
+__all__ = ["Tokenizer", "TokenizerLoadError", "load_tokenizer", "LlamaCppTokenizer", "IdDivergence", "compare_ids",
+           "compare_with_llama_cpp", "Encoding"]
+
+_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                    "added_tokens.json", "chat_template.jinja", "chat_template.json", "config.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class TokenizerLoadError(ValueError):
+    """A tokenizer spec that resolves to nothing loadable; the message names everything tried."""
+
+
+def _token_str(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, dict) and isinstance(v.get("content"), str):  # serialised AddedToken
+        return v["content"]
+    return None
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerLoadError(f"cannot read {p}: {e}") from e
+    return d if isinstance(d, dict) else {}
+
+
+class Tokenizer:
+    """A fast tokenizer plus what the checks need to know about it (BOS policy, stop ids)."""
+
+    def __init__(self, backend: _RustTokenizer, *, name: str, config: dict | None = None,
+                 generation_config: dict | None = None, hf_dir: Path | None = None, gguf_path: Path | None = None,
+                 fingerprint: str = ""):
+        self._tk = backend
+        self.name = name
+        self.config = dict(config or {})
+        self.hf_dir = hf_dir
+        self.gguf_path = gguf_path
+        self.fingerprint = fingerprint
+        self.bos_token = _token_str(self.config.get("bos_token"))
+        self.eos_token = _token_str(self.config.get("eos_token"))
+        self.pad_token = _token_str(self.config.get("pad_token"))
+        self.bos_id = self.token_to_id(self.bos_token) if self.bos_token else None
+        self.eos_id = self.token_to_id(self.eos_token) if self.eos_token else None
+        self.pad_id = self.token_to_id(self.pad_token) if self.pad_token else None
+        probe = "a"
+        with_sp = backend.encode(probe, add_special_tokens=True).ids
+        without = backend.encode(probe, add_special_tokens=False).ids
+        extra_front = with_sp[: len(with_sp) - len(without)] if with_sp[-len(without):] == without else with_sp
+        extra_back = with_sp[len(without):] if with_sp[: len(without)] == without else []
+        self.adds_bos = self.bos_id is not None and bool(extra_front) and extra_front[0] == self.bos_id
+        self.adds_eos = self.eos_id is not None and bool(extra_back) and extra_back[-1] == self.eos_id
+        stop: set[int] = set()
+        if self.eos_id is not None:
+            stop.add(self.eos_id)
+        gen_eos = (generation_config or {}).get("eos_token_id")
+        for i in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+            if isinstance(i, int) and i >= 0:
+                stop.add(i)
+        self.generation_eos_ids: tuple[int, ...] = tuple(
+            i for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if isinstance(i, int))
+        self.stop_ids: frozenset[int] = frozenset(stop)
+        self._special_ids = frozenset(i for i, a in backend.get_added_tokens_decoder().items() if a.special)
+
+    # --- the protocol -----------------------------------------------------------------------------------------
+    @property
+    def backend(self) -> _RustTokenizer:
+        return self._tk
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tk.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the added tokens marked special (control tokens)."""
+        return self._special_ids
+
+    def is_special(self, i: int) -> bool:
+        return i in self._special_ids
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> Encoding:
+        return self._tk.encode(text, add_special_tokens=add_special_tokens)
+
+    def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoding]:
+        return self._tk.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+
+    def token_to_id(self, s: str) -> int | None:
+        return self._tk.token_to_id(s)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tk.id_to_token(i)
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        return self._tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def single_id(self, s: str) -> int | None:
+        """The id ``s`` encodes to when it is exactly one token (parsed as special where it is one), else None."""
+        ids = self._tk.encode(s, add_special_tokens=False).ids
+        return ids[0] if len(ids) == 1 else None
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({self.name!r}, vocab={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r}, "
+                f"adds_bos={self.adds_bos}, stop_ids={sorted(self.stop_ids)})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------------------
+
+def _from_dir(d: Path, *, name: str, gguf_path: Path | None = None) -> Tokenizer:
+    tj = d / "tokenizer.json"
+    if not tj.is_file():
+        raise TokenizerLoadError(f"{d} has no tokenizer.json (only fast tokenizers are supported; "
+                                 "convert a slow one with transformers and save_pretrained)")
+    cfg = _read_json(d / "tokenizer_config.json") if (d / "tokenizer_config.json").is_file() else {}
+    stm = _read_json(d / "special_tokens_map.json") if (d / "special_tokens_map.json").is_file() else {}
+    for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        if _token_str(cfg.get(k)) is None and _token_str(stm.get(k)) is not None:
+            cfg[k] = stm[k]
+    gen = _read_json(d / "generation_config.json") if (d / "generation_config.json").is_file() else {}
+    h = hashlib.sha256(tj.read_bytes())
+    for f in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (d / f).is_file():
+            h.update(f.encode() + b"\0" + (d / f).read_bytes())
+    backend = _RustTokenizer.from_file(str(tj))
+    tok = Tokenizer(backend, name=name, config=cfg, generation_config=gen, hf_dir=d, gguf_path=gguf_path,
+                    fingerprint=h.hexdigest())
+    if gguf_path is None:
+        meta = d / "tmplcheck-tokenizer.json"
+        if meta.is_file():
+            src = _read_json(meta).get("source")
+            if src and Path(src).is_file():
+                tok.gguf_path = Path(src)
+    return tok
+
+
+def _from_tokenizer_json(p: Path) -> Tokenizer:
+    d = p.parent
+    if any((d / f).is_file() for f in ("tokenizer_config.json", "special_tokens_map.json")) and p.name == \
+            "tokenizer.json":
+        return _from_dir(d, name=str(p))
+    backend = _RustTokenizer.from_file(str(p))
+    return Tokenizer(backend, name=str(p), config={}, hf_dir=None,
+                     fingerprint=hashlib.sha256(p.read_bytes()).hexdigest())
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Tokenizer:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise TokenizerLoadError(f"{repo_id!r} looks like a hub id but huggingface_hub is not installed") from e
+    try:
+        d = snapshot_download(repo_id, revision=revision, allow_patterns=_TOKENIZER_FILES)
+    except Exception as e:  # LocalEntryNotFoundError (offline, not cached), RepositoryNotFoundError, HTTP errors
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise TokenizerLoadError(f"hub id {repo_id!r}: could not get its tokenizer files"
+                                 f"{' (HF_HUB_OFFLINE is set and it is not in the local cache)' if offline else ''}"
+                                 f": {type(e).__name__}: {e}") from e
+    return _from_dir(Path(d), name=repo_id)
+
+
+def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None) -> Tokenizer:
+    """Load a tokenizer from a built-in name, a directory, a tokenizer.json, a GGUF file or a hub id."""
+    from tmplcheck import assets
+
+    s = os.fspath(spec)
+    tried: list[str] = []
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return _from_dir(p, name=s)
+    tried.append("a directory")
+    if p.is_file():
+        if p.suffix == ".gguf":
+            try:
+                d = assets.gguf_tokenizer_dir(p)
+            except assets.AssetError as e:
+                raise TokenizerLoadError(f"{s}: {e}") from e
+            return _from_dir(d, name=s, gguf_path=p)
+        if p.suffix == ".json":
+            if p.name == "tokenizer_config.json":
+                return _from_dir(p.parent, name=s)
+            try:
+                return _from_tokenizer_json(p)
+            except Exception as e:
+                raise TokenizerLoadError(f"{s} is not a tokenizers tokenizer.json: {e}") from e
+        raise TokenizerLoadError(f"{s} is a file but neither a tokenizer.json nor a .gguf")
+    tried.append("a file")
+    if s in assets.BUILTIN_TOKENIZERS or (s in assets.BUILTIN_TOKENIZERS.values()):
+        try:
+            return _from_dir(assets.builtin_tokenizer_dir(s), name=s)
+        except assets.AssetError as e:
+            raise TokenizerLoadError(str(e)) from e
+    tried.append(f"a built-in name ({', '.join(sorted(assets.BUILTIN_TOKENIZERS))})")
+    if _HUB_ID.match(s) and not s.startswith((".", "/")):
+        return _from_hub(s, revision)
+    tried.append("a hub id (owner/name)")
+    raise TokenizerLoadError(f"cannot load a tokenizer from {s!r}: it is not " + ", nor ".join(tried))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# llama.cpp's own tokenizer
+# --------------------------------------------------------------------------------------------------------------
+
+_LLAMA_LOCK = threading.Lock()
+_LLAMA_READY = False
+_LOG_CB = None
+
+
+def _llama():
+    global _LLAMA_READY, _LOG_CB
+    import llama_cpp as L
+
+    with _LLAMA_LOCK:
+        if not _LLAMA_READY:
+            _LOG_CB = L.llama_log_callback(lambda level, text, user: None)  # keep a reference: C holds it
+            L.llama_log_set(_LOG_CB, ctypes.c_void_p(0))
+            L.llama_backend_init()
+            _LLAMA_READY = True
+    return L
+
+
+class LlamaCppTokenizer:
+    """llama.cpp's tokenizer for a GGUF vocabulary (``vocab_only`` load, no weights, no context)."""
+
+    def __init__(self, gguf_path: str | os.PathLike):
+        L = _llama()
+        self._L = L
+        self.path = Path(gguf_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(self.path)
+        params = L.llama_model_default_params()
+        params.vocab_only = True
+        self._model = L.llama_model_load_from_file(os.fsencode(self.path), params)
+        if not self._model:
+            raise ValueError(f"llama.cpp could not load the vocabulary of {self.path}")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        v = self._vocab
+        self.n_tokens: int = L.llama_vocab_n_tokens(v)
+
+        def opt(i: int) -> int | None:
+            return i if i >= 0 else None
+
+        self.bos_id, self.eos_id, self.eot_id = opt(L.llama_vocab_bos(v)), opt(L.llama_vocab_eos(v)), \
+            opt(L.llama_vocab_eot(v))
+        self.add_bos: bool = bool(L.llama_vocab_get_add_bos(v))
+        self.add_eos: bool = bool(L.llama_vocab_get_add_eos(v))
+        self._eog: frozenset[int] | None = None
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        """llama.cpp's end-of-generation ids (what a llama.cpp server stops on)."""
+        if self._eog is None:
+            self._eog = frozenset(i for i in range(self.n_tokens) if self._L.llama_vocab_is_eog(self._vocab, i))
+        return self._eog
+
+    def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        L = self._L
+        b = text.encode("utf-8")
+        cap = len(b) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self._vocab, b, len(b), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, b, len(b), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def token_text(self, i: int) -> str:
+        return self._L.llama_vocab_get_text(self._vocab, i).decode("utf-8", "replace")
+
+    def piece(self, i: int, *, special: bool = True) -> bytes:
+        L = self._L
+        buf = ctypes.create_string_buffer(256)
+        n = L.llama_token_to_piece(self._vocab, i, buf, len(buf), 0, special)
+        return buf.raw[:max(n, 0)]
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._L.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "LlamaCppTokenizer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class IdDivergence:
+    """Where two tokenizations of the same text first part ways."""
+
+    index: int                 # first differing position
+    hf_ids: tuple[int, ...]    # a window of HF ids from ``index``
+    other_ids: tuple[int, ...]
+    hf_tokens: tuple[str, ...]
+    other_tokens: tuple[str, ...]
+    char_offset: int | None    # where in the text the HF token at ``index`` starts (None past the end)
+    hf_len: int
+    other_len: int
+
+    def describe(self) -> str:
+        return (f"ids differ at token {self.index} (char {self.char_offset}): HF {list(self.hf_ids)} "
+                f"{list(self.hf_tokens)} vs llama.cpp {list(self.other_ids)} {list(self.other_tokens)}; "
+                f"lengths {self.hf_len} vs {self.other_len}")
+
+
+def compare_ids(hf_ids: Sequence[int], other_ids: Sequence[int], *, tokenizer: Tokenizer | None = None,
+                offsets: Sequence[tuple[int, int]] | None = None, window: int = 4) -> IdDivergence | None:
+    """None when equal, else the first divergence with a few ids either side of it."""
+    hf_ids, other_ids = list(hf_ids), list(other_ids)
+    if hf_ids == other_ids:
+        return None
+    i = 0
+    while i < min(len(hf_ids), len(other_ids)) and hf_ids[i] == other_ids[i]:
+        i += 1
+    a, b = hf_ids[i:i + window], other_ids[i:i + window]
+
+    def names(ids):
+        if tokenizer is None:
+            return tuple(str(x) for x in ids)
+        return tuple(tokenizer.id_to_token(x) or f"<{x}>" for x in ids)
+
+    char = offsets[i][0] if offsets is not None and i < len(offsets) else None
+    return IdDivergence(i, tuple(a), tuple(b), names(a), names(b), char, len(hf_ids), len(other_ids))
+
+
+_LC_CACHE: dict[str, LlamaCppTokenizer] = {}
+
+
+def llama_cpp_tokenizer_for(tokenizer: Tokenizer) -> LlamaCppTokenizer | None:
+    """llama.cpp's tokenizer for the GGUF this tokenizer came from (cached per file), or None."""
+    if tokenizer.gguf_path is None:
+        return None
+    key = str(tokenizer.gguf_path)
+    lc = _LC_CACHE.get(key)
+    if lc is None:
+        lc = _LC_CACHE[key] = LlamaCppTokenizer(tokenizer.gguf_path)
+    return lc
+
+
+def compare_with_llama_cpp(tokenizer: Tokenizer, text: str, *, add_special_tokens: bool = True,
+                           llama: LlamaCppTokenizer | None = None) -> IdDivergence | None:
+    """Tokenize ``text`` with HF and with llama.cpp (special tokens parsed) and report the first divergence.
+
+    Raises ValueError when the tokenizer has no GGUF vocabulary to compare with.
+    """
+    lc = llama or llama_cpp_tokenizer_for(tokenizer)
+    if lc is None:
+        raise ValueError(f"tokenizer {tokenizer.name!r} has no GGUF vocabulary for llama.cpp")
+    enc = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    other = lc.encode(text, add_special=add_special_tokens, parse_special=True)
+    return compare_ids(enc.ids, other, tokenizer=tokenizer, offsets=enc.offsets)

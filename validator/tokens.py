@@ -1,0 +1,505 @@
+"""One conversation → the exact ids a trainer feeds, their labels, and where every message landed.
+
+``encode_conversation`` renders the conversation once with the template, tokenizes the full text once (with
+offsets), and derives each message's character span from the render structure:
+
+1. **sentinels** (fast path): the conversation is rendered with every string content replaced by a unique
+   private-use sentinel; when putting the real contents (or their stripped form, for templates that ``trim``) back
+   into that skeleton reproduces the real render byte for byte, every content's position is exact. Skeletons are
+   cached per conversation *shape* (roles and every non-content field), so a dataset of similar rows costs one
+   render per row plus a string comparison.
+2. **prefix renders** (fallback, e.g. templates that look inside content): ``render(messages[:i+1])`` gives where
+   each turn ends when it is a prefix of the full render; the content is searched inside its turn.
+3. **sequential search** (last resort): each content is searched after the previous one.
+
+Labels are the tokens of each assistant turn's content through its end-of-turn token (``template.meta.end_of_turn``,
+else the tokenizer's eos) — what the model must generate — and -100 elsewhere. Tokens that cross a content
+boundary are recorded on the span (``straddle_start``/``straddle_end``), never hidden.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+from tmplcheck.validator.tokenizer import Encoding, Tokenizer
+
+IGNORE_INDEX = -100
+_SENT_OPEN, _SENT_CLOSE = "\ue000", "\ue001"
+_SKELETON_CACHE_SIZE = 2048
+
+__all__ = ["IGNORE_INDEX", "MessageSpan", "EncodedConversation", "encode_conversation", "encode_conversations",
+           "locate_messages", "Located", "TemplateLike"]
+
+
+class TemplateLike(Protocol):  # tmplcheck.templates.Template
+    meta: Any
+    source: str
+
+    def render(self, messages: list[dict], *, add_generation_prompt: bool = False, tools=None, **extra) -> str: ...
+
+
+@dataclass
+class MessageSpan:
+    index: int                         # position in the messages list
+    role: str
+    content_start: int | None          # char offsets of the content in ``text`` (None: not recoverable)
+    content_end: int | None
+    token_start: int | None = None     # tokens overlapping the content: [token_start, token_end)
+    token_end: int | None = None
+    eot_index: int | None = None       # index in ``ids`` of this assistant turn's end-of-turn token
+    eot_char: tuple[int, int] | None = None   # where the end-of-turn string is in ``text``
+    eot_string: str | None = None
+    eot_single: bool = False           # the end-of-turn string is exactly one token (id == eot_id)
+    eot_id: int | None = None
+    trained: bool = False              # this message's tokens carry labels
+    turn_start: int | None = None      # char span of the whole turn when prefix renders gave it
+    turn_end: int | None = None
+    straddle_start: int | None = None  # token crossing the content start boundary (template text + content)
+    straddle_end: int | None = None    # token crossing the content end boundary
+    method: str = "missing"            # "sentinel" | "sentinel-strip" | "prefix" | "search" | "turn" | "missing"
+    truncated: bool = False            # with max_length: part of the content or its end-of-turn is cut off
+
+    @property
+    def found(self) -> bool:
+        return self.content_start is not None
+
+
+@dataclass
+class EncodedConversation:
+    text: str                          # the full render (add_generation_prompt=False)
+    ids: list[int]                     # what the trainer feeds (after max_length truncation)
+    offsets: list[tuple[int, int]]     # char offsets into ``text`` per id ((0, 0) for post-processor tokens)
+    labels: list[int]                  # ids where trained, IGNORE_INDEX elsewhere
+    spans: list[MessageSpan]
+    tokens: list[str] = field(default_factory=list)
+    special_mask: list[int] = field(default_factory=list)   # 1 for tokens the post-processor added (BOS/EOS)
+    add_special_tokens: bool = True    # whether the tokenizer's post-processor ran
+    adds_bos: bool = False             # the tokenizer's post-processor adds BOS
+    template_bos: bool = False         # the rendered text itself starts with the BOS string
+    bos_id: int | None = None
+    bos_count: int = 0                 # BOS ids at the start of ``ids`` (2 = double BOS)
+    bos_total: int = 0                 # BOS ids anywhere in ``ids``
+    full_length: int = 0               # number of ids before truncation
+    max_length: int | None = None
+    truncated: bool = False
+    generation_spans: list[tuple[int, int]] | None = None   # {% generation %} char spans, when the template has them
+    generation_labels: list[int] | None = None              # labels those spans imply (cross-check)
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+    @property
+    def trained_mask(self) -> list[bool]:
+        return [x != IGNORE_INDEX for x in self.labels]
+
+    def span_of(self, index: int) -> MessageSpan | None:
+        for s in self.spans:
+            if s.index == index:
+                return s
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- locating
+@dataclass
+class Located:
+    """Character structure of one render, before tokenization."""
+
+    text: str
+    spans: list[MessageSpan]
+
+
+def _content_text(m: dict) -> str | None:
+    c = m.get("content")
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):  # typed content: only text parts are locatable as one string
+        parts = [p.get("text") for p in c if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) == 1 and isinstance(parts[0], str):
+            return parts[0]
+    return None
+
+
+def _is_trained(m: dict) -> bool:
+    if m.get("role") != "assistant":
+        return False
+    if m.get("weight") == 0 or m.get("train") is False or m.get("trainable") is False:
+        return False
+    return True
+
+
+class _SkeletonCache:
+    def __init__(self, size: int = _SKELETON_CACHE_SIZE):
+        self.size = size
+        self.data: OrderedDict[str, tuple[str, list[tuple[int, int]]] | None] = OrderedDict()
+
+    def get(self, key):
+        v = self.data.get(key, _MISS)
+        if v is not _MISS:
+            self.data.move_to_end(key)
+        return v
+
+    def put(self, key, value):
+        self.data[key] = value
+        if len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+
+_MISS = object()
+_CACHES: "dict[int, tuple[Any, _SkeletonCache]]" = {}
+
+
+def _cache_for(template) -> _SkeletonCache:
+    entry = _CACHES.get(id(template))
+    if entry is None or entry[0] is not template:
+        if len(_CACHES) > 64:
+            _CACHES.clear()
+        entry = _CACHES[id(template)] = (template, _SkeletonCache())
+    return entry[1]
+
+
+def _shape_key(messages: list[dict], render_kw: dict) -> str | None:
+    try:
+        return json.dumps([[m.get("role"), {k: v for k, v in m.items() if k != "content"},
+                            isinstance(m.get("content"), str), bool(m.get("content"))] for m in messages]
+                          + [render_kw], sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return None
+
+
+def _skeleton(template, messages: list[dict], locatable: list[int], render_kw: dict):
+    """Render with sentinels; return (skeleton, [(sentinel_pos, index)...] in text order) or None."""
+    sent = [dict(m) for m in messages]
+    for i in locatable:
+        # keep the truthiness of the content: templates branch on ``if message.content``
+        sent[i]["content"] = f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
+    try:
+        sk = template.render(sent, add_generation_prompt=False, **render_kw)
+    except Exception:
+        return None
+    where = []
+    for i in locatable:
+        tag = f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
+        p = sk.find(tag)
+        if p < 0 or sk.find(tag, p + 1) >= 0:
+            return None
+        where.append((p, i))
+    where.sort()
+    return sk, where
+
+
+def _fill(skeleton: str, where: list[tuple[int, int]], contents: dict[int, str]):
+    """Put contents into the skeleton; return (text, {index: (start, end)})."""
+    out, pos, at, shift = [], 0, {}, 0
+    for p, i in where:
+        tag_len = len(f"{_SENT_OPEN}{i}{_SENT_CLOSE}")
+        out.append(skeleton[pos:p])
+        start = p + shift
+        c = contents[i]
+        out.append(c)
+        at[i] = (start, start + len(c))
+        shift += len(c) - tag_len
+        pos = p + tag_len
+    out.append(skeleton[pos:])
+    return "".join(out), at
+
+
+def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False) -> str | None:
+    try:
+        return template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
+    except Exception:
+        return None
+
+
+def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | None = None,
+                    text: str | None = None) -> Located:
+    """Render ``messages`` (unless ``text`` is given) and find each message's content in the render."""
+    render_kw = dict(render_kw or {})
+    messages = [dict(m) for m in messages]
+    if text is None:
+        text = template.render(messages, add_generation_prompt=False, **render_kw)
+    spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=None, content_end=None,
+                         trained=_is_trained(m)) for i, m in enumerate(messages)]
+    contents = {i: _content_text(m) for i, m in enumerate(messages)}
+    locatable = [i for i, c in contents.items() if c and isinstance(messages[i].get("content"), str)
+                 and _SENT_OPEN not in c and _SENT_CLOSE not in c]
+
+    # 1. sentinel skeleton (cached per shape)
+    done = False
+    if locatable:
+        cache = _cache_for(template)
+        key = _shape_key(messages, render_kw)
+        sk = cache.get(key) if key is not None else _MISS
+        if sk is _MISS:
+            sk = _skeleton(template, messages, locatable, render_kw)
+            if key is not None:
+                cache.put(key, sk)
+        if sk is not None:
+            skeleton, where = sk
+            for how, cs in (("sentinel", {i: contents[i] for i in locatable}),
+                            ("sentinel-strip", {i: contents[i].strip() for i in locatable})):
+                filled, at = _fill(skeleton, where, cs)
+                if filled == text:
+                    for i, (a, b) in at.items():
+                        spans[i].content_start, spans[i].content_end, spans[i].method = a, b, how
+                    done = True
+                    break
+            if not done and key is not None:
+                # the cached skeleton may belong to a content-dependent branch: try this row's own skeleton once
+                own = _skeleton(template, messages, locatable, render_kw)
+                if own is not None and own != sk:
+                    skeleton, where = own
+                    for how, cs in (("sentinel", {i: contents[i] for i in locatable}),
+                                    ("sentinel-strip", {i: contents[i].strip() for i in locatable})):
+                        filled, at = _fill(skeleton, where, cs)
+                        if filled == text:
+                            for i, (a, b) in at.items():
+                                spans[i].content_start, spans[i].content_end, spans[i].method = a, b, how
+                            done = True
+                            break
+
+    # 2. prefix renders give turn boundaries (needed anyway for messages whose content was not located)
+    need = [s for s in spans if s.content_start is None]
+    if need or not done:
+        prev_end: int | None = _prefix_len(template, messages, 0, render_kw, text)
+        for i, s in enumerate(spans):
+            end = _prefix_len(template, messages, i + 1, render_kw, text)
+            s.turn_start, s.turn_end = prev_end, end
+            prev_end = end
+        cursor = 0
+        for i, s in enumerate(spans):
+            if s.content_start is not None:
+                cursor = max(cursor, s.content_end or 0)
+                continue
+            c = contents[i]
+            lo = s.turn_start if s.turn_start is not None else cursor
+            hi = s.turn_end if s.turn_end is not None else len(text)
+            hit = None
+            if c is not None:
+                for how, needle in (("prefix", c), ("prefix", c.strip())):
+                    if not needle and c:
+                        continue
+                    p = text.find(needle, lo, hi) if needle else -1
+                    if p >= 0:
+                        hit = (p, p + len(needle), how if (s.turn_start is not None and s.turn_end is not None)
+                               else "search")
+                        break
+                if hit is None and c == "" and s.turn_start is not None and s.turn_end is not None:
+                    hit = None  # empty content: handled by the generation-prompt rule below
+                if hit is None and c:  # last resort: anywhere after the previous content
+                    p = text.find(c, cursor)
+                    if p < 0 and c.strip():
+                        p = text.find(c.strip(), cursor)
+                        c = c.strip() if p >= 0 else c
+                    if p >= 0:
+                        hit = (p, p + len(c), "search")
+            if hit is None and s.role == "assistant" and s.turn_start is not None:
+                # content not recoverable (tool calls, rewritten reasoning, empty): what the model generates starts
+                # where the generation prompt ends
+                gp = _render_prefix(template, messages, i, render_kw, add_generation_prompt=True)
+                if gp is not None and text.startswith(gp) and len(gp) >= s.turn_start:
+                    start = len(gp)
+                    end = start
+                    if c:
+                        q = text.find(c.strip() or c, start, hi)
+                        if q == start:
+                            end = start + len(c.strip() or c)
+                    hit = (start, end, "turn")
+            if hit is not None:
+                s.content_start, s.content_end, s.method = hit
+                cursor = hit[1]
+    return Located(text, spans)
+
+
+def _prefix_len(template, messages, n, render_kw, text) -> int | None:
+    if n == 0:
+        p = _render_prefix(template, messages, 0, render_kw)
+        return len(p) if p is not None and text.startswith(p) else 0
+    p = _render_prefix(template, messages, n, render_kw)
+    return len(p) if p is not None and text.startswith(p) else None
+
+
+# ---------------------------------------------------------------------------------------------------- encoding
+def _end_of_turn_strings(template, tokenizer: Tokenizer) -> tuple[str, ...]:
+    meta = getattr(template, "meta", None)
+    eot = tuple(getattr(meta, "end_of_turn", ()) or ())
+    if not eot and tokenizer.eos_token:
+        eot = (tokenizer.eos_token,)
+    return eot
+
+
+def _find_eot(text: str, start: int, limit: int, eots: Sequence[str]) -> tuple[int, int, str] | None:
+    best = None
+    for e in eots:
+        if not e:
+            continue
+        p = text.find(e, start, limit)
+        if p >= 0 and (best is None or p < best[0]):
+            best = (p, p + len(e), e)
+    return best
+
+
+class _TokenIndex:
+    """Char → token lookups over the tokens that carry text (post-processor tokens excluded)."""
+
+    def __init__(self, offsets: Sequence[tuple[int, int]], special_mask: Sequence[int]):
+        self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
+        self.starts = [offsets[j][0] for j in self.idx]
+        self.ends = [offsets[j][1] for j in self.idx]
+
+    def overlapping(self, a: int, b: int) -> tuple[int, int] | None:
+        """[first, last+1) of token indices whose text overlaps chars [a, b)."""
+        k0 = bisect.bisect_right(self.ends, a)           # first token ending after a
+        k1 = bisect.bisect_left(self.starts, b)          # first token starting at/after b
+        if k0 >= k1:
+            return None
+        return self.idx[k0], self.idx[k1 - 1] + 1
+
+
+def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_special_tokens: bool,
+            max_length: int | None, eots: Sequence[str], eot_ids: dict[str, int | None],
+            generation_spans: list[tuple[int, int]] | None) -> EncodedConversation:
+    text = loc.text
+    ids = list(enc.ids)
+    offsets = [tuple(o) for o in enc.offsets]
+    special_mask = list(enc.special_tokens_mask)
+    toks = list(enc.tokens)
+    ti = _TokenIndex(offsets, special_mask)
+    labels = [IGNORE_INDEX] * len(ids)
+    spans = loc.spans
+    starts_sorted = sorted((s.content_start, s.index) for s in spans if s.content_start is not None)
+    for s in spans:
+        if s.content_start is None:
+            continue
+        a, b = s.content_start, s.content_end
+        rng = ti.overlapping(a, b) if b > a else None
+        if rng:
+            s.token_start, s.token_end = rng
+            if offsets[rng[0]][0] < a:
+                s.straddle_start = rng[0]
+            if offsets[rng[1] - 1][1] > b:
+                s.straddle_end = rng[1] - 1
+        else:
+            k = bisect.bisect_left(ti.starts, a)
+            j = ti.idx[k] if k < len(ti.idx) else len(ids)
+            s.token_start = s.token_end = j
+        if s.role != "assistant":
+            continue
+        # end of turn: the first end-of-turn string after the content, before the next message's content
+        nxt = [p for p, i in starts_sorted if p >= b and i != s.index]
+        limit = min(nxt) if nxt else len(text)
+        if s.turn_end is not None:
+            limit = min(limit, s.turn_end) if s.turn_end > b else limit
+        hit = _find_eot(text, b, limit, eots)
+        train_end = b
+        if hit is not None:
+            p, q, e = hit
+            s.eot_char, s.eot_string = (p, q), e
+            s.eot_id = eot_ids.get(e)
+            rng = ti.overlapping(p, q)
+            if rng:
+                s.eot_index = rng[1] - 1
+                s.eot_single = (rng[1] - rng[0] == 1 and offsets[rng[0]] == (p, q)
+                                and s.eot_id is not None and ids[rng[0]] == s.eot_id)
+            train_end = q
+        if s.trained:
+            lo = bisect.bisect_left(ti.starts, a)
+            hi = bisect.bisect_left(ti.starts, train_end)
+            for k in range(lo, hi):
+                j = ti.idx[k]
+                labels[j] = ids[j]
+    gen_labels = None
+    if generation_spans is not None:
+        gen_labels = [IGNORE_INDEX] * len(ids)
+        for a, b in generation_spans:
+            lo = bisect.bisect_left(ti.starts, a)
+            hi = bisect.bisect_left(ti.starts, b)
+            for k in range(lo, hi):
+                j = ti.idx[k]
+                gen_labels[j] = ids[j]
+    bos_id = tokenizer.bos_id
+    bos_count = 0
+    if bos_id is not None:
+        while bos_count < len(ids) and ids[bos_count] == bos_id:
+            bos_count += 1
+    bos_total = ids.count(bos_id) if bos_id is not None else 0
+    full = len(ids)
+    truncated = max_length is not None and full > max_length
+    if truncated:
+        for s in spans:
+            s.truncated = ((s.token_end is not None and s.token_end > max_length)
+                           or (s.eot_index is not None and s.eot_index >= max_length))
+        ids, offsets, labels = ids[:max_length], offsets[:max_length], labels[:max_length]
+        toks, special_mask = toks[:max_length], special_mask[:max_length]
+        if gen_labels is not None:
+            gen_labels = gen_labels[:max_length]
+    return EncodedConversation(
+        text=text, ids=ids, offsets=offsets, labels=labels, spans=spans, tokens=toks, special_mask=special_mask,
+        add_special_tokens=add_special_tokens, adds_bos=tokenizer.adds_bos and add_special_tokens,
+        template_bos=bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token), bos_id=bos_id,
+        bos_count=bos_count, bos_total=bos_total, full_length=full, max_length=max_length, truncated=truncated,
+        generation_spans=generation_spans, generation_labels=gen_labels)
+
+
+def _generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | None:
+    meta = getattr(template, "meta", None)
+    if not getattr(meta, "has_generation_markers", False) or not hasattr(template, "render_with_mask"):
+        return None
+    try:
+        _text, spans = template.render_with_mask(messages, **render_kw)
+    except Exception:
+        return None
+    return [tuple(x) for x in spans]
+
+
+def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable[Sequence[dict]], *,
+                         max_length: int | None = None, add_special_tokens: bool = True,
+                         errors: str = "raise", render_kw: dict | None = None) -> list[Any]:
+    """``encode_conversation`` for many rows with one ``encode_batch`` call.
+
+    ``errors="raise"`` re-raises the first render error; ``errors="return"`` puts the exception object in that
+    row's place so that one bad row does not stop the batch.
+    """
+    render_kw = dict(render_kw or {})
+    eots = _end_of_turn_strings(template, tokenizer)
+    eot_ids = {e: tokenizer.single_id(e) for e in eots}
+    located: list[Any] = []
+    gens: list[Any] = []
+    for msgs in conversations:
+        msgs = [dict(m) for m in msgs]
+        try:
+            loc = locate_messages(template, msgs, render_kw=render_kw)
+            located.append(loc)
+            gens.append(_generation_spans(template, msgs, render_kw))
+        except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding
+            if errors == "raise":
+                raise
+            located.append(e)
+            gens.append(None)
+    texts = [x.text for x in located if isinstance(x, Located)]
+    encs = iter(tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)) if texts else iter(())
+    out: list[Any] = []
+    for loc, gen in zip(located, gens):
+        if not isinstance(loc, Located):
+            out.append(loc)
+            continue
+        out.append(_finish(loc, next(encs), template, tokenizer, add_special_tokens=add_special_tokens,
+                           max_length=max_length, eots=eots, eot_ids=eot_ids, generation_spans=gen))
+    return out
+
+
+def encode_conversation(template, tokenizer: Tokenizer, messages: Sequence[dict], *,
+                        max_length: int | None = None, add_special_tokens: bool = True,
+                        render_kw: dict | None = None) -> EncodedConversation:
+    """Render, tokenize once, and label one conversation (see the module docstring).
+
+    ``add_special_tokens=True`` (default) runs the tokenizer's post-processor on the render, as ``tokenizer(text)``
+    does; with a template that writes BOS itself and a tokenizer that adds it, ``bos_count`` is 2.
+    Render errors (``TemplateRenderError``) propagate.
+    """
+    return encode_conversations(template, tokenizer, [messages], max_length=max_length,
+                                add_special_tokens=add_special_tokens, render_kw=render_kw)[0]
