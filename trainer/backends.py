@@ -153,7 +153,6 @@ def _load_unsloth(model_path: str, args: TrainArgs):
         dtype=None,
         load_in_4bit=args.load_in_4bit,
         full_finetuning=args.mode == "full",
-        local_files_only=os.path.isdir(model_path),
     )
     # their tokenizer is discarded: Unsloth "fixes" pad/BOS on it; ours is the validated one
     return model
@@ -163,8 +162,7 @@ def attach_lora_unsloth(model, args: TrainArgs):
     unsloth = import_unsloth()
     return unsloth.FastLanguageModel.get_peft_model(
         model, r=args.lora_r, lora_alpha=args.lora_alpha or args.lora_r, lora_dropout=args.lora_dropout,
-        target_modules=LORA_TARGETS, bias="none", use_gradient_checkpointing="unsloth", random_state=args.seed,
-        max_seq_length=args.max_length)
+        target_modules=LORA_TARGETS, bias="none", use_gradient_checkpointing="unsloth", random_state=args.seed)
 
 
 def own_special_tokens(model, *, pad_id: int, bos_id: int | None, stop_ids: list[int]) -> None:
