@@ -210,9 +210,17 @@ def _cli(*args):
                           timeout=120)
 
 
-def test_cli_acceptance_seed_example_passes_with_llama3():
-    r = _cli("examples/tweets.jsonl", "--template", "llama-3", "--format", "json")
+def test_cli_acceptance_seed_example_passes_with_llama3(tmp_path):
+    # an empty config: examples/tmplcheck.toml also names a tokenizer, whose stage is tested elsewhere
+    (tmp_path / "tmplcheck.toml").write_text("")
+    r = _cli("examples/tweets.jsonl", "--template", "llama-3", "--format", "json",
+             "--config", str(tmp_path / "tmplcheck.toml"))
     assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    out = json.loads(r.stdout)
+    assert not [f for f in out["findings"] if f["code"].startswith("T")]
+    assert out["summary"]["template"]["rows_rendered"] == 2
 
 
 def test_cli_acceptance_no_eot_template_fails():
