@@ -99,3 +99,5 @@ def test_summary_counts_and_headline():
     s = CrossSummary(builtin="chatml")
     s.add([])
     assert "exactly what training saw" in s.headline()
+    _, s = run_fixture("bos_one_side.jsonl")  # BOS only: the tokenizer adds it on the server side
+    assert s.as_dict()["equivalent"] == 1 and "apart from BOS/EOS" in s.headline()

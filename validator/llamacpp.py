@@ -753,6 +753,7 @@ class CrossSummary:
     builtin: str | None = None
     rows: int = 0
     identical: int = 0
+    equivalent: int = 0      # only info-level differences (BOS/EOS the tokenizer handles, the assistant cue)
     explained: int = 0
     unexplained: int = 0
     unknown: int = 0
@@ -772,6 +773,8 @@ class CrossSummary:
             self.unknown += 1
         elif any(f.severity is Severity.ERROR for f in xs):
             self.unexplained += 1
+        elif all(f.severity is Severity.INFO for f in xs):
+            self.equivalent += 1
         else:
             self.explained += 1
 
@@ -782,16 +785,22 @@ class CrossSummary:
         if self.unknown == self.rows:
             return ("llama.cpp does not recognise this template: a llama.cpp/Ollama-style server that does not run "
                     "the Jinja template will format every row differently from training.")
-        if self.identical == self.rows:
-            return (f"{fmt}: all {self.rows} rows render identically, so a llama.cpp/Ollama-style server sees "
-                    "exactly what training saw.")
-        top = [c for c, _ in self.by_code.most_common() if c in _VIEW and c != "X011"][:3]
+        same = self.identical + self.equivalent
+        if same == self.rows:
+            tail = "" if self.identical == self.rows else \
+                " apart from BOS/EOS tokens the tokenizer handles"
+            return (f"{fmt}: all {self.rows} rows render identically{tail}, so a llama.cpp/Ollama-style server "
+                    "sees exactly what training saw.")
+        from tmplcheck.validator.codes import RULES
+
+        top = [c for c, _ in self.by_code.most_common() if c in _VIEW and c != "X011"
+               and RULES[c].severity is not Severity.INFO][:3]
         seen = ", ".join(f"{_VIEW[c]} ({self.by_code[c]} rows)" for c in top)
-        parts = [f"{fmt}: {self.identical} of {self.rows} rows identical, {self.explained} differ in explained "
-                 f"ways, {self.unexplained} unexplained"]
+        s = (f"{fmt}: {same} of {self.rows} rows render identically (up to BOS/EOS), {self.explained} differ in "
+             f"explained ways, {self.unexplained} unexplained")
         if self.unknown:
-            parts.append(f", {self.unknown} not comparable")
-        s = "".join(parts) + "; "
+            s += f", {self.unknown} not comparable"
+        s += "; "
         if seen:
             s += f"a llama.cpp/Ollama-style server would show the model {seen} where training saw the template's text"
         else:
@@ -801,6 +810,7 @@ class CrossSummary:
         return s + "."
 
     def as_dict(self) -> dict[str, Any]:
-        return {"format": self.builtin, "rows": self.rows, "identical": self.identical, "explained": self.explained,
+        return {"format": self.builtin, "rows": self.rows, "identical": self.identical,
+                "equivalent": self.equivalent, "explained": self.explained,
                 "unexplained": self.unexplained, "unknown": self.unknown,
                 "by_code": dict(sorted(self.by_code.items())), "headline": self.headline()}
