@@ -112,7 +112,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         if s.upper() != "ALL" and not any(matches(c, [s]) for c in RULES):
             raise click.UsageError(f"--select/--ignore: {s!r} matches no finding code")
     stage_cfg = StageConfig(template=template, tokenizer=tokenizer, max_length=max_length,
-                            extra={"jobs": pick(jobs, "jobs")})
+                            extra={"jobs": pick(jobs, "jobs"), "select": sel, "ignore": ign})
     try:
         stages = build_stages(stage_cfg)
     except ImportError as e:

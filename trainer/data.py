@@ -96,6 +96,12 @@ def write_eval(path: Path, data_path: str | Path, convs: list[Any]) -> int:
     return len(out)
 
 
+def add_special_tokens_for(template: Any, tok: Any) -> bool:
+    """Whether the tokenizer's post-processor runs on the render: not when the template writes BOS itself (as
+    ``apply_chat_template`` does for inference), so the model trains on exactly one BOS either way."""
+    return not (getattr(template.meta, "bos_in_template", False) and getattr(tok, "adds_bos", False))
+
+
 def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | None) -> Iterator[Example]:
     """Encode each conversation with the validator's ``encode_conversation``; labels = its verified mask.
 
@@ -104,8 +110,9 @@ def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | N
     from tmplcheck.validator.tokens import encode_conversation
 
     bos = getattr(tok, "bos_id", None)
+    add_special = add_special_tokens_for(template, tok)
     for c in convs:
-        enc = encode_conversation(template, tok, c.dicts(), max_length=max_length)
+        enc = encode_conversation(template, tok, c.dicts(), max_length=max_length, add_special_tokens=add_special)
         ids, labels = list(enc.ids), list(enc.labels)
         if len(ids) != len(labels):
             raise DataError(f"line {c.line}: encode_conversation returned {len(ids)} ids but {len(labels)} labels")
