@@ -145,7 +145,7 @@ _EXTRA_STOP_IDS: dict[str, tuple[int, ...]] = {
 
 VOCAB_TEST_SEPARATOR = "\n__ggml_vocab_test__\n"
 _META_FILE = "tmplcheck-tokenizer.json"
-_CONVERTER_VERSION = 1
+_CONVERTER_VERSION = 2
 
 
 def tokenizers_root() -> Path:
@@ -219,6 +219,7 @@ class GGUFVocabInfo:
     eog_ids: list[int] = field(default_factory=list)
     pre: str | None = None
     model: str | None = None
+    strip: dict[int, tuple[bool, bool]] = field(default_factory=dict)  # id -> (lstrip, rstrip) per llama.cpp
 
 
 def gguf_vocab_info(gguf_path: str | os.PathLike) -> GGUFVocabInfo:
@@ -235,7 +236,8 @@ def gguf_vocab_info(gguf_path: str | os.PathLike) -> GGUFVocabInfo:
     with LlamaCppTokenizer(gguf_path) as lc:
         return GGUFVocabInfo(n_tokens=lc.n_tokens, bos_id=lc.bos_id, eos_id=lc.eos_id, eot_id=lc.eot_id,
                              add_bos=lc.add_bos, add_eos=lc.add_eos, eog_ids=sorted(lc.eog_ids),
-                             pre=get("tokenizer.ggml.pre"), model=get("tokenizer.ggml.model"))
+                             pre=get("tokenizer.ggml.pre"), model=get("tokenizer.ggml.model"),
+                             strip=lc.strip_attrs())
 
 
 def _template_processing(bos: tuple[str, int] | None, eos: tuple[str, int] | None) -> dict:
@@ -286,7 +288,18 @@ def _fix_tokenizer_json(tj: dict, info: GGUFVocabInfo, notes: list[str]) -> dict
             {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
         tj["pre_tokenizer"] = None
         notes.append("Metaspace pre-tokenizer -> Prepend+Replace normalizer (Meta's Llama 2 tokenizer.json)")
-    # 4. post-processor: BOS/EOS exactly when llama.cpp adds them
+    # 4. lstrip/rstrip of added tokens as llama.cpp has them (it mirrors the original tokenizer.json: Phi-3's
+    #    <|user|>, <|end|>, ... eat the whitespace after them)
+    changed = []
+    for a in tj.get("added_tokens", []):
+        ls, rs = info.strip.get(a["id"], (False, False))
+        if (bool(a.get("lstrip")), bool(a.get("rstrip"))) != (ls, rs):
+            a["lstrip"], a["rstrip"] = ls, rs
+            changed.append(a["content"])
+    if changed:
+        notes.append(f"lstrip/rstrip from llama.cpp on {len(changed)} added tokens ({', '.join(changed[:3])}"
+                     f"{', ...' if len(changed) > 3 else ''})")
+    # 5. post-processor: BOS/EOS exactly when llama.cpp adds them
     id_to_content = {a["id"]: a["content"] for a in tj.get("added_tokens", [])}
     if isinstance(vocab, dict):
         inv = {i: t for t, i in vocab.items()}
@@ -385,10 +398,17 @@ def convert_gguf(gguf_path: str | os.PathLike, dest: str | os.PathLike, *, label
                 "add_bos": info.add_bos, "add_eos": info.add_eos, "stop_ids": stop, "notes": notes,
                 "verified": {"cases": cases, "mismatches": bad[:20], "exact": exact}}
         (staging / _META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+        os.chmod(staging, 0o755)
         old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(staging, dest)
+        try:
+            if dest.exists():
+                os.replace(dest, old)
+            os.replace(staging, dest)
+        except OSError:
+            # another process finished the same conversion in between: keep its result
+            if not _is_current(dest):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

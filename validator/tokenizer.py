@@ -290,6 +290,17 @@ class LlamaCppTokenizer:
             n = L.llama_tokenize(self._vocab, b, len(b), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
+    def strip_attrs(self) -> dict[int, tuple[bool, bool]]:
+        """id -> (lstrip, rstrip) for the tokens llama.cpp strips whitespace around."""
+        L = self._L
+        out = {}
+        for i in range(self.n_tokens):
+            a = L.llama_vocab_get_attr(self._vocab, i)
+            ls, rs = bool(a & L.LLAMA_TOKEN_ATTR_LSTRIP), bool(a & L.LLAMA_TOKEN_ATTR_RSTRIP)
+            if ls or rs:
+                out[i] = (ls, rs)
+        return out
+
     def token_text(self, i: int) -> str:
         return self._L.llama_vocab_get_text(self._vocab, i).decode("utf-8", "replace")
 
