@@ -403,7 +403,8 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
             rng = ti.overlapping(p, q)
             if rng:
                 s.eot_index = rng[1] - 1
-                s.eot_single = (rng[1] - rng[0] == 1 and offsets[rng[0]] == (p, q)
+                # one token, starting at the string (its end may include whitespace an rstrip token eats)
+                s.eot_single = (rng[1] - rng[0] == 1 and offsets[rng[0]][0] == p and offsets[rng[0]][1] >= q
                                 and s.eot_id is not None and ids[rng[0]] == s.eot_id)
             train_end = q
         if s.trained:
