@@ -466,7 +466,8 @@ def gguf_tokenizer_dir(gguf_path: str | os.PathLike) -> Path:
     return dest
 
 
-def _print_table(results: list[ConvertResult], out=sys.stdout) -> None:
+def _print_table(results: list[ConvertResult], out=None) -> None:
+    out = out or sys.stdout
     print(f"{'vocab':<16} {'status':<10} {'exact':<7} {'cases':>5} {'bad':>4} {'secs':>6}  notes / reason", file=out)
     for r in results:
         exact = {True: "yes", False: "NO", None: "-"}[r.exact]
