@@ -40,12 +40,13 @@ def _conf(data: str | None) -> dict:
 def token_table(tmpl, tok, conv) -> dict:
     """The row's tokens with strings, offsets, mask, special flags and the message each belongs to, plus findings."""
     from tmplcheck.validator.checks.tokens import IGNORE
-    from tmplcheck.validator.token_stage import TokenPipeline, locate_turns, row_in
+    from tmplcheck.validator.token_stage import TokenPipeline, row_in
     from tmplcheck.validator.tokens import encode_conversation
 
     messages = conv.dicts()
-    enc = encode_conversation(tmpl, tok, messages)
-    turns, _ = locate_turns(tmpl, messages, enc.text)
+    pipe = TokenPipeline(tmpl, tok, path=conv.path)
+    enc = encode_conversation(tmpl, tok, messages, add_special_tokens=pipe.add_special_tokens)
+    turns, _ = pipe.turns_of(row_in(conv), messages, enc)
     found = sorted((t for t in turns if t.found), key=lambda t: t.start)
     specials = set(getattr(tok, "special_ids", ()))
     rows = []
@@ -61,7 +62,6 @@ def token_table(tmpl, tok, conv) -> dict:
         rows.append({"index": i, "id": tid, "string": enc.text[s:e] if e > s else (tok.id_to_token(tid) or ""),
                      "token": tok.id_to_token(tid), "offset": [s, e], "trained": lab != IGNORE,
                      "special": tid in specials, "message": owner, "part": part})
-    pipe = TokenPipeline(tmpl, tok, path=conv.path)
     res = pipe.process_row(row_in(conv))
     return {"path": conv.path, "line": conv.line, "template": tmpl.meta.name, "tokenizer": getattr(tok, "name", ""),
             "text": enc.text, "ids": list(enc.ids), "labels": list(enc.labels),

@@ -97,7 +97,8 @@ class Probe:
     def _encode(self, conv):
         from tmplcheck.validator.tokens import encode_conversation
 
-        return encode_conversation(self.template, self.tokenizer, conv)
+        return encode_conversation(self.template, self.tokenizer, conv,
+                                   add_special_tokens=self.pipeline.add_special_tokens)
 
     # -- properties: each returns None when it holds, else a message
     def deterministic(self, conv) -> str | None:
@@ -163,7 +164,7 @@ class Probe:
             prompt, e = self._render(conv[: i + 1], add_generation_prompt=True)
             if e is not None:
                 return f"the prompt up to message {i} fails to render: {e}"
-            pids = list(self.tokenizer.encode(prompt).ids)
+            pids = list(self.tokenizer.encode(prompt, add_special_tokens=self.pipeline.add_special_tokens).ids)
             if ids[: len(pids)] != pids:
                 k = K.first_divergence(ids[: len(pids)], pids)
                 why = "the text differs (history rewritten)" if not full.startswith(prompt) else \

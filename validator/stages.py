@@ -40,7 +40,8 @@ def token_stage_factory(cfg: StageConfig):
     def make(path: str):
         return TokenStage(path, template, tokenizer, max_length=cfg.max_length, jobs=jobs,
                           llamacpp_vocab=str(tokenizer.gguf_path) if getattr(tokenizer, "gguf_path", None) else None,
-                          tokenizer_name=str(cfg.tokenizer))
+                          tokenizer_name=str(cfg.tokenizer),
+                          add_special_tokens=extra.get("add_special_tokens", "auto"))
 
     return make
 

@@ -129,9 +129,11 @@ def _special_strings_of(tok) -> dict[str, int]:
 
 
 def template_control_strings(template) -> list[str]:
-    """Every control string the template writes (from its metadata)."""
+    """The control strings the template writes that must be single tokens: its end-of-turn strings, its BOS, and
+    every ``<...>``-shaped special string (``[INST]``-style markers are plain text in some vocabularies, e.g.
+    Llama 2, and control tokens in others, so they are not required to be one id)."""
     meta = template.meta
-    out = list(meta.special_tokens) + list(meta.end_of_turn)
+    out = [s for s in meta.special_tokens if s.startswith("<") and s.endswith(">")] + list(meta.end_of_turn)
     if meta.bos_in_template and meta.bos_token:
         out.append(meta.bos_token)
     return list(dict.fromkeys(s for s in out if s))
@@ -142,13 +144,17 @@ class TokenPipeline:
 
     def __init__(self, template, tokenizer, *, path: str = "", max_length: int | None = None,
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 2000, llamacpp_every: int = 50,
-                 check_generation: bool = True):
-        from tmplcheck.validator.tokens import encode_conversation
+                 check_generation: bool = True, add_special_tokens: bool | str = "auto"):
+        from tmplcheck.validator.tokens import encode_conversations
 
         self.template = template
         self.tokenizer = tokenizer
         self.path = path
-        self._encode_conversation = encode_conversation
+        self._encode_conversations = encode_conversations
+        # the trainer's policy: the post-processor runs unless the template writes BOS and the tokenizer adds it too
+        # (``True``/``False`` check another pipeline, e.g. a trainer that encodes the render with tokenizer(text))
+        self.add_special_tokens = (not (template.meta.bos_in_template and getattr(tokenizer, "adds_bos", False))
+                                   if add_special_tokens == "auto" else bool(add_special_tokens))
         specials = {s: i for i in getattr(tokenizer, "special_ids", ()) if (s := tokenizer.id_to_token(i))}
         specials.update({k: v for k, v in _special_strings_of(tokenizer).items() if k not in specials})
         meta = template.meta
@@ -167,7 +173,10 @@ class TokenPipeline:
             if hid and hid[0] in specials.values():
                 heads.add(hid[0])
         bos_id = getattr(tokenizer, "bos_id", None)
-        bos_expected = bos_id is not None and bool(getattr(tokenizer, "adds_bos", False) or meta.bos_token)
+        cfg = getattr(tokenizer, "config", None) or {}
+        # BOS is expected when the tokenizer adds it, its config says so, or the template writes it
+        bos_expected = bos_id is not None and bool(getattr(tokenizer, "adds_bos", False) or meta.bos_in_template
+                                                   or cfg.get("add_bos_token") is True)
         self.ctx = TokenContext(
             path=path, bos_id=bos_id, bos_token=getattr(tokenizer, "bos_token", None), bos_expected=bos_expected,
             eot_ids=frozenset(eot_ids), stop_ids=frozenset(stop), special_ids=frozenset(specials.values()),
@@ -180,6 +189,9 @@ class TokenPipeline:
         self.llamacpp_every = max(1, llamacpp_every)
         self._lc = None
         self.rows_seen = 0
+        # a pair whose control strings are not single tokens (K001) has no turn structure at the token level:
+        # the structural checks would only repeat that finding on every row, so they are skipped
+        self.structure_ok = not self.template_findings()
 
     # -- helpers
     def encode_plain(self, s: str) -> list[int]:
@@ -201,21 +213,44 @@ class TokenPipeline:
         return bool(self.llamacpp_vocab) and (ordinal < self.llamacpp_all or ordinal % self.llamacpp_every == 0)
 
     # -- per row
-    def process(self, rows: Iterable[RowIn], first_ordinal: int = 0) -> list[RowOut]:
-        return [self.process_row(r, first_ordinal + k) for k, r in enumerate(rows)]
+    def process(self, rows: Sequence[RowIn], first_ordinal: int = 0) -> list[RowOut]:
+        """Encode the rows in one batch (``encode_conversations``: one ``encode_batch`` call) and check each."""
+        msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
+        encs = self._encode_conversations(self.template, self.tokenizer, msgs, errors="return",
+                                          add_special_tokens=self.add_special_tokens)
+        out = []
+        for k, (row, messages, enc) in enumerate(zip(rows, msgs, encs)):
+            if isinstance(enc, BaseException):  # the template stage reports render errors (T codes)
+                out.append(RowOut(row[0], [], -1, 0))
+                continue
+            out.append(self._check(row, messages, enc, first_ordinal + k))
+        return out
 
     def process_row(self, row: RowIn, ordinal: int = 0) -> RowOut:
-        line, msgs = row
-        messages = [{"role": r, "content": c} for r, c, _p, _rp in msgs]
-        pointers = [(p, rp) for _r, _c, p, rp in msgs]
+        return self.process([row], ordinal)[0]
+
+    def turns_of(self, row: RowIn, messages: list[dict], enc) -> tuple[list[Turn], list[int]]:
+        """The encoding's message spans as the checks' turns (sorted by position) and the trimmed messages."""
+        turns, trimmed = [], []
+        for sp in enc.spans:
+            i = sp.index
+            _r, _c, ptr, rptr = row[1][i]
+            if sp.content_start is None:
+                turns.append(Turn(i, sp.role, -1, -1, ptr, rptr))
+                continue
+            turns.append(Turn(i, sp.role, sp.content_start, sp.content_end, ptr, rptr))
+            c = messages[i]["content"]
+            if sp.content_end - sp.content_start != len(c):
+                trimmed.append(i)
+        turns.sort(key=lambda t: (not t.found, t.start, t.index))
+        return turns, trimmed
+
+    def _check(self, row: RowIn, messages: list[dict], enc, ordinal: int) -> RowOut:
+        line = row[0]
         ctx = self.ctx
         out: list[Finding] = []
-        try:
-            enc = self._encode_conversation(self.template, self.tokenizer, messages)
-        except Exception:  # noqa: BLE001 - the template stage reports render errors (T codes)
-            return RowOut(line, [], -1, 0)
         text, ids, offsets, labels = enc.text, list(enc.ids), list(enc.offsets), list(enc.labels)
-        turns, trimmed = locate_turns(self.template, messages, text, pointers)
+        turns, trimmed = self.turns_of(row, messages, enc)
         idx = TokenIndex(offsets)
         by_index = {t.index: t for t in turns}
         for i in trimmed:
@@ -225,33 +260,35 @@ class TokenPipeline:
                                path=ctx.path, line=line, pointer=t.pointer))
         out.extend(K.check_content_found(turns, ctx, line=line))
         out.extend(K.check_bos(ids, ctx, line=line))
+        n_trained = sum(1 for lab in labels if lab != K.IGNORE)
+        if not self.structure_ok:
+            out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
+                                                   for t in turns], ctx, line=line, encode=self.encode_plain))
+            out.extend(K.check_max_length(ids, [], {}, idx, ctx, line=line))
+            return RowOut(line, out, len(ids), n_trained)
         cands = K.find_end_of_turns(turns, ids, idx, ctx, len(text))
         out.extend(K.check_end_of_turn(turns, ids, cands, ctx, line=line))
         eots = K.accepted(cands, ids, ctx)
         out.extend(K.check_mask(text, ids, offsets, labels, turns, eots, ctx, line=line))
-        if self.has_markers and all(t.found for t in turns):
-            try:
-                _gtext, spans = self.template.render_with_mask(messages)
-            except Exception:  # noqa: BLE001
-                spans = None
-            if spans is not None and _gtext == text:
-                out.extend(K.check_generation_mask(text, ids, offsets, spans, turns, eots, ctx, line=line))
+        gen = getattr(enc, "generation_spans", None)
+        if self.has_markers and gen is not None:
+            out.extend(K.check_generation_mask(text, ids, offsets, gen, turns, eots, ctx, line=line))
         out.extend(K.check_boundary_merges(ids, idx, turns, ctx, text=text, line=line))
         out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
                                                for t in turns], ctx, line=line, encode=self.encode_plain))
         out.extend(K.check_max_length(ids, turns, eots, idx, ctx, line=line))
-        out.extend(K.check_prefix(ids, self._prompts(messages, turns, text, ids, idx), ctx, line=line))
+        out.extend(self._prompt_checks(messages, turns, text, ids, idx, line))
         if self._lc_sampled(ordinal):
             lc = self._llamacpp()
             skip = 1 if ids and ids[0] == ctx.bos_id and offsets[0] == (0, 0) else 0
             lc_ids = lc.encode(text, add_special=False, parse_special=True)
             out.extend(K.check_llamacpp_ids(ids[skip:], lc_ids, ctx, line=line, text=text, offsets=offsets[skip:],
                                             lc_name=lambda i: repr(lc.token_text(i))))
-        trained = sum(1 for lab in labels if lab != K.IGNORE)
-        return RowOut(line, out, len(ids), trained)
+        return RowOut(line, out, len(ids), n_trained)
 
-    def _prompts(self, messages, turns, text, ids, idx) -> Iterator[tuple[Turn, str, list[int], bool]]:
-        """Inference prompts that fail the cheap prefix test, with their ids (see the module docstring)."""
+    def _prompt_checks(self, messages, turns, text, ids, idx, line) -> Iterator[Finding]:
+        """K009 and K011 for the inference prompt before each assistant answer that follows a user turn."""
+        by_index = {t.index: t for t in turns}
         for t in turns:
             i = t.index
             if t.role != "user" or i + 1 >= len(messages) or messages[i + 1]["role"] != "assistant":
@@ -263,8 +300,12 @@ class TokenPipeline:
             ok_text = text.startswith(prompt)
             if ok_text and (len(prompt) == len(text) or idx.straddles(len(prompt)) is None):
                 continue
-            pids = list(self.tokenizer.encode(prompt).ids)
-            yield t, prompt, pids, ok_text
+            answer = by_index.get(i + 1)
+            if ok_text and answer is not None and answer.found and answer.start >= len(prompt):
+                yield from K.check_generation_point(ids, idx, answer, len(prompt), self.ctx, text=text, line=line)
+                continue
+            pids = list(self.tokenizer.encode(prompt, add_special_tokens=self.add_special_tokens).ids)
+            yield from K.check_prefix(ids, [(t, prompt, pids, ok_text)], self.ctx, line=line)
             return  # one per row is enough to explain it
 
 

@@ -271,7 +271,7 @@ def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
                turns: Sequence[Turn], eots: dict[int, int | None], ctx: TokenContext, *, line: int,
                source: str = "labels") -> Iterator[Finding]:
     """M001 trained outside the assistant turns, M002 assistant content masked, M003 end-of-turn masked,
-    M004 nothing trained, M005 a token straddling an assistant content boundary."""
+    M004 nothing trained. Tokens straddling an assistant content edge are left out (M005 reports them)."""
     trained = [lab != IGNORE for lab in labels]
     if not any(trained):
         yield finding("M004", f"no token of the row is trained ({source})",
@@ -280,14 +280,6 @@ def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
     if any(not t.found for t in turns):
         return  # K012 already explains the row; a mask comparison would only cascade
     mask, straddle = expected_mask(text, ids, offsets, turns, eots)
-    for i in straddle:
-        s, e = offsets[i]
-        t, _ = _locate(turns, s)
-        t = next((x for x in turns if x.role == "assistant" and x.found and (s < x.start < e or s < x.end < e)), t)
-        edge = "start" if t is not None and s < t.start < e else "end"
-        yield finding("M005", f"token {ctx.name(ids[i])} at chars {s}-{e} spans the {edge} of assistant message "
-                              f"{t.index if t else '?'}'s content: the mask cannot separate header and content",
-                      data={"token_index": i}, **_where(ctx.path, line, t.pointer if t else ""))
     eot_at = {e: idx for idx, e in eots.items() if e is not None}
     over: dict[int, list[int]] = {}
     under: dict[int, list[int]] = {}
@@ -362,25 +354,38 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
 
 def check_boundary_merges(ids: Sequence[int], idx: TokenIndex, turns: Sequence[Turn], ctx: TokenContext, *,
                           text: str, line: int) -> Iterator[Finding]:
-    """K009: a token spans the start of a message's content (header + content merged by BPE), or the end of a
-    non-assistant content and the template text after it (assistant ends are M005)."""
+    """M005: a token spans the start or end of an assistant turn's content and holds template text that is not
+    whitespace, so no mask can separate them. (SentencePiece's "▁word" carrying the template's space, or a newline
+    run, is not a mask problem; where it changes what inference sees, K009 reports it.)"""
     for t in turns:
-        if not t.found or t.end == t.start:
+        if t.role != "assistant" or not t.found or t.end == t.start:
             continue
-        i = idx.straddles(t.start)
-        if i is not None:
+        for edge, pos in (("start", t.start), ("end", t.end)):
+            i = idx.straddles(pos)
+            if i is None:
+                continue
             s, e = idx.offsets[i]
-            yield finding("K009", f"token {ctx.name(ids[i])} ({text[s:e]!r}) merges the header of {t.role} message "
-                                  f"{t.index} with its content; alone the header tokenizes differently",
-                          hint="strip leading whitespace from the content", data={"token_index": i},
-                          **_where(ctx.path, line, t.pointer))
-        if t.role != "assistant":
-            i = idx.straddles(t.end)
-            if i is not None:
-                s, e = idx.offsets[i]
-                yield finding("K009", f"token {ctx.name(ids[i])} ({text[s:e]!r}) merges the end of {t.role} "
-                                      f"message {t.index} with the template text after it", data={"token_index": i},
-                              **_where(ctx.path, line, t.pointer))
+            outside = text[s:t.start] if edge == "start" else text[t.end:e]
+            if not outside.strip():
+                continue
+            yield finding("M005", f"token {ctx.name(ids[i])} ({text[s:e]!r}) spans the {edge} of assistant message "
+                                  f"{t.index}'s content, joining it with template text {outside!r}: the mask cannot "
+                                  "separate them", data={"token_index": i}, **_where(ctx.path, line, t.pointer))
+
+
+def check_generation_point(ids: Sequence[int], idx: TokenIndex, answer: Turn, prompt_len: int, ctx: TokenContext,
+                           *, text: str, line: int) -> Iterator[Finding]:
+    """K009: a token spans the end of the inference prompt (``prompt_len`` chars, the generation prompt included):
+    the row's tokens there differ from what the model sees when it starts generating ``answer``."""
+    i = idx.straddles(prompt_len)
+    if i is None:
+        return
+    s, e = idx.offsets[i]
+    yield finding("K009", f"token {ctx.name(ids[i])} ({text[s:e]!r}) merges the end of the generation prompt with "
+                          f"the start of assistant message {answer.index}; at inference the prompt ends at char "
+                          f"{prompt_len - s} of this token, so the model is trained after a context it never sees",
+                  hint="strip leading whitespace from the content", data={"token_index": i},
+                  **_where(ctx.path, line, answer.pointer))
 
 
 def escape_control_strings(content: str, specials: Iterable[str] | re.Pattern) -> str:

@@ -35,14 +35,15 @@ What: the assistant mask is empty for the whole row (no assistant turn, or every
 Why it hurts: the row costs compute and trains nothing; with some trainers the loss is NaN (0/0).
 Fix: drop the row or add the assistant turn.
 """, "tokens/no_trained_tokens.jsonl"),
-    Rule("M005", "mask-boundary-merge", W, "A token spans the boundary between template text and assistant content.",
+    Rule("M005", "mask-boundary-merge", W, "A token joins template text and assistant content, so the mask cannot split them.",
          """
-What: BPE merged template text (the header before the answer, or the end-of-turn string after it) with content into
-one token, so the mask cannot separate them: either header text is trained or content is masked.
-Why it hurts: the mask boundary shifts; the model learns a token at inference time it will never produce after the
-real header (see K009).
-Example: chatml content starting with a newline: `assistant\\n` + `\\nHi` merges `\\n\\n`.
-Fix: strip whitespace at the edges of content (D014).
+What: BPE merged non-whitespace template text (the end of a plain-text header such as `Assistant:`, or text after
+the answer) with the content of an assistant turn into one token: either the template text is trained or part of
+the answer is masked.
+Why it hurts: the mask boundary shifts; the model learns to produce a token that at inference would already be part
+of the prompt (see K009), or loses the first/last piece of its answer.
+Example: a template writing `Assistant:` directly before content ":) Sure" merges `::`.
+Fix: put whitespace or a special token between header and content in the template, or strip such content.
 """, "tokens/mask_boundary_merge.jsonl"),
     Rule("M006", "generation-mask-mismatch", E, "The template's {% generation %} mask disagrees with the turn structure.",
          """

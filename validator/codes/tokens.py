@@ -79,14 +79,15 @@ truncated row trains that answer without the token that ends it. The message nam
 Why it hurts: the model learns answers that stop mid-sentence without an end-of-turn, i.e. it is taught not to stop.
 Fix: raise `--max-length`, drop or split the row, or truncate at turn boundaries.
 """, "tokens/over_max_length.jsonl"),
-    Rule("K009", "header-tokens-changed", W, "A role header tokenizes differently inside the row than on its own.",
+    Rule("K009", "header-tokens-changed", W, "The generation prompt's last token merges with the answer in training.",
          """
-What: BPE merged the end of a role header (e.g. the `\\n\\n` after `<|end_header_id|>`) with the start of the content
-(leading whitespace or newlines), so the header's tokens in training differ from the header's tokens at inference,
-where the generation prompt is encoded on its own.
-Why it hurts: the model is trained after one token sequence and served after another; the first generated token is
+What: BPE merged the end of the assistant header (the generation prompt, e.g. the `\n` after
+`<|im_start|>assistant`) with the start of the answer (leading whitespace or newlines), so no token boundary exists
+in the training row where the inference prompt ends.
+Why it hurts: at inference the prompt is encoded on its own and ends with the header's own tokens; in training the
+model never saw that context followed by an answer — it saw one merged token. The first generated token is
 conditioned on a context it never saw, which shows up as a stray newline or a skipped first word.
-Example: Llama 3 with assistant content "\\nHello" gives the token `\\n\\n\\n` spanning header and content.
+Example: ChatML with assistant content "\nHello" gives the token `\n\n` spanning header and content.
 Fix: strip leading whitespace from content (see D014).
 """, "tokens/header_merge.jsonl"),
     Rule("K010", "llama-cpp-token-mismatch", W, "llama.cpp's tokenizer gives other ids than the HF tokenizer for the same text.",
