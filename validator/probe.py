@@ -128,8 +128,12 @@ class Probe:
                 if n != 1:
                     return f"message {i} ({conv[i]['role']}) is rendered {n} times"
         turns, trimmed = locate_turns(self.template, conv, text)
-        if trimmed:
-            return f"message {trimmed[0]}'s content is trimmed by the template"
+        allowed = self._serving_trims()
+        bad = [i for i in trimmed if conv[i]["role"] not in allowed]
+        if bad:
+            return (f"message {bad[0]} ({conv[bad[0]]['role']})'s content is trimmed by the template"
+                    + (f" (llama.cpp's {self.template.meta.llama_cpp} format keeps it)" if self.template.meta.llama_cpp
+                       else ""))
         missing = [t.index for t in turns if not t.found]
         if missing:
             return f"message {missing[0]} ({conv[missing[0]]['role']})'s content is not in the render as written"
@@ -137,6 +141,18 @@ class Probe:
         if order != sorted(order):
             return f"messages are rendered in the order {order}"
         return None
+
+    def _serving_trims(self) -> frozenset[str]:
+        """Roles whose content the serving format (llama.cpp's builtin for this template) trims too: a template that
+        trims them matches serving (Llama 3, Gemma); trimming anything else changes the data."""
+        name = self.template.meta.llama_cpp
+        if not name:
+            return frozenset()
+        try:
+            from tmplcheck.validator.llamacpp import trimmed_roles
+        except ImportError:
+            return frozenset()
+        return frozenset(trimmed_roles(name))
 
     def mask(self, conv) -> str | None:
         text, e = self._render(conv)
@@ -202,7 +218,7 @@ class Probe:
         return {
             "deterministic": (self.deterministic, S.conversations(sp)),
             "render-valid": (self.render_valid, clean),
-            "content": (self.content, clean),
+            "content": (self.content, S.valid_conversations(sp, clean=False, edges=True)),
             "mask": (self.mask, clean),
             "prefix": (self.prefix, clean),
             "llama-cpp": (self.llama_cpp, clean),

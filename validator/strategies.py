@@ -32,7 +32,7 @@ def words_text(min_words: int = 1, max_words: int = 12) -> st.SearchStrategy[str
 
 
 def content(specials: Sequence[str] = (), *, clean: bool = False, max_size: int = 60,
-            long: bool = True) -> st.SearchStrategy[str]:
+            long: bool = True, edges: bool = False) -> st.SearchStrategy[str]:
     """Message content.
 
     ``clean=True`` gives content a well-behaved dataset holds (non-empty, no whitespace at the edges, no control
@@ -40,8 +40,12 @@ def content(specials: Sequence[str] = (), *, clean: bool = False, max_size: int 
     ``specials`` (the template's control strings) and template delimiters.
     """
     base = st.one_of(words_text(), st.text(_plain_chars(), min_size=1, max_size=max_size))
-    if clean:
-        return base.map(str.strip).filter(bool).filter(lambda s: not any(x in s for x in specials if x))
+    if clean or edges:
+        good = base.map(str.strip).filter(bool).filter(lambda s: not any(x in s for x in specials if x))
+        if edges:  # clean text, sometimes with whitespace at its edges (a template must keep or trim it knowingly)
+            return st.one_of(good, st.tuples(st.sampled_from([" ", "\n", "  ", ""]), good,
+                                             st.sampled_from([" ", "\n", "\n\n", ""])).map("".join))
+        return good
     options = [base, st.just(""), base.map(lambda s: f"  {s}\n"), base.map(lambda s: f"\n{s}"),
                base.map(lambda s: f"{s}\n\n"),
                st.tuples(base, st.sampled_from(DELIMITERS), base).map("".join)]
@@ -54,10 +58,10 @@ def content(specials: Sequence[str] = (), *, clean: bool = False, max_size: int 
 
 @st.composite
 def valid_conversations(draw, specials: Sequence[str] = (), *, system: bool | None = None, clean: bool = True,
-                        max_pairs: int = 3) -> list[dict]:
+                        max_pairs: int = 3, edges: bool = False) -> list[dict]:
     """system? (user assistant)+ — the order every chat template accepts."""
     msgs: list[dict] = []
-    c = content(specials, clean=clean)
+    c = content(specials, clean=clean, edges=edges)
     if system is None:
         system = draw(st.booleans())
     if system:
