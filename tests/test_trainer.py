@@ -87,6 +87,25 @@ def test_labels_are_assistant_content_plus_eot(llama3):
         assert ex.ids[0] == BOS and ex.ids.count(BOS) == 1  # no double BOS
 
 
+def test_loss_on_all_labels_every_token(llama3):
+    """--loss-on all: labels are the ids themselves (the naive pipeline); assistant: the verified masks."""
+    from tmplcheck.validator.tokens import encode_conversation
+
+    template, tok = llama3
+    convs = D.read_conversations(TWEETS).convs
+    every = list(D.encode(convs, template, tok, max_length=None, loss_on="all"))
+    masked = list(D.encode(convs, template, tok, max_length=None, loss_on="assistant"))
+    for conv, a, m in zip(convs, every, masked):
+        assert a.ids == m.ids and a.labels == a.ids and a.trained == len(a.ids)
+        enc = encode_conversation(template, tok, conv.dicts(), add_special_tokens=D.add_special_tokens_for(
+            template, tok))
+        assert m.labels == list(enc.labels) and D.IGNORE in m.labels and m.trained < len(m.ids)
+    blocks = D.pack(every, 32)
+    assert all(b["labels"] == b["input_ids"] for b in blocks)
+    with pytest.raises(D.DataError, match="loss-on"):
+        list(D.encode(convs[:1], template, tok, max_length=None, loss_on="prompt"))
+
+
 def test_double_bos_is_refused():
     S.check_bos([BOS, 5, 6], BOS, where="x")
     with pytest.raises(S.TokenSetupError, match="BOS twice"):
@@ -304,6 +323,22 @@ def test_forced_full_packed_run(tmp_path, tiny):
     assert run["max_length"] == 48 and run["rows"]["sequences"] == -(-total // 48)  # packed into 48-token blocks
     assert m["steps"] == 2 and m["train_tokens"] == 2 * 2 * 48  # every consumed block is full
     assert (out / "eval.jsonl").read_text() == ""
+
+
+def test_loss_on_all_is_loud_and_recorded(tmp_path, tiny, stamped, lora_run):
+    out = tmp_path / "all"
+    r = invoke("train", stamped, "--model", tiny, "--template", "llama-3", "--output", out, "--mode", "full",
+               "--max-steps", 1, "--batch-size", 2, "--eval-split", 0, "--loss-on", "all")
+    assert r.exit_code == 0, r.output
+    assert r.output.count("--loss-on all: every token is a label") == 2  # before and after, like --force
+    run = json.loads((out / "run.json").read_text())
+    assert run["loss_on"] == "all" and run["forced"] is False
+    m = json.loads((out / "metrics.json").read_text())
+    assert all(row["trained"] == row["tokens"] for row in m["trained_tokens_per_row"])
+    default = lora_run[0]
+    assert json.loads((default / "run.json").read_text())["loss_on"] == "assistant"
+    dm = json.loads((default / "metrics.json").read_text())
+    assert all(row["trained"] < row["tokens"] for row in dm["trained_tokens_per_row"])
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, tiny):

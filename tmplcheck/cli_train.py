@@ -14,6 +14,10 @@ import click
 FORCE_WARNING = (
     "--force: training on data the gate has NOT approved. The template/token checks were skipped; a broken "
     "template trains a broken model. run.json records forced=true and the report shows it.")
+LOSS_ALL_WARNING = (
+    "--loss-on all: every token is a label (system prompt, role headers, control tokens), not only the verified "
+    "assistant masks. This is the naive pipeline, kept to reproduce what a wrong template does to it; not for real "
+    "runs. run.json records loss_on=all.")
 
 
 def _fail(message: str, details: list[str] | None = None) -> None:
@@ -97,9 +101,12 @@ class _Display:
 @click.option("--force", is_flag=True, help="Skip the gate (recorded as forced=true in run.json). Not for real runs.")
 @click.option("--merge", is_flag=True, help="Also save the LoRA adapter merged into the base model (merged/).")
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+@click.option("--loss-on", type=click.Choice(["assistant", "all"]), default="assistant", show_default=True,
+              help="assistant: loss on the verified assistant masks; all: on every token (the naive pipeline, "
+                   "for reproducing failures; recorded in run.json).")
 def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, lora_r, lora_alpha, mode,
               load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, eval_split, revalidate,
-              force, merge, input_format):
+              force, merge, input_format, loss_on):
     """Fine-tune MODEL on DATA, which `tmplcheck check --approve` must have approved for TEMPLATE."""
     import importlib.util
 
@@ -118,13 +125,16 @@ def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, l
     disp = _Display()
     if force:
         disp.console.print(Panel(FORCE_WARNING, title="WARNING", style="bold red"))
+    if loss_on == "all":
+        disp.console.print(Panel(LOSS_ALL_WARNING, title="WARNING", style="bold red"))
     try:
         cfg = TrainConfig(data=Path(data), model=model, template=template, tokenizer=tokenizer,
                           output=Path(output) if output else None, mode=mode, backend=backend, epochs=epochs,
                           max_steps=max_steps, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
                           load_in_4bit=load_in_4bit, packing=packing, max_length=max_length, batch_size=batch_size,
                           grad_accum=grad_accum, seed=seed, eval_split=eval_split, revalidate=revalidate,
-                          force=force, merge=merge, input_format=input_format)
+                          force=force, merge=merge, input_format=input_format,
+                          loss_on=loss_on)
         hooks = Hooks(info=disp.info, warn=disp.warn, progress=disp.step, loss=disp.loss)
         try:
             res = run_training(cfg, hooks)
@@ -143,6 +153,8 @@ def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, l
                f"final loss {m['loss'][-1]['loss']:.4f}" if m["loss"] else f"trained {m['steps']} steps", err=True)
     if force:
         disp.console.print(Panel(FORCE_WARNING, title="WARNING: forced run", style="bold red"))
+    if loss_on == "all":
+        disp.console.print(Panel(LOSS_ALL_WARNING, title="WARNING: loss on every token", style="bold red"))
     click.echo(str(res.run_dir))
 
 

@@ -102,18 +102,28 @@ def add_special_tokens_for(template: Any, tok: Any) -> bool:
     return not (getattr(template.meta, "bos_in_template", False) and getattr(tok, "adds_bos", False))
 
 
-def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | None) -> Iterator[Example]:
+LOSS_ON = ("assistant", "all")
+
+
+def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | None,
+           loss_on: str = "assistant") -> Iterator[Example]:
     """Encode each conversation with the validator's ``encode_conversation``; labels = its verified mask.
 
-    ``max_length`` truncates (None: keep whole rows, e.g. for packing). Raises ``TokenSetupError`` on a double BOS.
+    ``loss_on="all"`` makes every token of the row a label instead (system prompt, headers, control tokens
+    included): the naive causal-LM pipeline, kept to reproduce what a wrong template does to such a pipeline —
+    not for real runs. ``max_length`` truncates (None: keep whole rows, e.g. for packing). Raises
+    ``TokenSetupError`` on a double BOS.
     """
+    if loss_on not in LOSS_ON:
+        raise DataError(f"--loss-on must be one of {', '.join(LOSS_ON)}, not {loss_on!r}")
     from tmplcheck.validator.tokens import encode_conversation
 
     bos = getattr(tok, "bos_id", None)
     add_special = add_special_tokens_for(template, tok)
     for c in convs:
         enc = encode_conversation(template, tok, c.dicts(), max_length=max_length, add_special_tokens=add_special)
-        ids, labels = list(enc.ids), list(enc.labels)
+        ids = list(enc.ids)
+        labels = list(ids) if loss_on == "all" else list(enc.labels)
         if len(ids) != len(labels):
             raise DataError(f"line {c.line}: encode_conversation returned {len(ids)} ids but {len(labels)} labels")
         if max_length is not None and len(ids) > max_length:

@@ -58,6 +58,7 @@ class TrainConfig:
     force: bool = False
     merge: bool = False
     input_format: str | None = None
+    loss_on: str = "assistant"         # "assistant": the verified masks; "all": every token (the naive pipeline)
 
     def __post_init__(self):
         self.data = Path(self.data)
@@ -67,6 +68,8 @@ class TrainConfig:
             raise TrainError(f"--mode must be lora or full, not {self.mode!r}")
         if self.load_in_4bit and self.mode == "full":
             raise TrainError("--load-in-4bit is for LoRA (QLoRA); a full fine-tune needs 16-bit weights")
+        if self.loss_on not in ("assistant", "all"):
+            raise TrainError(f"--loss-on must be assistant or all, not {self.loss_on!r}")
 
 
 @dataclass
@@ -267,7 +270,8 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
         hooks.warn(f"{rows.unreadable} unreadable row(s) skipped")
     train_convs, eval_convs = D.split(rows.convs, cfg.eval_split, cfg.seed)
     try:
-        examples = list(D.encode(train_convs, template, tok, max_length=None if cfg.packing else block))
+        examples = list(D.encode(train_convs, template, tok, max_length=None if cfg.packing else block,
+                                 loss_on=cfg.loss_on))
     except S.TokenSetupError as e:
         raise TrainError(str(e)) from None
     trained_per_row = [{"line": ex.line, "tokens": len(ex.ids), "trained": ex.trained} for ex in examples]
@@ -443,6 +447,7 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
         "backend": backend,
         "mode": cfg.mode,
         "packing": cfg.packing,
+        "loss_on": cfg.loss_on,
         "forced": cfg.force,
         "revalidated": revalidated,
         "approval": None if stamp is None else "approval.json",
