@@ -12,9 +12,11 @@ prefix of the row's text, and the row's encoding must have a token boundary wher
 it). With BPE and a pre-tokenizer that splits the prompt the same way, that is the token-prefix property; where the
 cheap test fails the prompt is encoded to name the first divergent token. ``tmplcheck probe`` tests it exactly.
 
-The llama.cpp tokenizer comparison (K010) costs as much as the HF tokenization itself, so on large files it runs on a
-deterministic sample: every row up to ``llamacpp_all`` rows, then one row in ``llamacpp_every`` (the summary says how
-many rows were compared).
+The llama.cpp tokenizer comparison (K010) costs as much as the HF tokenization itself, and rendering every inference
+prompt costs a render per user turn, so on large files both run on a deterministic sample: every row up to
+``llamacpp_all``/``prefix_all`` rows, then one row in ``llamacpp_every``/``prefix_every`` (the summary says how many
+rows were compared). On the other rows K009 is still checked at the generation point the template's structure gives
+(the answer's content start minus the gap a probe conversation measured once).
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class TokenPipeline:
 
     def __init__(self, template, tokenizer, *, path: str = "", max_length: int | None = None,
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 2000, llamacpp_every: int = 50,
-                 check_generation: bool = True, add_special_tokens: bool | str = "auto"):
+                 check_generation: bool = True, add_special_tokens: bool | str = "auto",
+                 prefix_all: int = 2000, prefix_every: int = 50):
         from tmplcheck.validator.tokens import encode_conversations
 
         self.template = template
@@ -189,6 +192,8 @@ class TokenPipeline:
         self.llamacpp_every = max(1, llamacpp_every)
         self._lc = None
         self.rows_seen = 0
+        self.prefix_all, self.prefix_every = prefix_all, max(1, prefix_every)
+        self.gap = self._generation_gap()
         # a pair whose control strings are not single tokens (K001) has no turn structure at the token level:
         # the structural checks would only repeat that finding on every row, so they are skipped
         self.structure_ok = not self.template_findings()
@@ -208,6 +213,22 @@ class TokenPipeline:
 
             self._lc = LlamaCppTokenizer(self.llamacpp_vocab)
         return self._lc
+
+    def _generation_gap(self) -> int | None:
+        """Characters between the end of the inference prompt and the answer's content in a training row, from a
+        probe conversation (0 for most templates; Llama 2's " " after [/INST] is 1). None when the prompt is not a
+        text prefix of the row at all (then every row's prompts are rendered)."""
+        try:
+            a = [{"role": "user", "content": "Q\u2063"}]
+            prompt = self.template.render(a, add_generation_prompt=True)
+            full = self.template.render(a + [{"role": "assistant", "content": "\u2063A\u2063"}])
+        except Exception:  # noqa: BLE001
+            return None
+        k = full.find("\u2063A\u2063")
+        return k - len(prompt) if full.startswith(prompt) and k >= len(prompt) else None
+
+    def _prefix_sampled(self, ordinal: int) -> bool:
+        return self.gap is None or ordinal < self.prefix_all or ordinal % self.prefix_every == 0
 
     def _lc_sampled(self, ordinal: int) -> bool:
         return bool(self.llamacpp_vocab) and (ordinal < self.llamacpp_all or ordinal % self.llamacpp_every == 0)
@@ -269,15 +290,23 @@ class TokenPipeline:
         cands = K.find_end_of_turns(turns, ids, idx, ctx, len(text))
         out.extend(K.check_end_of_turn(turns, ids, cands, ctx, line=line))
         eots = K.accepted(cands, ids, ctx)
-        out.extend(K.check_mask(text, ids, offsets, labels, turns, eots, ctx, line=line))
+        expected = K.expected_mask(text, ids, offsets, turns, eots, idx)[0] if all(t.found for t in turns) else None
+        out.extend(K.check_mask(text, ids, offsets, labels, turns, eots, ctx, line=line, expected=expected))
         gen = getattr(enc, "generation_spans", None)
         if self.has_markers and gen is not None:
-            out.extend(K.check_generation_mask(text, ids, offsets, gen, turns, eots, ctx, line=line))
+            out.extend(K.check_generation_mask(text, ids, offsets, gen, turns, eots, ctx, line=line,
+                                               expected=expected, idx=idx))
         out.extend(K.check_boundary_merges(ids, idx, turns, ctx, text=text, line=line))
         out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
                                                for t in turns], ctx, line=line, encode=self.encode_plain))
         out.extend(K.check_max_length(ids, turns, eots, idx, ctx, line=line))
-        out.extend(self._prompt_checks(messages, turns, text, ids, idx, line))
+        if self._prefix_sampled(ordinal):
+            out.extend(self._prompt_checks(messages, turns, text, ids, idx, line))
+        else:  # K009 at the generation point the template's structure gives, without rendering the prompts
+            for t in turns:
+                if t.role == "assistant" and t.found and t.index > 0 and messages[t.index - 1]["role"] == "user":
+                    g = t.start - self.gap
+                    out.extend(K.check_generation_point(ids, idx, t, g, ctx, text=text, line=line))
         if self._lc_sampled(ordinal):
             lc = self._llamacpp()
             skip = 1 if ids and ids[0] == ctx.bos_id and offsets[0] == (0, 0) else 0
@@ -395,6 +424,7 @@ class TokenStage:
         self.tokenizer_name = tokenizer_name or getattr(tokenizer, "name", "")
         self._pool = None
         self._lc_rows = 0
+        self._prefix_rows = 0
 
     # Stage protocol
     def check(self, conv) -> list[Finding]:
@@ -421,6 +451,7 @@ class TokenStage:
         d["tokenizer"] = self.tokenizer_name
         if self.pipeline.llamacpp_vocab:
             d["llamacpp_rows_compared"] = self._lc_rows
+        d["prefix_rows_rendered"] = self._prefix_rows
         s = self.stats
         failed = ", ".join(f"{c} {n}" for c, n in sorted(s.rows_failed.items(), key=lambda kv: -kv[1])[:6])
         d["headline"] = (f"tokens ({self.tokenizer_name}): {s.n} rows, {s.total} tokens "
@@ -439,6 +470,7 @@ class TokenStage:
     def _count_lc(self, first: int, n: int) -> None:
         p = self.pipeline
         self._lc_rows += sum(1 for k in range(first, first + n) if p._lc_sampled(k))
+        self._prefix_rows += sum(1 for k in range(first, first + n) if p._prefix_sampled(k))
 
     def _flush(self) -> list[Finding]:
         if not self.buf:

@@ -216,30 +216,28 @@ def _locate(turns: Sequence[Turn], pos: int) -> tuple[Turn | None, str]:
 
 
 def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], turns: Sequence[Turn],
-                  eots: dict[int, int | None]) -> tuple[list[int], list[int]]:
+                  eots: dict[int, int | None], idx: TokenIndex | None = None) -> tuple[list[int], list[int]]:
     """The structural mask: 1 must be trained, 0 must not, -1 don't care (boundary merges, whitespace after eot).
 
-    Returns (mask, straddling token indices).
+    Returns (mask, straddling token indices). Works on token ranges (bisect over offsets), not token by token.
     """
     n = len(ids)
+    idx = idx or TokenIndex(offsets)
     mask = [0] * n
     straddle: list[int] = []
-    asst = [t for t in turns if t.role == "assistant" and t.found]
-    bounds = []
-    for t in asst:
-        bounds.append((t.start, t.end))
-    for i, (s, e) in enumerate(offsets):
-        if e <= s:
+    for t in turns:
+        if t.role != "assistant" or not t.found:
             continue
-        for cs, ce in bounds:
-            if cs <= s and e <= ce and ce > cs:
-                mask[i] = 1
-                break
-            if (s < cs < e) or (s < ce < e):
-                mask[i] = -1
-                straddle.append(i)
-                break
-    for t in asst:
+        if t.end > t.start:
+            r = idx.inside(t.start, t.end)
+            if len(r):
+                a, b = idx.real[r.start], idx.real[r.stop - 1] + 1
+                mask[a:b] = [1] * (b - a)
+            for pos in (t.start, t.end):
+                i = idx.straddles(pos)
+                if i is not None:
+                    mask[i] = -1
+                    straddle.append(i)
         e = eots.get(t.index)
         if e is None:
             continue
@@ -258,28 +256,30 @@ def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, in
                 break
             mask[j] = -1
     # post-processor tokens at the very end (an appended EOS) may go either way
-    for j in range(n - 1, -1, -1):
+    for j in range(n - 1, 0, -1):
         s, en = offsets[j]
         if en > s:
             break
-        if j > 0:
-            mask[j] = -1
-    return mask, straddle
+        mask[j] = -1
+    return mask, sorted(set(straddle))
 
 
 def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], labels: Sequence[int],
                turns: Sequence[Turn], eots: dict[int, int | None], ctx: TokenContext, *, line: int,
-               source: str = "labels") -> Iterator[Finding]:
+               source: str = "labels", expected: list[int] | None = None) -> Iterator[Finding]:
     """M001 trained outside the assistant turns, M002 assistant content masked, M003 end-of-turn masked,
     M004 nothing trained. Tokens straddling an assistant content edge are left out (M005 reports them)."""
-    trained = [lab != IGNORE for lab in labels]
-    if not any(trained):
+    labels = list(labels)
+    if labels.count(IGNORE) == len(labels):
         yield finding("M004", f"no token of the row is trained ({source})",
                       **_where(ctx.path, line, ""))
         return
     if any(not t.found for t in turns):
         return  # K012 already explains the row; a mask comparison would only cascade
-    mask, straddle = expected_mask(text, ids, offsets, turns, eots)
+    mask = expected if expected is not None else expected_mask(text, ids, offsets, turns, eots)[0]
+    trained = [lab != IGNORE for lab in labels]
+    if all(m == -1 or (m == 1) == tr for m, tr in zip(mask, trained)):
+        return
     eot_at = {e: idx for idx, e in eots.items() if e is not None}
     over: dict[int, list[int]] = {}
     under: dict[int, list[int]] = {}
@@ -315,20 +315,22 @@ def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
 
 def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]],
                           spans: Sequence[tuple[int, int]], turns: Sequence[Turn], eots: dict[int, int | None],
-                          ctx: TokenContext, *, line: int) -> Iterator[Finding]:
+                          ctx: TokenContext, *, line: int, expected: list[int] | None = None,
+                          idx: TokenIndex | None = None) -> Iterator[Finding]:
     """M006: the ``{% generation %}`` character spans, mapped to tokens, against the structural mask."""
     if any(not t.found for t in turns):
         return
+    idx = idx or TokenIndex(offsets)
     gen = [False] * len(ids)
-    sp = sorted(spans)
-    starts = [a for a, _ in sp]
-    for i, (s, e) in enumerate(offsets):
-        if e <= s:
-            continue
-        k = bisect_right(starts, s) - 1
-        if k >= 0 and sp[k][0] <= s < sp[k][1]:
-            gen[i] = True
-    mask, _ = expected_mask(text, ids, offsets, turns, eots)
+    for a, b in spans:  # tokens whose first character is inside a span (transformers' char_to_token rule)
+        lo = bisect_left(idx.starts, a)
+        hi = bisect_left(idx.starts, b)
+        if hi > lo:
+            x, y = idx.real[lo], idx.real[hi - 1] + 1
+            gen[x:y] = [True] * (y - x)
+    mask = expected if expected is not None else expected_mask(text, ids, offsets, turns, eots, idx)[0]
+    if all(m == -1 or (m == 1) == g for m, g in zip(mask, gen)):
+        return
     eot_set = {e for e in eots.values() if e is not None}
     kinds: dict[str, list[int]] = {}
     for i, (m, g) in enumerate(zip(mask, gen)):

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Throughput of the token gate against the loop users write today, on the same generated rows in one run.
+
+    .venv/bin/python bench/throughput.py [--rows 20000] [--memory-rows 100000 1000000] [--jobs 2]
+
+(a) naive:     transformers' PreTrainedTokenizerFast on the Llama 3 vocabulary,
+               ``tokenizer.apply_chat_template(conv, tokenize=True)`` per row;
+(b) tmplcheck: the full gate on the JSONL file with every check on (D, K, M codes, llama.cpp ids on its sample),
+               ``--template llama-3 --tokenizer llama-3 --max-length 4096``, process pool over ``--jobs`` cores;
+(c) floor:     the Rust tokenizer's own ``encode_batch`` on the already rendered texts.
+
+Prints rows/s and tokens/s of each, the ratios (b)/(a) (target >= 2.5) and (b)/(c) (target >= 0.8), and the peak
+memory (max RSS of the gate process and its workers) of gate runs over ``--memory-rows`` rows, each in its own
+subprocess, which must not grow with the number of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the quick brown fox jumps over the lazy dog while a model learns to answer questions about "
+         "Python, Rust, databases, cooking, history and travel; it explains, lists steps, writes code, "
+         "and ends politely").split()
+
+
+def make_rows(n: int, seed: int = 0):
+    """Deterministic ShareGPT rows: optional system, 1-3 user/assistant pairs, answers of 20-300 words."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        conv = []
+        if rnd.random() < 0.5:
+            conv.append({"from": "system", "value": "You are a helpful assistant. Answer concisely."})
+        for _ in range(rnd.randint(1, 3)):
+            q = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(5, 40))) + f"? (#{i})"
+            a = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(20, 300))) + "."
+            conv += [{"from": "human", "value": q.capitalize()}, {"from": "gpt", "value": a.capitalize()}]
+        yield {"conversations": conv}
+
+
+def write_rows(path: Path, n: int) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in make_rows(n):
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def as_messages(row) -> list[dict]:
+    role = {"system": "system", "human": "user", "gpt": "assistant"}
+    return [{"role": role[m["from"]], "content": m["value"]} for m in row["conversations"]]
+
+
+def gate(path: Path, jobs: int):
+    from tmplcheck.validator.gate import GateOptions, run_gate
+    from tmplcheck.validator.stages import StageConfig, build_stages
+
+    stages = build_stages(StageConfig(template="llama-3", tokenizer="llama-3", max_length=4096,
+                                      extra={"jobs": jobs}))
+    return run_gate(path, GateOptions(stages=stages))
+
+
+def memory_child(n: int, jobs: int) -> None:
+    """Subprocess body: generate n rows into a temp file, run the gate, print rows and peak RSS (self + workers)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "rows.jsonl"
+        write_rows(p, n)
+        t = time.perf_counter()
+        res = gate(p, jobs)
+        dt = time.perf_counter() - t
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"rows": res.summary["rows"], "seconds": dt, "max_rss_kib": own, "max_rss_workers_kib": kids,
+                      "tokens": res.summary["tokens"]["tokens"]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20000, help="rows timed for (a), (b) and (c)")
+    ap.add_argument("--memory-rows", type=int, nargs="*", default=[100_000, 1_000_000],
+                    help="row counts for the peak-memory runs (each in a subprocess)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.memory_child:
+        memory_child(a.memory_child, a.jobs)
+        return
+
+    from tmplcheck.templates import load_template
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("llama-3")
+    tmpl = load_template("llama-3")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "rows.jsonl"
+        write_rows(path, a.rows)
+        convs = [as_messages(json.loads(line)) for line in path.open(encoding="utf-8")]
+        print(f"{a.rows} rows, {path.stat().st_size / 1e6:.1f} MB, Llama 3 vocabulary, {os.cpu_count()} cores, "
+              f"jobs={a.jobs}")
+
+        # (a) the naive loop
+        from transformers import PreTrainedTokenizerFast
+
+        hf = PreTrainedTokenizerFast(tokenizer_file=str(tok.hf_dir / "tokenizer.json"),
+                                     bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+        hf.chat_template = tmpl.source
+        t = time.perf_counter()
+        n_a = 0
+        for c in convs:
+            n_a += len(hf.apply_chat_template(c, tokenize=True, return_dict=False))
+        ta = time.perf_counter() - t
+
+        # (b) the gate, every check on
+        t = time.perf_counter()
+        res = gate(path, a.jobs)
+        tb = time.perf_counter() - t
+        n_b = res.summary["tokens"]["tokens"]
+
+        # (c) the Rust tokenizer's encode_batch on the rendered texts (rendering not timed)
+        texts = [tmpl.render(c) for c in convs]
+        t = time.perf_counter()
+        encs = tok.backend.encode_batch(texts, add_special_tokens=False)
+        tc = time.perf_counter() - t
+        n_c = sum(len(e.ids) for e in encs)
+
+    def line(name, secs, toks):
+        print(f"  {name:<44} {secs:8.2f} s  {a.rows / secs:10.0f} rows/s  {toks / secs:12.0f} tokens/s")
+
+    line("(a) apply_chat_template(tokenize=True) loop", ta, n_a)
+    line("(b) tmplcheck gate, every check on", tb, n_b)
+    line("(c) tokenizers encode_batch (floor)", tc, n_c)
+    print(f"  tokens: a={n_a} b={n_b} c={n_c}; findings: {len(res.findings)}; "
+          f"llama.cpp rows compared: {res.summary['tokens'].get('llamacpp_rows_compared')}")
+    ba, bc = ta / tb, tc / tb
+    print(f"speed-up (b)/(a): {ba:.2f}x  (target >= 2.5x)  {'OK' if ba >= 2.5 else 'BELOW TARGET'}")
+    print(f"rate (b)/(c):     {bc:.2f}x  (target >= 0.8x)  {'OK' if bc >= 0.8 else 'BELOW TARGET'}")
+
+    peaks = []
+    for n in a.memory_rows:
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--jobs", str(a.jobs)],
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        m = json.loads(out)
+        peaks.append(max(m["max_rss_kib"], m["max_rss_workers_kib"]))
+        print(f"peak memory at {n:>9} rows: gate {m['max_rss_kib'] / 1024:7.1f} MiB, largest worker "
+              f"{m['max_rss_workers_kib'] / 1024:7.1f} MiB ({m['seconds']:.0f} s, {m['rows'] / m['seconds']:.0f} "
+              f"rows/s)")
+    if len(peaks) >= 2:
+        growth = peaks[-1] / peaks[0]
+        print(f"peak memory growth {a.memory_rows[0]} -> {a.memory_rows[-1]} rows: {growth:.2f}x "
+              f"({'flat' if growth < 1.25 else 'GROWS'})")
+
+
+if __name__ == "__main__":
+    main()
