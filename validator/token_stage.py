@@ -281,7 +281,7 @@ class TokenPipeline:
                                path=ctx.path, line=line, pointer=t.pointer))
         out.extend(K.check_content_found(turns, ctx, line=line))
         out.extend(K.check_bos(ids, ctx, line=line))
-        n_trained = sum(1 for lab in labels if lab != K.IGNORE)
+        n_trained = len(labels) - labels.count(K.IGNORE)
         if not self.structure_ok:
             out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
                                                    for t in turns], ctx, line=line, encode=self.encode_plain))

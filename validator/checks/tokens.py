@@ -8,6 +8,7 @@ token stage (``validator/token_stage.py``) computes the inputs in batches and ca
 
 from __future__ import annotations
 
+import operator
 import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -103,10 +104,25 @@ class TokenIndex:
 
     def __init__(self, offsets: Sequence[tuple[int, int]]):
         self.offsets = offsets
-        # only tokens that cover text; keep their indices
-        self.real = [i for i, (s, e) in enumerate(offsets) if e > s]
-        self.starts = [offsets[i][0] for i in self.real]
-        self.ends = [offsets[i][1] for i in self.real]
+        # only tokens that cover text; keep their indices. Zero-width tokens (added by the post-processor) sit at the
+        # ends, so the fast path slices them off and checks the middle with C-level map/min.
+        n = len(offsets)
+        lo, hi = 0, n
+        while lo < hi and offsets[lo][1] <= offsets[lo][0]:
+            lo += 1
+        while hi > lo and offsets[hi - 1][1] <= offsets[hi - 1][0]:
+            hi -= 1
+        if hi > lo:
+            starts, ends = map(list, zip(*offsets[lo:hi]))
+        else:
+            starts, ends = [], []
+        if not starts or min(map(operator.sub, ends, starts)) > 0:
+            self.real = range(lo, hi)
+            self.starts, self.ends = starts, ends
+        else:
+            self.real = [i for i, (s, e) in enumerate(offsets) if e > s]
+            self.starts = [offsets[i][0] for i in self.real]
+            self.ends = [offsets[i][1] for i in self.real]
 
     def first_at_or_after(self, pos: int) -> int | None:
         """Index of the first text token whose end is past ``pos`` (the token holding or following ``pos``)."""
@@ -264,6 +280,19 @@ def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, in
     return mask, sorted(set(straddle))
 
 
+def _agrees(mask: list[int], got: list[bool]) -> bool:
+    """Whether ``got`` equals the mask wherever the mask cares (list comparisons run in C; -1 is rare)."""
+    want = [m == 1 for m in mask]
+    if want == got:
+        return True
+    if -1 not in mask:
+        return False
+    for i, m in enumerate(mask):
+        if m == -1:
+            want[i] = got[i]
+    return want == got
+
+
 def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], labels: Sequence[int],
                turns: Sequence[Turn], eots: dict[int, int | None], ctx: TokenContext, *, line: int,
                source: str = "labels", expected: list[int] | None = None) -> Iterator[Finding]:
@@ -278,7 +307,7 @@ def check_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]]
         return  # K012 already explains the row; a mask comparison would only cascade
     mask = expected if expected is not None else expected_mask(text, ids, offsets, turns, eots)[0]
     trained = [lab != IGNORE for lab in labels]
-    if all(m == -1 or (m == 1) == tr for m, tr in zip(mask, trained)):
+    if _agrees(mask, trained):
         return
     eot_at = {e: idx for idx, e in eots.items() if e is not None}
     over: dict[int, list[int]] = {}
@@ -329,7 +358,7 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
             x, y = idx.real[lo], idx.real[hi - 1] + 1
             gen[x:y] = [True] * (y - x)
     mask = expected if expected is not None else expected_mask(text, ids, offsets, turns, eots, idx)[0]
-    if all(m == -1 or (m == 1) == g for m, g in zip(mask, gen)):
+    if _agrees(mask, gen):
         return
     eot_set = {e for e in eots.values() if e is not None}
     kinds: dict[str, list[int]] = {}
@@ -473,6 +502,8 @@ def check_prefix(full_ids: Sequence[int], prompts: Iterable[tuple[Turn, str, Seq
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first position where two id sequences differ (None when equal)."""
+    if list(a) == list(b):
+        return None
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i
