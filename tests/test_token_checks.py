@@ -144,3 +144,28 @@ def test_serial_and_parallel_agree_on_fixtures():
         a, _ = km(FIX / fixture, template, tokenizer, max_length, jobs=1)
         b, _ = km(FIX / fixture, template, tokenizer, max_length, jobs=2)
         assert a.findings == b.findings
+
+
+@pytest.fixture(scope="session")
+def llama2_transformers_conversion(tmp_path_factory):
+    """Llama 2's vocabulary as transformers' own GGUF loader converts it (a Metaspace pre-tokenizer that adds no
+    space after a special token), next to the GGUF it came from: llama.cpp tokenizes text after <s> differently."""
+    from transformers import AutoTokenizer
+
+    from tmplcheck import assets
+
+    gguf = assets.vocab_gguf("llama-spm")
+    d = tmp_path_factory.mktemp("llama2-hf-gguf")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.save_pretrained(str(d))
+    (d / "tmplcheck-tokenizer.json").write_text(json.dumps({"source": str(gguf)}))
+    return d
+
+
+def test_llamacpp_token_mismatch(llama2_transformers_conversion):
+    _res, got = km(FIX / "llamacpp_mismatch.jsonl", "mistral-v1", str(llama2_transformers_conversion))
+    assert {c for _l, c, _p in got} == {"K010"}
+    assert {(line, p) for line, c, p in got} == {(1, ""), (2, "")}
+    res, _ = km(FIX / "llamacpp_mismatch.jsonl", "mistral-v1", "llama-2")  # tmplcheck's exact conversion
+    assert not [f for f in res.findings if f.code == "K010"]
+    assert res.summary["tokens"]["llamacpp_rows_compared"] == 2

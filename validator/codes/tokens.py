@@ -96,8 +96,10 @@ What: the rendered row was tokenized with the HF tokenizer (used for training) a
 from the GGUF vocabulary (used for serving); the id sequences differ. The message gives the first divergence.
 Why it hurts: the served model sees token sequences it was not trained on (llama.cpp has merged `\\n\\n` differently
 from HF before); small differences around headers change behaviour noticeably.
-Fix: usually whitespace in content or an outdated GGUF conversion; re-convert the GGUF with a current llama.cpp, or
-normalise the content.
+Example: Llama 2's vocabulary as transformers' GGUF loader converts it adds no "▁" after `<s>`, so `<s>[INST]`
+gives `[` (29961) where llama.cpp gives `▁[` (518).
+Fix: usually an HF tokenizer converted differently from the GGUF (or an outdated GGUF); train with a tokenizer that
+matches the serving vocabulary (tmplcheck's built-in conversions are verified against llama.cpp), or re-convert.
 """, "tokens/llamacpp_mismatch.jsonl"),
     Rule("K011", "prefix-unstable", E, "The inference prompt is not a token prefix of the training row.",
          """
