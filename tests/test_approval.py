@@ -154,7 +154,9 @@ def test_stamp_write_is_atomic(stamped, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(A.json, "dump", boom)
+    import tmplcheck.fsutil
+
+    monkeypatch.setattr(tmplcheck.fsutil.os, "fsync", boom)  # fail after the bytes were written, before the rename
     with pytest.raises(OSError):
         A.write_stamps(run_gate(data), cfg)
     assert path.read_bytes() == before

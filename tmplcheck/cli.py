@@ -41,9 +41,9 @@ def cli():
 
 def write_output(text: str, output: str | None) -> None:
     if output:
-        from tmplcheck.validator.convert import _write_atomic
+        from tmplcheck.fsutil import write_atomic
 
-        _write_atomic(Path(output), [text])
+        write_atomic(output, [text])
     else:
         click.echo(text, nl=False)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tmplcheck import __version__
+from tmplcheck.fsutil import write_atomic
 
 STAMP_SUFFIX = ".tmplcheck.json"
 STAMP_FORMAT = 1
@@ -145,20 +145,7 @@ def fingerprint(data_path: str | os.PathLike, template: Any, tokenizer: Any, cfg
 
 # ------------------------------------------------------------------------------------------------------ write / read
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, [json.dumps(obj, indent=2, ensure_ascii=False), "\n"])
 
 
 def build_stamp(data_path: str | os.PathLike, summary: dict[str, Any], cfg: Any) -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tmplcheck.fsutil import write_atomic
 
 
 class ConvertError(ValueError):
@@ -18,27 +19,6 @@ class ConvertError(ValueError):
 class ConvertResult:
     rows: int
     output: Path
-
-
-def _write_atomic(path: Path, lines):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            n = 0
-            for line in lines:
-                fh.write(line)
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return n
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def convert_csv(src: str | os.PathLike, dst: str | os.PathLike, *, user_column: str, assistant_column: str,
@@ -103,5 +83,5 @@ def convert_csv(src: str | os.PathLike, dst: str | os.PathLike, *, user_column: 
                     obj = {"messages": [{"role": k, "content": v} for k, v in turns]}
                 yield json.dumps(obj, ensure_ascii=False) + "\n"
 
-    n = _write_atomic(Path(dst), rows())
+    n = write_atomic(Path(dst), rows())
     return ConvertResult(rows=n, output=Path(dst))

@@ -238,29 +238,25 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
             sk = _skeleton(template, messages, locatable, render_kw)
             if key is not None:
                 cache.put(key, sk)
-        if sk is not None:
-            skeleton, where = sk
+        def place(skel) -> bool:
+            """Fill the skeleton with this row's contents (as written, then stripped); True when it is the render."""
+            skeleton, where = skel
             for how, cs in (("sentinel", {i: contents[i] for i in locatable}),
                             ("sentinel-strip", {i: contents[i].strip() for i in locatable})):
                 filled, at = _fill(skeleton, where, cs)
                 if filled == text:
                     for i, (a, b) in at.items():
                         spans[i].content_start, spans[i].content_end, spans[i].method = a, b, how
-                    done = True
-                    break
+                    return True
+            return False
+
+        if sk is not None:
+            done = place(sk)
             if not done and key is not None:
                 # the cached skeleton may belong to a content-dependent branch: try this row's own skeleton once
                 own = _skeleton(template, messages, locatable, render_kw)
                 if own is not None and own != sk:
-                    skeleton, where = own
-                    for how, cs in (("sentinel", {i: contents[i] for i in locatable}),
-                                    ("sentinel-strip", {i: contents[i].strip() for i in locatable})):
-                        filled, at = _fill(skeleton, where, cs)
-                        if filled == text:
-                            for i, (a, b) in at.items():
-                                spans[i].content_start, spans[i].content_end, spans[i].method = a, b, how
-                            done = True
-                            break
+                    done = place(own)
 
     # 2. prefix renders give turn boundaries (needed anyway for messages whose content was not located)
     need = [s for s in spans if s.content_start is None]
