@@ -101,3 +101,18 @@ def test_summary_counts_and_headline():
     assert "exactly what training saw" in s.headline()
     _, s = run_fixture("bos_one_side.jsonl")  # BOS only: the tokenizer adds it on the server side
     assert s.as_dict()["equivalent"] == 1 and "apart from BOS/EOS" in s.headline()
+
+
+def test_gate_says_unknown_template_once_with_the_count(tmp_path):
+    """Through the gate, X010 is reported on the first row only and the summary counts every row."""
+    from tmplcheck.validator.gate import GateOptions, run_gate
+    from tmplcheck.validator.template_stage import TemplateStage
+
+    row = (FIX / "template_unknown.jsonl").read_text(encoding="utf-8").strip()
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join([row] * 3) + "\n", encoding="utf-8")
+    tmpl = fixture_template("template_unknown.jsonl")
+    res = run_gate(data, GateOptions(stages=[lambda p: TemplateStage(p, tmpl)]))
+    assert [(f.line, f.code) for f in res.findings if f.code == "X010"] == [(1, "X010")]
+    assert "3 rows, X010 shown on the first" in res.summary["template"]["headline"]
+    assert res.summary["template"]["llamacpp"]["unknown"] == 3

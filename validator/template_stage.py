@@ -48,6 +48,12 @@ class TemplateStage:
         # one clock for the whole run: templates that print today's date render the same for every row
         self.template = template.pinned(now or template.now or datetime.now())
         self.cross = _cross_checker() if cross else None
+        self.cross_summary = None
+        if self.cross is not None:
+            from tmplcheck.validator.llamacpp import CrossSummary
+
+            self.cross_summary = CrossSummary()
+        self._unknown_to_llamacpp = 0   # X010 is said once for the file, with the count, not on every row
         self.rows = 0
         self.rendered = 0
         self.failed = 0
@@ -115,7 +121,13 @@ class TemplateStage:
         out.extend(check_needles(conv, probe, name))
         out.extend(check_end_of_turn(conv, probe, self.template, self._structure))
         if self.cross is not None:
-            out.extend(self.cross(conv, self.template, r.text))
+            xs = list(self.cross(conv, self.template, r.text))
+            self.cross_summary.add(xs)
+            if any(f.code == "X010" for f in xs):
+                self._unknown_to_llamacpp += 1
+                if self._unknown_to_llamacpp > 1:
+                    xs = [f for f in xs if f.code != "X010"]
+            out.extend(xs)
         return iter(self._count(out))
 
     def finish(self) -> Iterator[Finding]:
@@ -136,8 +148,15 @@ class TemplateStage:
             parts.append(", the template does not compile")
         if self._poisoned:
             parts.append(f", stopped after a {self._poisoned} violation ({self.skipped} rows not rendered)")
+        if self._unknown_to_llamacpp > 1:
+            parts.append(f"; llama.cpp does not know this template ({self._unknown_to_llamacpp} rows, X010 shown "
+                         "on the first)")
+        cross = self.cross_summary.as_dict() if self.cross_summary is not None else None
+        if cross and cross.get("headline"):
+            parts.append(f"\n  llama.cpp: {cross['headline']}")
         return {
             "template": m.name,
+            "llamacpp": cross,
             "origin": m.origin,
             "sha256": self.template.sha256,
             "same_as": m.same_as,
