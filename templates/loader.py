@@ -29,6 +29,16 @@ _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token"
 _CONTROL = re.compile(r"<\|[^<>|\s]{1,48}\|>|<(?:s|/s|bos|eos|pad|unk|start_of_turn|end_of_turn)>"
                       r"|\[/?[A-Z][A-Z_]{1,30}\]")
 
+_JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.S)
+
+
+def writes_bos(src: str, bos: str | None = None) -> bool:
+    """Whether a template writes BOS itself: it uses the ``bos_token`` variable or the BOS string, outside Jinja
+    comments (``{# ... bos_token ... #}`` renders nothing)."""
+    code = _JINJA_COMMENT.sub("", src)
+    return "bos_token" in code or bool(bos and bos in code)
+
+
 
 def _token_text(v: Any) -> str | None:
     if isinstance(v, str):
@@ -274,7 +284,7 @@ def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origi
     specials = sorted({m.group() for m in _CONTROL.finditer(src)} | {t for t in added if t and t in src}
                       | {t for t in (bos, eos) if t and (t in src)})
     meta = TemplateMeta(name=stem, description=f"loaded from {origin}", bos_token=bos, eos_token=eos,
-                        bos_in_template="bos_token" in src or bool(bos and bos in src),
+                        bos_in_template=writes_bos(src, bos),
                         special_tokens=tuple(specials), origin=origin,
                         llama_cpp=None)
     tmpl = Template(meta, src, variables=variables)

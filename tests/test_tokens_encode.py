@@ -60,12 +60,25 @@ def test_labels_are_assistant_content_plus_end_of_turn(get_tokenizer, template, 
 
 def test_double_bos_is_reported_both_ways(llama3_tokenizer):
     tpl = load_template("llama-3")                    # writes <|begin_of_text|> itself
-    ec = encode_conversation(tpl, llama3_tokenizer, CONV[1:3])
+    ec = encode_conversation(tpl, llama3_tokenizer, CONV[1:3], add_special_tokens=True)
     assert ec.template_bos and ec.adds_bos and ec.bos_count == 2 and ec.ids[:2] == [128000, 128000]
     assert ec.special_mask[0] == 1 and ec.special_mask[1] == 0
     ec1 = encode_conversation(tpl, llama3_tokenizer, CONV[1:3], add_special_tokens=False)
     assert ec1.bos_count == 1 and not ec1.adds_bos and ec1.ids == ec.ids[1:]
     assert ec1.labels == ec.labels[1:]
+    # the default is the trainer's policy: no post-processor BOS when the template writes it and the tokenizer adds it
+    auto = encode_conversation(tpl, llama3_tokenizer, CONV[1:3])
+    assert not auto.add_special_tokens and auto.bos_count == 1 and auto.ids == ec1.ids
+
+
+def test_bos_in_template_ignores_jinja_comments():
+    from tmplcheck.templates.loader import writes_bos
+
+    assert writes_bos("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert not writes_bos("{# no bos_token here: the tokenizer adds it #}{% for m in messages %}{{ m.content }}"
+                          "{% endfor %}")
+    assert writes_bos("{# comment #}<s>{{ messages[0].content }}", "<s>")
+    assert not writes_bos("{# <s> #}{{ messages[0].content }}", "<s>")
 
 
 def test_no_bos_when_neither_writes_it(qwen2_tokenizer):

@@ -97,9 +97,11 @@ def write_eval(path: Path, data_path: str | Path, convs: list[Any]) -> int:
 
 
 def add_special_tokens_for(template: Any, tok: Any) -> bool:
-    """Whether the tokenizer's post-processor runs on the render: not when the template writes BOS itself (as
-    ``apply_chat_template`` does for inference), so the model trains on exactly one BOS either way."""
-    return not (getattr(template.meta, "bos_in_template", False) and getattr(tok, "adds_bos", False))
+    """Whether the tokenizer's post-processor runs on the render: the validator's one policy
+    (``tmplcheck.validator.tokens.add_special_tokens_for``), so the model trains on exactly one BOS either way."""
+    from tmplcheck.validator.tokens import add_special_tokens_for as policy
+
+    return policy(template, tok)
 
 
 LOSS_ON = ("assistant", "all")

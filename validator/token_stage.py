@@ -148,7 +148,7 @@ class TokenPipeline:
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 2000, llamacpp_every: int = 50,
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
                  prefix_all: int = 2000, prefix_every: int = 50):
-        from tmplcheck.validator.tokens import encode_conversations
+        from tmplcheck.validator.tokens import encode_conversations, resolve_add_special_tokens
 
         self.template = template
         self.tokenizer = tokenizer
@@ -156,8 +156,7 @@ class TokenPipeline:
         self._encode_conversations = encode_conversations
         # the trainer's policy: the post-processor runs unless the template writes BOS and the tokenizer adds it too
         # (``True``/``False`` check another pipeline, e.g. a trainer that encodes the render with tokenizer(text))
-        self.add_special_tokens = (not (template.meta.bos_in_template and getattr(tokenizer, "adds_bos", False))
-                                   if add_special_tokens == "auto" else bool(add_special_tokens))
+        self.add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
         specials = {s: i for i in getattr(tokenizer, "special_ids", ()) if (s := tokenizer.id_to_token(i))}
         specials.update({k: v for k, v in _special_strings_of(tokenizer).items() if k not in specials})
         meta = template.meta

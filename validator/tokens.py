@@ -32,7 +32,7 @@ _SENT_OPEN, _SENT_CLOSE = "\ue000", "\ue001"
 _SKELETON_CACHE_SIZE = 2048
 
 __all__ = ["IGNORE_INDEX", "MessageSpan", "EncodedConversation", "encode_conversation", "encode_conversations",
-           "locate_messages", "Located", "TemplateLike"]
+           "locate_messages", "Located", "TemplateLike", "add_special_tokens_for", "resolve_add_special_tokens"]
 
 
 class TemplateLike(Protocol):  # tmplcheck.templates.Template
@@ -320,6 +320,22 @@ def _prefix_len(template, messages, n, render_kw, text) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
+def add_special_tokens_for(template, tokenizer) -> bool:
+    """The one BOS policy (trainer, gate, probe): the tokenizer's post-processor runs on the render unless the template
+    writes BOS itself *and* the post-processor would add it too, so a row carries exactly one BOS either way (what
+    ``apply_chat_template`` gives at inference)."""
+    meta = getattr(template, "meta", None)
+    return not (getattr(meta, "bos_in_template", False) and getattr(tokenizer, "adds_bos", False))
+
+
+def resolve_add_special_tokens(template, tokenizer, add_special_tokens: bool | str) -> bool:
+    """``"auto"`` → :func:`add_special_tokens_for`; ``True``/``False`` as given (to check another pipeline, e.g. a
+    trainer that encodes the render with ``tokenizer(text)``)."""
+    if add_special_tokens == "auto":
+        return add_special_tokens_for(template, tokenizer)
+    return bool(add_special_tokens)
+
+
 def _end_of_turn_strings(template, tokenizer: Tokenizer) -> tuple[str, ...]:
     meta = getattr(template, "meta", None)
     eot = tuple(getattr(meta, "end_of_turn", ()) or ())
@@ -454,22 +470,30 @@ def _generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | 
 
 
 def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable[Sequence[dict]], *,
-                         max_length: int | None = None, add_special_tokens: bool = True,
-                         errors: str = "raise", render_kw: dict | None = None) -> list[Any]:
+                         max_length: int | None = None, add_special_tokens: bool | str = "auto",
+                         errors: str = "raise", render_kw: dict | None = None,
+                         texts: Sequence[str | BaseException | None] | None = None) -> list[Any]:
     """``encode_conversation`` for many rows with one ``encode_batch`` call.
 
     ``errors="raise"`` re-raises the first render error; ``errors="return"`` puts the exception object in that
-    row's place so that one bad row does not stop the batch.
+    row's place so that one bad row does not stop the batch. ``add_special_tokens``: see
+    :func:`resolve_add_special_tokens`. ``texts``: renders already made of these conversations with the same
+    template and ``render_kw`` (an exception object in a row's place re-raises/returns it; ``None`` renders), so a
+    caller that rendered the rows for its own checks does not pay for a second render.
     """
     render_kw = dict(render_kw or {})
+    add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
     eots = _end_of_turn_strings(template, tokenizer)
     eot_ids = {e: tokenizer.single_id(e) for e in eots}
     located: list[Any] = []
     gens: list[Any] = []
-    for msgs in conversations:
+    for k, msgs in enumerate(conversations):
         msgs = [dict(m) for m in msgs]
+        known = texts[k] if texts is not None else None
         try:
-            loc = locate_messages(template, msgs, render_kw=render_kw)
+            if isinstance(known, BaseException):
+                raise known
+            loc = locate_messages(template, msgs, render_kw=render_kw, text=known)
             located.append(loc)
             gens.append(_generation_spans(template, msgs, render_kw))
         except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding
@@ -490,12 +514,14 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
 
 
 def encode_conversation(template, tokenizer: Tokenizer, messages: Sequence[dict], *,
-                        max_length: int | None = None, add_special_tokens: bool = True,
+                        max_length: int | None = None, add_special_tokens: bool | str = "auto",
                         render_kw: dict | None = None) -> EncodedConversation:
     """Render, tokenize once, and label one conversation (see the module docstring).
 
-    ``add_special_tokens=True`` (default) runs the tokenizer's post-processor on the render, as ``tokenizer(text)``
-    does; with a template that writes BOS itself and a tokenizer that adds it, ``bos_count`` is 2.
+    ``add_special_tokens="auto"`` (default) is the trainer's policy (:func:`add_special_tokens_for`): the tokenizer's
+    post-processor runs on the render unless the template writes BOS itself and the tokenizer adds it too.
+    ``True`` runs it regardless, as ``tokenizer(text)`` does (with such a pair ``bos_count`` is then 2); ``False``
+    never.
     Render errors (``TemplateRenderError``) propagate.
     """
     return encode_conversations(template, tokenizer, [messages], max_length=max_length,
