@@ -39,13 +39,17 @@ def cli():
     """
 
 
-def write_output(text: str, output: str | None) -> None:
+def write_output(text, output: str | None) -> None:
+    """Write a report (a string or an iterator of chunks) to FILE atomically, or to stdout as it comes."""
+    chunks = [text] if isinstance(text, str) else text
     if output:
         from tmplcheck.fsutil import write_atomic
 
-        write_atomic(output, [text])
+        write_atomic(output, chunks)
     else:
-        click.echo(text, nl=False)
+        for chunk in chunks:
+            if chunk:
+                click.echo(chunk, nl=False)
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -81,7 +85,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
     from tmplcheck.config import ConfigError, _load, find_config
     from tmplcheck.validator.gate import GateOptions, run_gate
-    from tmplcheck.validator.report import report
+    from tmplcheck.validator.report import report_chunks
     from tmplcheck.validator.stages import StageConfig, build_stages
     from tmplcheck.validator.render import TemplateLoadError
 
@@ -130,8 +134,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         with _progress(p) as opts.progress:
             results.append(run_gate(p, opts, display_path=d))
     color = fmt == "text" and output is None and sys.stdout.isatty()
-    text = report(fmt, results, max_findings=max_findings, group=group, color=color)
-    write_output(text, output)
+    write_output(report_chunks(fmt, results, max_findings=max_findings, group=group, color=color), output)
     if approve:
         from tmplcheck.validator.approval import write_stamps
 

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from tmplcheck.validator.gate import GateResult
 from tmplcheck.validator.report import machine
-from tmplcheck.validator.report.text import render_text
+from tmplcheck.validator.report.text import iter_text
 
-Reporter = Callable[..., str]
+#: each reporter yields its output in chunks, so a report on a huge dataset is never one string in memory
+Reporter = Callable[..., Iterator[str]]
 
 REPORTERS: dict[str, Reporter] = {
-    "text": render_text,
-    "json": machine.render_json,
-    "jsonl": machine.render_jsonl,
-    "junit": machine.render_junit,
-    "sarif": machine.render_sarif,
-    "github": machine.render_github,
+    "text": iter_text,
+    "json": machine.iter_json,
+    "jsonl": machine.iter_jsonl,
+    "junit": machine.iter_junit,
+    "sarif": machine.iter_sarif,
+    "github": machine.iter_github,
 }
 
 
-def report(fmt: str, results: Sequence[GateResult], *, max_findings: int | None = None, **kw) -> str:
+def report_chunks(fmt: str, results: Sequence[GateResult], *, max_findings: int | None = None, **kw) -> Iterator[str]:
     return REPORTERS[fmt](results, max_findings=max_findings, **kw)
+
+
+def report(fmt: str, results: Sequence[GateResult], *, max_findings: int | None = None, **kw) -> str:
+    return "".join(report_chunks(fmt, results, max_findings=max_findings, **kw))

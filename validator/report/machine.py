@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 from tmplcheck import __version__
@@ -12,9 +13,10 @@ from tmplcheck.validator.findings import Finding, Severity
 from tmplcheck.validator.gate import GateResult
 
 
-def _all(results: Sequence[GateResult], max_findings: int | None) -> list[Finding]:
-    fs = [f for r in results for f in r.findings]
-    return fs if max_findings is None else fs[:max_findings]
+def _all(results: Sequence[GateResult], max_findings: int | None) -> Iterator[Finding]:
+    """Every finding of every file, streamed (a gate's findings may live on disk), cut at max_findings."""
+    fs = itertools.chain.from_iterable(r.findings for r in results)
+    return fs if max_findings is None else itertools.islice(fs, max(max_findings, 0))
 
 
 def combined_summary(results: Sequence[GateResult]) -> dict:
@@ -28,15 +30,22 @@ def combined_summary(results: Sequence[GateResult]) -> dict:
     return s
 
 
-def render_json(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
-    fs = _all(results, max_findings)
+def iter_json(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> Iterator[str]:
+    """``{"summary": ..., "findings": [...]}``, written one finding at a time."""
     summary = dict(combined_summary(results))
-    summary["findings_shown"] = len(fs)
-    return json.dumps({"summary": summary, "findings": [f.to_dict() for f in fs]}, ensure_ascii=False, indent=2) + "\n"
+    total = sum(len(r.findings) for r in results)
+    summary["findings_shown"] = total if max_findings is None else min(total, max(max_findings, 0))
+    head = json.dumps({"summary": summary}, ensure_ascii=False, indent=2)
+    yield head[:-2] + ',\n  "findings": ['
+    sep = "\n    "
+    for f in _all(results, max_findings):
+        yield sep + json.dumps(f.to_dict(), ensure_ascii=False)
+        sep = ",\n    "
+    yield ("\n  ]" if sep != "\n    " else "]") + "\n}\n"
 
 
-def render_jsonl(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
-    return "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n" for f in _all(results, max_findings))
+def iter_jsonl(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> Iterator[str]:
+    return (json.dumps(f.to_dict(), ensure_ascii=False) + "\n" for f in _all(results, max_findings))
 
 
 def _xml_text(s: str) -> str:
@@ -45,7 +54,7 @@ def _xml_text(s: str) -> str:
                    for c in s)
 
 
-def render_junit(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
+def iter_junit(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> Iterator[str]:
     """One testsuite per file, one testcase per finding (failures for errors); a clean file gets one passing case."""
     out = ['<?xml version="1.0" encoding="UTF-8"?>']
     total = sum(len(r.findings) or 1 for r in results)
@@ -53,13 +62,14 @@ def render_junit(results: Sequence[GateResult], *, max_findings: int | None = No
     out.append(f'<testsuites name="tmplcheck" tests="{total}" failures="{fails}" errors="0">')
     budget = max_findings
     for r in results:
-        fs = r.findings if budget is None else r.findings[:max(budget, 0)]
+        shown = len(r.findings) if budget is None else min(len(r.findings), max(budget, 0))
         if budget is not None:
-            budget -= len(fs)
-        nfail = sum(1 for f in fs if f.severity is Severity.ERROR)
-        out.append(f'  <testsuite name={quoteattr(_xml_text(r.path))} tests="{len(fs) or 1}" failures="{nfail}" '
+            budget -= shown
+        fs = itertools.islice(r.findings, shown)
+        nfail = sum(1 for f in itertools.islice(r.findings, shown) if f.severity is Severity.ERROR)
+        out.append(f'  <testsuite name={quoteattr(_xml_text(r.path))} tests="{shown or 1}" failures="{nfail}" '
                    f'errors="0" skipped="0">')
-        if not fs:
+        if not shown:
             out.append(f'    <testcase classname={quoteattr(_xml_text(r.path))} name="tmplcheck"/>')
         for f in fs:
             name = f"{f.code} line {f.line}" + (f" {f.pointer}" if f.pointer else "")
@@ -72,17 +82,18 @@ def render_junit(results: Sequence[GateResult], *, max_findings: int | None = No
             else:
                 out.append(f"      <system-out>{escape(f'[{f.severity.value}] ' + body)}</system-out>")
             out.append("    </testcase>")
+            yield "\n".join(out) + "\n"
+            out = []
         out.append("  </testsuite>")
     out.append("</testsuites>")
-    return "\n".join(out) + "\n"
+    yield "\n".join(out) + "\n"
 
 
 _SARIF_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
 
 
-def render_sarif(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
-    fs = _all(results, max_findings)
-    fired = sorted({f.code for f in fs})
+def iter_sarif(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> Iterator[str]:
+    fired = sorted({f.code for f in _all(results, max_findings)})
     index = {c: i for i, c in enumerate(fired)}
     rules = []
     for c in fired:
@@ -94,8 +105,7 @@ def render_sarif(results: Sequence[GateResult], *, max_findings: int | None = No
             "help": {"text": r.explanation.strip()},
             "defaultConfiguration": {"level": _SARIF_LEVEL[r.severity]},
         })
-    res = []
-    for f in fs:
+    def result(f: Finding) -> dict:
         region = {"startLine": max(f.line, 1)}
         if f.column:
             region["startColumn"] = f.column
@@ -106,17 +116,25 @@ def render_sarif(results: Sequence[GateResult], *, max_findings: int | None = No
         }
         if f.pointer:
             item["properties"] = {"pointer": f.pointer}
-        res.append(item)
+        return item
+
     doc = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "tmplcheck", "version": __version__,
                                 "informationUri": "https://github.com/tmplcheck/tmplcheck", "rules": rules}},
-            "results": res,
+            "results": [],
         }],
     }
-    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+    head = json.dumps(doc, ensure_ascii=False, indent=2)
+    cut = head.rindex('"results": []') + len('"results": [')
+    yield head[:cut]
+    sep = "\n        "
+    for f in _all(results, max_findings):
+        yield sep + json.dumps(result(f), ensure_ascii=False)
+        sep = ",\n        "
+    yield ("\n      " if sep != "\n        " else "") + head[cut:] + "\n"
 
 
 def _gh_escape(s: str, prop: bool = False) -> str:
@@ -129,8 +147,7 @@ def _gh_escape(s: str, prop: bool = False) -> str:
 _GH_LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
-def render_github(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> str:
-    lines = []
+def iter_github(results: Sequence[GateResult], *, max_findings: int | None = None, **_) -> Iterator[str]:
     for f in _all(results, max_findings):
         props = [f"file={_gh_escape(f.path, True)}"]
         if f.line:
@@ -139,5 +156,4 @@ def render_github(results: Sequence[GateResult], *, max_findings: int | None = N
             props.append(f"col={f.column}")
         props.append(f"title={_gh_escape(f.code + ' ' + RULES[f.code].name, True)}")
         msg = f.message + (f" [{f.pointer}]" if f.pointer else "") + (f" hint: {f.hint}" if f.hint else "")
-        lines.append(f"::{_GH_LEVEL[f.severity]} {','.join(props)}::{_gh_escape(msg)}")
-    return "\n".join(lines) + ("\n" if lines else "")
+        yield f"::{_GH_LEVEL[f.severity]} {','.join(props)}::{_gh_escape(msg)}\n"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -39,37 +38,55 @@ def _finding_line(f: Finding) -> Text:
     return t
 
 
-def render_text(results: Sequence[GateResult], *, max_findings: int | None = None, group: str = "line",
-                color: bool | None = None, width: int | None = None, **_) -> str:
+def iter_text(results: Sequence[GateResult], *, max_findings: int | None = None, group: str = "line",
+              color: bool | None = None, width: int | None = None, **_) -> Iterator[str]:
+    """Findings (by line, or grouped by code), then a summary table per file; streamed a finding at a time."""
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=bool(color), no_color=not color, width=width or 120,
                       highlight=False, soft_wrap=True)
+
+    def flush() -> str:
+        out = buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+        return out
+
+    budget = [max_findings]
+
+    def take() -> bool:
+        if budget[0] is None:
+            return True
+        if budget[0] <= 0:
+            return False
+        budget[0] -= 1
+        return True
+
     shown = 0
     for r in results:
-        fs = r.findings
         if group == "code":
-            groups: dict[str, list[Finding]] = defaultdict(list)
-            for f in fs:
-                groups[f.code].append(f)
-            for code in sorted(groups):
-                if max_findings is not None and shown >= max_findings:
+            for code in sorted(r.summary["by_code"]):
+                if budget[0] is not None and budget[0] <= 0:
                     break
                 rule = RULES[code]
-                console.print(Text(f"{code} {rule.name}: {rule.summary} ({len(groups[code])})",
+                console.print(Text(f"{code} {rule.name}: {rule.summary} ({r.summary['by_code'][code]})",
                                    style=_STYLE[rule.severity]))
-                for f in groups[code]:
-                    if max_findings is not None and shown >= max_findings:
+                for f in r.findings:   # one streaming pass per code that fired
+                    if f.code != code:
+                        continue
+                    if not take():
                         break
                     console.print(Text("  ") + _finding_line(f))
                     shown += 1
+                    yield flush()
         else:
-            for f in fs:
-                if max_findings is not None and shown >= max_findings:
+            for f in r.findings:
+                if not take():
                     break
                 console.print(_finding_line(f))
                 shown += 1
-        total_f = sum(len(x.findings) for x in results)
-    if max_findings is not None and shown < total_f:
+                yield flush()
+    total_f = sum(len(x.findings) for x in results)
+    if shown < total_f:
         console.print(Text(f"… {total_f - shown} more findings not shown (--max-findings {max_findings})",
                            style="dim"))
     for r in results:
@@ -93,4 +110,4 @@ def render_text(results: Sequence[GateResult], *, max_findings: int | None = Non
         for key, val in s.items():
             if isinstance(val, dict) and key not in ("by_code", "dataset") and val.get("headline"):
                 console.print(Text(f"  {key}: {val['headline']}", style="dim"))
-    return buf.getvalue()
+    yield flush()
