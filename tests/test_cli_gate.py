@@ -160,3 +160,15 @@ def test_rule_command():
 def test_version_and_help():
     assert "tmplcheck" in run("--version").stdout
     assert "check" in run("--help").stdout
+
+
+def test_add_special_tokens_models_the_naive_pipeline():
+    """Meta's Llama 3 tokenizer adds BOS and the llama-3 template writes it: fine the way apply_chat_template
+    tokenizes (auto), a double BOS for a pipeline that runs tokenizer(text) on the render."""
+    args = (EXAMPLE, "--template", "llama-3", "--tokenizer", "llama-3", "--format", "json")
+    auto = run(*args)
+    naive = run(*args, "--add-special-tokens", "yes")
+    assert auto.returncode == 0, auto.stdout + auto.stderr
+    assert naive.returncode == 1
+    assert [(f["line"], f["code"]) for f in json.loads(naive.stdout)["findings"] if f["code"] == "K002"] == [
+        (1, "K002"), (2, "K002")]

@@ -76,12 +76,16 @@ def missing_extra(extra: str, what: str, err: ImportError) -> click.ClickExcepti
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
 @click.option("--max-line-bytes", type=int, help="Skip (and report) lines larger than this (default 10 MiB).")
 @click.option("--group", type=click.Choice(["line", "code"]), help="Group text output by line or by code.")
+@click.option("--add-special-tokens", "add_special", type=click.Choice(["auto", "yes", "no"]),
+              help="How your training pipeline tokenizes the render: auto = like apply_chat_template and "
+                   "`tmplcheck train` (no tokenizer BOS when the template writes one); yes = tokenizer(text), "
+                   "e.g. a trainer fed pre-rendered text; no = never add special tokens.")
 @click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset.")
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Read settings from this TOML file instead of searching for one.")
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
-              input_format, max_line_bytes, group, approve, jobs, config_path):
+              input_format, max_line_bytes, group, add_special, approve, jobs, config_path):
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
     from tmplcheck.config import ConfigError, _load, find_config
     from tmplcheck.validator.gate import GateOptions, run_gate
@@ -115,8 +119,11 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     for s in sel + ign:
         if s.upper() != "ALL" and not any(matches(c, [s]) for c in RULES):
             raise click.UsageError(f"--select/--ignore: {s!r} matches no finding code")
-    stage_cfg = StageConfig(template=template, tokenizer=tokenizer, max_length=max_length,
-                            extra={"jobs": pick(jobs, "jobs"), "select": sel, "ignore": ign})
+    extra = {"jobs": pick(jobs, "jobs"), "select": sel, "ignore": ign}
+    add_special = pick(add_special, "add_special_tokens", "auto")
+    if add_special != "auto":  # part of the stamped configuration only when it differs from the default
+        extra["add_special_tokens"] = {"yes": True, "no": False}[add_special]
+    stage_cfg = StageConfig(template=template, tokenizer=tokenizer, max_length=max_length, extra=extra)
     try:
         stages = build_stages(stage_cfg)
     except ImportError as e:

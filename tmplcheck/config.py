@@ -8,7 +8,7 @@ from typing import Any
 
 KNOWN = {
     "template", "tokenizer", "max_length", "format", "select", "ignore", "exit_zero", "max_findings",
-    "input_format", "max_line_bytes", "group", "jobs",
+    "input_format", "max_line_bytes", "group", "jobs", "add_special_tokens",
 }
 
 
