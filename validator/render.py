@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -81,61 +82,90 @@ class _LimitExceeded(Exception):
 
 
 # ------------------------------------------------------------------------------------------------------ the watchdog
-@dataclass
 class _Job:
-    tid: int
-    deadline: float
-    fired: bool = False
+    """One render's deadline, in a slot the watchdog polls (no lock, no wake-up on the render path)."""
+
+    __slots__ = ("tid", "deadline", "active", "fired")
+
+    def __init__(self, tid: int, deadline: float):
+        self.tid = tid
+        self.deadline = deadline
+        self.active = True
+        self.fired = False
 
 
 class _Watchdog:
-    """One daemon thread for the process; raises :class:`_RenderTimeout` in a thread whose render overran."""
+    """One daemon thread per process; raises :class:`_RenderTimeout` in a thread whose render overran.
+
+    Registering a render is a dict store and finishing it two attribute writes: the thread polls the slots every
+    ``poll`` seconds instead of being woken per render (a render costs ~0.1 ms; a lock and a condition wake-up per
+    render cost as much). The rare firing path is guarded: the thread sets ``firing`` before it looks at a slot and
+    holds ``_lock`` while it fires; a render that finishes sees ``firing``/``fired`` and, under the lock, clears an
+    exception that was set but not yet delivered, so a late timeout never lands outside its render.
+    """
+
+    poll = 0.02
 
     def __init__(self) -> None:
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
         self._jobs: dict[int, _Job] = {}
-        self._thread: threading.Thread | None = None
+        self._pid = -1
+        self.firing = False
 
     def _ensure(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="tmplcheck-render-watchdog", daemon=True)
-            self._thread.start()
+        with _START_LOCK:
+            if self._pid < 0:  # first use, or a forked child (threads do not survive fork)
+                self._jobs.clear()
+                self._lock = threading.Lock()
+                self.firing = False
+                threading.Thread(target=self._run, name="tmplcheck-render-watchdog", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        global _START_LOCK
+        _START_LOCK = threading.Lock()  # a lock held by another parent thread at fork would never be released
+        self._pid = -1
 
     def _run(self) -> None:
-        with self._cv:
-            while True:
-                pending = [j for j in self._jobs.values() if not j.fired]
-                if not pending:
-                    self._cv.wait()
-                    continue
-                now = time.monotonic()
-                due = min(j.deadline for j in pending)
-                if due > now:
-                    self._cv.wait(due - now)
-                    continue
-                for j in pending:
-                    if j.deadline <= now:
-                        j.fired = True
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(j.tid),
-                                                                   ctypes.py_object(_RenderTimeout))
+        jobs_of = self._jobs.values  # the dict is cleared in place after a fork, never replaced
+        while True:
+            time.sleep(self.poll)
+            if not self._jobs:
+                continue
+            now = time.monotonic()
+            for j in list(jobs_of()):
+                if j.deadline <= now and j.active and not j.fired:
+                    with self._lock:
+                        self.firing = True
+                        if j.active:
+                            j.fired = True
+                            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(j.tid),
+                                                                       ctypes.py_object(_RenderTimeout))
+                        self.firing = False
 
     def register(self, seconds: float) -> _Job:
-        job = _Job(threading.get_ident(), time.monotonic() + seconds)
-        with self._cv:
+        if self._pid < 0:
             self._ensure()
-            self._jobs[job.tid] = job
-            self._cv.notify()
+        job = _Job(threading.get_ident(), time.monotonic() + seconds)
+        self._jobs[job.tid] = job
         return job
 
     def unregister(self, job: _Job) -> None:
-        with self._cv:
-            self._jobs.pop(job.tid, None)
-            if job.fired:  # clear an exception that was set but not yet delivered
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.tid), None)
-            self._cv.notify()
+        job.active = False
+        if job.fired or self.firing:
+            with self._lock:  # the thread has finished firing; clear an exception not yet delivered
+                if job.fired:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.tid), None)
+        if self._jobs.get(job.tid) is job:
+            del self._jobs[job.tid]
+
+
+_START_LOCK = threading.Lock()
 
 
 _WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG._after_fork)
 
 
 # --------------------------------------------------------------------------------------------------- render state
