@@ -1,4 +1,5 @@
-"""A process pool over chunks of rows for the token stage: both cores, streaming, bounded memory.
+"""A process pool over chunks of rows for the token stage (and the template stage's per-row work it carries): both
+cores, streaming, bounded memory.
 
 The gate's process reads and parses rows (and runs the D checks); chunks of rows go to worker processes that run
 the same :class:`~tmplcheck.validator.token_stage.TokenPipeline` the serial path runs, and the results come back in
@@ -38,22 +39,31 @@ class ChunkPool:
         if not fork_available():
             raise RuntimeError("the process pool needs the fork start method")
         _PIPELINE = pipeline
-        # the Rust tokenizer's own thread pool must not be used inside forked workers (each worker is one core)
+        # the Rust tokenizer's own thread pool must not be used inside forked workers (each worker is one core); set
+        # while the workers fork, and restored at close so that the gate's process keeps its own setting
+        self._env = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.jobs = jobs
         self.max_in_flight = max_in_flight or 2 * jobs
         self._ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork"))
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[Future, object]] = deque()
 
-    def submit(self, chunk, first: int) -> Iterator[list]:
-        self._pending.append(self._ex.submit(_work, (chunk, first)))
+    def submit(self, chunk, first: int) -> Iterator[tuple[list, object]]:
+        """Yields ``(result, chunk)`` pairs, in submission order."""
+        self._pending.append((self._ex.submit(_work, (chunk, first)), chunk))
         # hand back whatever is finished at the head, and block while too much is in flight
-        while self._pending and (self._pending[0].done() or len(self._pending) > self.max_in_flight):
-            yield self._pending.popleft().result()
+        while self._pending and (self._pending[0][0].done() or len(self._pending) > self.max_in_flight):
+            fut, sent = self._pending.popleft()
+            yield fut.result(), sent
 
-    def drain(self) -> Iterator[list]:
+    def drain(self) -> Iterator[tuple[list, object]]:
         while self._pending:
-            yield self._pending.popleft().result()
+            fut, sent = self._pending.popleft()
+            yield fut.result(), sent
 
     def close(self) -> None:
         self._ex.shutdown(wait=True, cancel_futures=True)
+        if self._env is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = self._env

@@ -18,11 +18,29 @@ class StageConfig:
 
 
 def build_stages(cfg: StageConfig) -> list:
+    """The stage factories. With both a template and a tokenizer, the token stage carries the template stage's
+    per-row work in its batches and process pool (each row rendered once for both), so both use every core."""
     stages: list = []
     if cfg.template is not None:
         stages.append(template_stage_factory(cfg))
     if cfg.tokenizer is not None:
         stages.append(token_stage_factory(cfg))
+    if len(stages) == 2 and (cfg.extra or {}).get("share", True):
+        make_t, make_k = stages
+        made: dict[str, object] = {}
+
+        def template_make(path: str):
+            st = made[path] = make_t(path)
+            return st
+
+        def token_make(path: str):
+            st = make_k(path)
+            ts = made.pop(path, None)
+            if ts is not None:
+                st.attach(ts)
+            return st
+
+        stages = [template_make, token_make]
     return stages
 
 

@@ -10,6 +10,7 @@ again: a hostile template must not cost a bound per row.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,64 @@ def _cross_checker():
     return check_cross
 
 
+@dataclass
+class TemplateRowOut:
+    """One row's template-stage result, computed where the row is processed (the gate's process or a worker).
+
+    ``text`` is the render (or the render's :class:`TemplateRenderError`) so that the token stage reuses it instead of
+    rendering the row again; it is dropped before the result is shipped back from a worker."""
+
+    status: str                                   # "rendered" | "failed" | "skipped" (this process is poisoned)
+    findings: list[Finding] = field(default_factory=list)   # T findings of the row (not T002: the stage adds those)
+    cross: list[Finding] | None = None            # X findings (None: no llama.cpp comparison)
+    undefined: frozenset[str] = frozenset()
+    poison: str = ""                              # kind of a security/timeout/size failure
+    text: str | BaseException | None = None
+
+
+class TemplateRowChecker:
+    """The per-row work of the template stage: render, needle probes, end of turn, llama.cpp comparison. Pure per row
+    (caches per conversation shape only), so it runs in the gate's process or in worker processes alike."""
+
+    def __init__(self, template: Template, cross=None):
+        self.template = template
+        self.cross = cross
+        self.poisoned = ""
+        self._probes: dict[tuple[str, ...], NeedleProbe] = {}
+        self._structure: Structure | None = None
+        self._structure_done = False
+
+    @property
+    def structure(self) -> Structure | None:
+        if not self._structure_done:
+            self._structure_done = True
+            if not self.template.meta.end_of_turn:
+                self._structure = infer_structure(self.template)
+        return self._structure
+
+    def probe(self, roles: tuple[str, ...]) -> NeedleProbe:
+        p = self._probes.get(roles)
+        if p is None:
+            p = self._probes[roles] = needle_probe(self.template, roles)
+        return p
+
+    def check(self, conv: Conversation) -> TemplateRowOut:
+        if self.poisoned:
+            return TemplateRowOut("skipped")
+        name = self.template.meta.name
+        try:
+            r = self.template.render_full(conv.dicts())
+        except TemplateRenderError as e:
+            poison = e.kind if e.kind in ("security", "timeout", "size") else ""
+            self.poisoned = poison
+            return TemplateRowOut("failed", list(check_render_error(conv, e, name)), poison=poison, text=e)
+        probe = self.probe(tuple(m.role for m in conv.messages))
+        out = list(check_needles(conv, probe, name))
+        out.extend(check_end_of_turn(conv, probe, self.template, self.structure))
+        xs = list(self.cross(conv, self.template, r.text)) if self.cross is not None else None
+        return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text)
+
+
 class TemplateStage:
     name = "template"
 
@@ -57,14 +116,30 @@ class TemplateStage:
         self.rows = 0
         self.rendered = 0
         self.failed = 0
-        self.skipped = 0
         self.codes: Counter[str] = Counter()
         self._started = False
         self._broken = False      # does not compile
         self._poisoned = ""       # sandbox violation or limit: stop rendering
-        self._probes: dict[tuple[str, ...], NeedleProbe] = {}
-        self._structure: Structure | None = None
+        self._poison_at: int | None = None   # ordinal of the row that poisoned the template
+        self.checker = TemplateRowChecker(self.template, self.cross)
         self._undefined_seen: set[str] = set()
+        #: set by the token stage when it runs this stage's per-row work in its batches (and its process pool):
+        #: ``check`` then records the row's ordinal in ``deferred`` (by line) and the token stage hands each
+        #: row's :class:`TemplateRowOut` back through :meth:`absorb`, in row order
+        self.deferred: dict[int, int] | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Rows not rendered because the template does not compile or was poisoned by an earlier row."""
+        if self._broken:
+            return self.rows
+        if self._poison_at is not None:
+            return self.rows - self._poison_at - 1
+        return 0
+
+    @property
+    def _structure(self) -> Structure | None:
+        return self.checker.structure
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _template_level(self) -> Iterator[Finding]:
@@ -79,14 +154,7 @@ class TemplateStage:
 
         self._undefined_seen.update(undefined_names(self.template))
         yield from check_generation_prompt(self.template, path=self.path)
-        if not self.template.meta.end_of_turn:
-            self._structure = infer_structure(self.template)
-
-    def _probe(self, roles: tuple[str, ...]) -> NeedleProbe:
-        p = self._probes.get(roles)
-        if p is None:
-            p = self._probes[roles] = needle_probe(self.template, roles)
-        return p
+        self.checker.structure  # noqa: B018 - inferred once here, before any worker is forked
 
     def _count(self, found: list[Finding]) -> list[Finding]:
         self.codes.update(f.code for f in found)
@@ -97,38 +165,47 @@ class TemplateStage:
         out: list[Finding] = []
         if not self._started:
             out.extend(self._template_level())
+        ordinal = self.rows
         self.rows += 1
         if self._broken or self._poisoned or not conv.usable or not conv.messages:
-            if self._broken or self._poisoned:
-                self.skipped += 1
             return iter(self._count(out))
-        name = self.template.meta.name
-        try:
-            r = self.template.render_full(conv.dicts())
-        except TemplateRenderError as e:
+        if self.deferred is not None:
+            self.deferred[conv.line] = ordinal
+            return iter(self._count(out))
+        out.extend(self.absorb(ordinal, self.checker.check(conv)))
+        return iter(out)
+
+    def absorb(self, ordinal: int, r: TemplateRowOut) -> list[Finding]:
+        """Account one row's result (in row order) and return its findings. Rows after the one that poisoned the
+        template are dropped (the serial stage would not have rendered them)."""
+        if self._poison_at is not None and ordinal > self._poison_at:
+            return []
+        out: list[Finding] = []
+        if r.status == "skipped":  # a worker poisoned by an earlier row, which set _poison_at above: unreachable
+            return []
+        if r.status == "failed":
             self.failed += 1
-            out.extend(check_render_error(conv, e, name))
-            if e.kind in ("security", "timeout", "size"):
-                self._poisoned = e.kind
-            return iter(self._count(out))
+            out.extend(r.findings)
+            if r.poison:
+                self._poisoned = r.poison
+                self._poison_at = ordinal
+            return self._count(out)
         self.rendered += 1
         new_undef = set(r.undefined) - self._undefined_seen
         if new_undef:
             self._undefined_seen |= new_undef
-            out.extend(f for f in check_undefined(self.template, path=conv.path, used=new_undef)
+            out.extend(f for f in check_undefined(self.template, path=self.path, used=new_undef)
                        if f.data.get("variable") in new_undef and "template_line" not in f.data)
-        probe = self._probe(tuple(m.role for m in conv.messages))
-        out.extend(check_needles(conv, probe, name))
-        out.extend(check_end_of_turn(conv, probe, self.template, self._structure))
-        if self.cross is not None:
-            xs = list(self.cross(conv, self.template, r.text))
+        out.extend(r.findings)
+        if r.cross is not None:
+            xs = r.cross
             self.cross_summary.add(xs)
             if any(f.code == "X010" for f in xs):
                 self._unknown_to_llamacpp += 1
                 if self._unknown_to_llamacpp > 1:
                     xs = [f for f in xs if f.code != "X010"]
             out.extend(xs)
-        return iter(self._count(out))
+        return self._count(out)
 
     def finish(self) -> Iterator[Finding]:
         out: list[Finding] = []

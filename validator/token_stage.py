@@ -233,11 +233,13 @@ class TokenPipeline:
         return bool(self.llamacpp_vocab) and (ordinal < self.llamacpp_all or ordinal % self.llamacpp_every == 0)
 
     # -- per row
-    def process(self, rows: Sequence[RowIn], first_ordinal: int = 0) -> list[RowOut]:
-        """Encode the rows in one batch (``encode_conversations``: one ``encode_batch`` call) and check each."""
+    def process(self, rows: Sequence[RowIn], first_ordinal: int = 0,
+                texts: Sequence[str | BaseException | None] | None = None) -> list[RowOut]:
+        """Encode the rows in one batch (``encode_conversations``: one ``encode_batch`` call) and check each.
+        ``texts``: the rows' renders when the caller already made them with the same template (else ``None``)."""
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
         encs = self._encode_conversations(self.template, self.tokenizer, msgs, errors="return",
-                                          add_special_tokens=self.add_special_tokens)
+                                          add_special_tokens=self.add_special_tokens, texts=texts)
         out = []
         for k, (row, messages, enc) in enumerate(zip(rows, msgs, encs)):
             if isinstance(enc, BaseException):  # the template stage reports render errors (T codes)
@@ -337,6 +339,36 @@ class TokenPipeline:
             return  # one per row is enough to explain it
 
 
+class RowPipeline:
+    """The token pipeline plus the template stage's per-row work, one pass per chunk: each row is rendered once (by
+    the template checks) and the token pipeline encodes that render. Items are ``(conversation, template ordinal or
+    None)``; results are ``(RowOut, TemplateRowOut | None)`` per row. Runs in the gate's process or in workers."""
+
+    def __init__(self, tokens: TokenPipeline, checker=None, *, share_renders: bool = False):
+        self.tokens = tokens
+        self.checker = checker
+        self.share_renders = share_renders
+
+    def process(self, items: Sequence[tuple[Any, int | None]], first_ordinal: int = 0) -> list[tuple]:
+        touts: list[Any] = []
+        texts: list[Any] = []
+        for conv, tord in items:
+            t = self.checker.check(conv) if (tord is not None and self.checker is not None) else None
+            touts.append(t)
+            texts.append(t.text if (t is not None and self.share_renders) else None)
+            if t is not None:
+                t.text = None  # not shipped back from a worker
+        routs = self.tokens.process([row_in(c) for c, _ in items], first_ordinal, texts=texts)
+        return list(zip(routs, touts))
+
+
+def can_share_renders(stage_template, token_template) -> bool:
+    """Whether the token stage may encode the template stage's renders: same source and variables, and no clock in
+    the template (the template stage pins it for the run)."""
+    return (stage_template.source == token_template.source and stage_template.context == token_template.context
+            and "strftime_now" not in stage_template.source)
+
+
 # ------------------------------------------------------------------------------------------------------ statistics
 class TokenStats:
     """Token-length distribution and per-check failed-row counts (mergeable across workers)."""
@@ -424,12 +456,25 @@ class TokenStage:
         self._pool = None
         self._lc_rows = 0
         self._prefix_rows = 0
+        self.template_stage = None
+        self.rows_pipeline = RowPipeline(self.pipeline)
+
+    def attach(self, template_stage) -> None:
+        """Run the template stage's per-row work inside this stage's batches (and process pool), rendering each row
+        once for both stages. The template stage then only keeps its file-level state; its row findings come back
+        through this stage in row order."""
+        self.template_stage = template_stage
+        template_stage.deferred = {}
+        self.rows_pipeline = RowPipeline(self.pipeline, template_stage.checker,
+                                         share_renders=can_share_renders(template_stage.template,
+                                                                         self.pipeline.template))
 
     # Stage protocol
     def check(self, conv) -> list[Finding]:
         if not conv.usable or not conv.messages:
             return []
-        self.buf.append(row_in(conv))
+        tord = self.template_stage.deferred.pop(conv.line, None) if self.template_stage is not None else None
+        self.buf.append((conv, tord))
         if len(self.buf) >= self.chunk_rows:
             return self._flush()
         return []
@@ -438,8 +483,8 @@ class TokenStage:
         out = self.pipeline.template_findings()
         out.extend(self._flush())
         if self._pool is not None:
-            for res in self._pool.drain():
-                out.extend(self._take(res))
+            for res, sent in self._pool.drain():
+                out.extend(self._take(res, sent))
             self._pool.close()
             self._pool = None
         return out
@@ -459,9 +504,12 @@ class TokenStage:
         return d
 
     # internals
-    def _take(self, results: list[RowOut]) -> list[Finding]:
+    def _take(self, results: list[tuple], chunk: list[tuple]) -> list[Finding]:
         out: list[Finding] = []
-        for r in results:
+        ts = self.template_stage
+        for (r, t), (_conv, tord) in zip(results, chunk):
+            if t is not None:
+                out.extend(ts.absorb(tord, t))
             self.stats.add(r)
             out.extend(r.findings)
         return out
@@ -481,12 +529,12 @@ class TokenStage:
         if self._pool is None and self.jobs > 1 and self.seen > self.parallel_after:
             from tmplcheck.validator.parallel import ChunkPool
 
-            self._pool = ChunkPool(self.pipeline, self.jobs)
+            self._pool = ChunkPool(self.rows_pipeline, self.jobs)
         if self._pool is None:
-            return self._take(self.pipeline.process(chunk, first))
+            return self._take(self.rows_pipeline.process(chunk, first), chunk)
         out: list[Finding] = []
-        for res in self._pool.submit(chunk, first):
-            out.extend(self._take(res))
+        for res, sent in self._pool.submit(chunk, first):
+            out.extend(self._take(res, sent))
         return out
 
 
