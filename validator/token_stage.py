@@ -271,7 +271,7 @@ class TokenPipeline:
         line = row[0]
         ctx = self.ctx
         out: list[Finding] = []
-        text, ids, offsets, labels = enc.text, list(enc.ids), list(enc.offsets), list(enc.labels)
+        text, ids, offsets, labels = enc.text, enc.ids, enc.offsets, enc.labels  # fresh lists per row
         turns, trimmed = self.turns_of(row, messages, enc)
         idx = TokenIndex(offsets)
         by_index = {t.index: t for t in turns}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
@@ -359,9 +360,33 @@ class _TokenIndex:
     """Char → token lookups over the tokens that carry text (post-processor tokens excluded)."""
 
     def __init__(self, offsets: Sequence[tuple[int, int]], special_mask: Sequence[int]):
-        self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
-        self.starts = [offsets[j][0] for j in self.idx]
-        self.ends = [offsets[j][1] for j in self.idx]
+        # fast path: post-processor and zero-width tokens sit at the ends; the middle is checked with C-level calls
+        n = len(offsets)
+        lo, hi = 0, n
+        while lo < hi and (offsets[lo][1] <= offsets[lo][0] or special_mask[lo]):
+            lo += 1
+        while hi > lo and (offsets[hi - 1][1] <= offsets[hi - 1][0] or special_mask[hi - 1]):
+            hi -= 1
+        starts, ends = (list(x) for x in zip(*offsets[lo:hi])) if hi > lo else ([], [])
+        if not starts or (min(map(operator.sub, ends, starts)) > 0 and not any(special_mask[lo:hi])):
+            self.idx: Sequence[int] = range(lo, hi)
+            self.starts, self.ends = starts, ends
+        else:
+            self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
+            self.starts = [offsets[j][0] for j in self.idx]
+            self.ends = [offsets[j][1] for j in self.idx]
+
+    def copy_labels(self, labels: list[int], ids: Sequence[int], lo: int, hi: int) -> None:
+        """labels[j] = ids[j] for the text tokens at index positions [lo, hi)."""
+        if hi <= lo:
+            return
+        if isinstance(self.idx, range):
+            a, b = self.idx[lo], self.idx[hi - 1] + 1
+            labels[a:b] = ids[a:b]
+        else:
+            for k in range(lo, hi):
+                j = self.idx[k]
+                labels[j] = ids[j]
 
     def overlapping(self, a: int, b: int) -> tuple[int, int] | None:
         """[first, last+1) of token indices whose text overlaps chars [a, b)."""
@@ -376,9 +401,11 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
             max_length: int | None, eots: Sequence[str], eot_ids: dict[str, int | None],
             generation_spans: list[tuple[int, int]] | None) -> EncodedConversation:
     text = loc.text
-    ids = list(enc.ids)
-    offsets = [tuple(o) for o in enc.offsets]
-    special_mask = list(enc.special_tokens_mask)
+    ids = enc.ids
+    offsets = enc.offsets
+    if offsets and type(offsets[0]) is not tuple:
+        offsets = [tuple(o) for o in offsets]
+    special_mask = enc.special_tokens_mask
     toks = list(enc.tokens)
     ti = _TokenIndex(offsets, special_mask)
     labels = [IGNORE_INDEX] * len(ids)
@@ -420,20 +447,12 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
                                 and s.eot_id is not None and ids[rng[0]] == s.eot_id)
             train_end = q
         if s.trained:
-            lo = bisect.bisect_left(ti.starts, a)
-            hi = bisect.bisect_left(ti.starts, train_end)
-            for k in range(lo, hi):
-                j = ti.idx[k]
-                labels[j] = ids[j]
+            ti.copy_labels(labels, ids, bisect.bisect_left(ti.starts, a), bisect.bisect_left(ti.starts, train_end))
     gen_labels = None
     if generation_spans is not None:
         gen_labels = [IGNORE_INDEX] * len(ids)
         for a, b in generation_spans:
-            lo = bisect.bisect_left(ti.starts, a)
-            hi = bisect.bisect_left(ti.starts, b)
-            for k in range(lo, hi):
-                j = ti.idx[k]
-                gen_labels[j] = ids[j]
+            ti.copy_labels(gen_labels, ids, bisect.bisect_left(ti.starts, a), bisect.bisect_left(ti.starts, b))
     bos_id = tokenizer.bos_id
     bos_count = 0
     if bos_id is not None:
