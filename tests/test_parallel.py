@@ -22,30 +22,16 @@ def _rows(n: int, seed: int = 0):
         yield {"conversations": turns}
 
 
-def _gate(path, jobs, **stage_kw):
+def _gate(path, jobs, **opt_kw):
     cfg = StageConfig(template="chatml", tokenizer="qwen2", max_length=48, extra={"jobs": jobs})
-    factories = build_stages(cfg)
-    opts = GateOptions(stages=factories)
-    if stage_kw:
-        from tmplcheck.validator.token_stage import TokenStage
-
-        make = factories[-1]
-
-        def small(p):
-            st: TokenStage = make(p)
-            for k, v in stage_kw.items():
-                setattr(st, k, v)
-            return st
-
-        opts.stages = factories[:-1] + [small]
-    return run_gate(path, opts)
+    return run_gate(path, GateOptions(stages=build_stages(cfg), **opt_kw))
 
 
 def test_parallel_equals_serial(tmp_path):
     p = tmp_path / "data.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in _rows(700)))
     serial = _gate(p, 1)
-    par = _gate(p, 2, chunk_rows=64, parallel_after=64)
+    par = _gate(p, 2, chunk_rows=64)
     assert par.findings == serial.findings
     assert [f.data for f in par.findings] == [f.data for f in serial.findings]
     assert par.summary["tokens"] == serial.summary["tokens"]
@@ -67,7 +53,7 @@ def test_in_flight_chunks_are_bounded(tmp_path):
     try:
         p = tmp_path / "data.jsonl"
         p.write_text("".join(json.dumps(r) + "\n" for r in _rows(400, 1)))
-        _gate(p, 2, chunk_rows=16, parallel_after=16)
+        _gate(p, 2, chunk_rows=16)
     finally:
         parallel.ChunkPool.submit = orig
     assert seen and max(seen) <= 2 * 2

@@ -4,10 +4,19 @@ A *stage* sees each readable conversation once (``check``), may add file-level f
 and contributes to the summary (``summary``). The dataset stage always runs; the template stage joins when a
 template is given and the token stage when a tokenizer is given (they live in their own modules and are plugged in
 through ``GateOptions``).
+
+Rows flow through the gate in chunks of raw records (bytes). The per-row work, which is pure per row — decoding
+JSON, parsing the row, the row's D checks, rendering and tokenizing — is a *chunk worker*'s job; the order-dependent
+bookkeeping (duplicates, mixed formats, counters, the template stage's poisoning) is each stage's ``take``, fed in
+row order with a small :class:`RowInfo` per row and that row's worker payload. A file of more than one chunk runs
+its chunk workers on a process pool (``validator/parallel.py``) while the gate's process only reads the file; a
+smaller one runs them in the gate's process. The same functions run in both cases, so the findings and the summary
+do not depend on where they ran.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from array import array
 from collections import Counter
@@ -20,7 +29,7 @@ from tmplcheck.validator.checks.dataset import check_conversation
 from tmplcheck.validator.codes import matches
 from tmplcheck.validator.findings import Finding, Severity, finding
 from tmplcheck.validator.store import FindingStore
-from tmplcheck.validator.ingest import DEFAULT_MAX_LINE_BYTES, Conversation, read_rows
+from tmplcheck.validator.ingest import DEFAULT_MAX_LINE_BYTES, Conversation, open_records, parse_record
 
 
 class Stage(Protocol):
@@ -31,6 +40,44 @@ class Stage(Protocol):
     def finish(self) -> Iterable[Finding]: ...
 
     def summary(self) -> dict[str, Any]: ...
+
+
+class ChunkWorker(Protocol):
+    """A stage's per-row work: ``convs`` (``None`` for rows that could not be read) and their record ordinals in,
+    one picklable payload per row out (``None`` where there is nothing to say)."""
+
+    def process(self, convs: Sequence[Conversation | None], ordinals: Sequence[int]) -> list[Any]: ...
+
+
+class SplitStage(Stage, Protocol):
+    """A stage whose per-row work can run away from the gate's process (every built-in stage is one)."""
+
+    def prepare(self) -> Iterable[Finding]: ...          # once, before any row (and before workers fork)
+
+    def chunk_worker(self) -> ChunkWorker | None: ...
+
+    def take(self, info: "RowInfo", payload: Any) -> Iterable[Finding]: ...   # in row order, every readable row
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """What the gate's process keeps of a readable row: enough for the order-dependent checks."""
+
+    line: int
+    format: str
+    key: str
+    usable: bool
+    roles: tuple[str, ...]
+    digest: str
+
+    @classmethod
+    def of(cls, conv: Conversation) -> "RowInfo":
+        return cls(conv.line, conv.format, conv.key, conv.usable, tuple(m.role for m in conv.messages), conv.digest)
+
+
+class _DatasetWork:
+    def process(self, convs, ordinals):
+        return [None if c is None else list(check_conversation(c)) for c in convs]
 
 
 class DatasetStage:
@@ -49,21 +96,32 @@ class DatasetStage:
         self.turns: Counter[str] = Counter()
 
     def check(self, conv: Conversation) -> Iterator[Finding]:
+        yield from self.take(RowInfo.of(conv), list(check_conversation(conv)))
+
+    def prepare(self) -> list[Finding]:
+        return []
+
+    def chunk_worker(self) -> _DatasetWork:
+        return _DatasetWork()
+
+    def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
+        out: list[Finding] = []
         self.rows += 1
-        self.formats[conv.format] += 1
-        self.first_line_of.setdefault(conv.format, conv.line)
-        for m in conv.messages:
-            self.turns[m.role] += 1
+        self.formats[info.format] += 1
+        self.first_line_of.setdefault(info.format, info.line)
+        self.turns.update(info.roles)
         first = next(iter(self.formats))
-        if conv.format != first:
-            yield finding("D021", f"row is {conv.format} but the file started as {first} "
-                                  f"(line {self.first_line_of[first]})", path=conv.path, line=conv.line,
-                          pointer=conv.key)
-        if conv.messages and conv.usable:
-            d = bytes.fromhex(conv.digest)
+        if info.format != first:
+            out.append(finding("D021", f"row is {info.format} but the file started as {first} "
+                                       f"(line {self.first_line_of[first]})", path=self.path, line=info.line,
+                               pointer=info.key))
+        if info.roles and info.usable:
+            d = bytes.fromhex(info.digest)
             self._digests.extend((int.from_bytes(d[:8], "little"), int.from_bytes(d[8:16], "little")))
-            self._lines.append(conv.line)
-        yield from check_conversation(conv)
+            self._lines.append(info.line)
+        if payload:
+            out.extend(payload)
+        return out
 
     def finish(self) -> Iterator[Finding]:
         if len(self._lines) < 2:
@@ -98,6 +156,10 @@ class GateOptions:
     #: factories for the extra stages (template, tokens): each gets the display path and returns a Stage
     stages: list[Callable[[str], Stage]] = field(default_factory=list)
     spill_at: int = 50_000  # findings kept in memory before sorted runs go to a temporary file
+    #: processes for the per-row work; None: the largest ``jobs`` a stage asks for (the token stage: every core),
+    #: else 1. A file of more than one chunk of ``chunk_rows`` records runs on the process pool when this is > 1.
+    jobs: int | None = None
+    chunk_rows: int = 512
     progress: Callable[[int], None] | None = None  # called with the number of rows read so far
 
 
@@ -140,26 +202,94 @@ def _rows_with_errors(findings: Iterable[Finding]) -> int:
     return n
 
 
+class _ChunkWork:
+    """The per-row work of one chunk of raw records: parse, then every stage's chunk worker. Runs in the gate's
+    process (small files) or in a worker process (``validator/parallel.py``)."""
+
+    def __init__(self, path: str, is_array: bool, input_format: str | None, workers: list, keep_conv: bool):
+        self.path, self.is_array, self.input_format = path, is_array, input_format
+        self.workers = workers
+        self.keep_conv = keep_conv
+
+    def process(self, recs: Sequence[tuple[int, bytes | None, list[Finding]]], first: int) -> list[tuple]:
+        rows = [parse_record(line, data, found, path=self.path, is_array=self.is_array,
+                             input_format=self.input_format) for line, data, found in recs]
+        convs = [r.conversation for r in rows]
+        ordinals = range(first, first + len(rows))
+        payloads = [w.process(convs, ordinals) if w is not None else None for w in self.workers]
+        out = []
+        for k, (row, conv) in enumerate(zip(rows, convs)):
+            if conv is None:
+                out.append((row.findings, None, None, None))
+                continue
+            out.append((row.findings, RowInfo.of(conv), [p[k] if p is not None else None for p in payloads],
+                        conv if self.keep_conv else None))
+        return out
+
+
+def _chunks(records, size: int) -> Iterator[tuple[list, int]]:
+    buf: list = []
+    first = 0
+    for rec in records:
+        buf.append((rec.line, rec.data, rec.findings))
+        if len(buf) >= size:
+            yield buf, first
+            first += len(buf)
+            buf = []
+    if buf:
+        yield buf, first
+
+
+def _results(chunks: Iterator[tuple[list, int]], work: _ChunkWork, jobs: int) -> Iterator[tuple]:
+    """Every row's result, in file order: in this process for a file of one chunk (or ``jobs`` 1), else on a
+    process pool started as soon as a second chunk exists."""
+    from tmplcheck.validator.parallel import ChunkPool, fork_available
+
+    head = list(itertools.islice(chunks, 2))
+    if len(head) < 2 or jobs <= 1 or work.keep_conv or not fork_available():
+        for chunk, first in itertools.chain(head, chunks):
+            yield from work.process(chunk, first)
+        return
+    pool = ChunkPool(work, jobs)
+    try:
+        for chunk, first in itertools.chain(head, chunks):
+            for res, _sent in pool.submit(chunk, first):
+                yield from res
+        for res, _sent in pool.drain():
+            yield from res
+    finally:
+        pool.close()
+
+
 def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_path: str | None = None) -> GateResult:
     opts = opts or GateOptions()
     shown = display_path or str(path)
     dataset = DatasetStage(shown)
     stages: list[Stage] = [dataset] + [make(shown) for make in opts.stages]
+    split = [all(hasattr(st, a) for a in ("prepare", "chunk_worker", "take")) for st in stages]
     out = FindingStore(spill_at=opts.spill_at)
+    for st, sp in zip(stages, split):
+        if sp:
+            out.extend(f for f in st.prepare() if keep(f, opts))
+    workers = [st.chunk_worker() if sp else None for st, sp in zip(stages, split)]
+    jobs = opts.jobs if opts.jobs is not None else max([getattr(st, "jobs", 1) or 1 for st in stages])
     rows_with_conv = 0
     bad_rows = 0
-    for row in read_rows(path, input_format=opts.input_format, max_line_bytes=opts.max_line_bytes,
-                         display_path=shown):
-        out.extend(f for f in row.findings if keep(f, opts))
-        if row.conversation is None:
-            if any(f.code != "D005" for f in row.findings):
-                bad_rows += 1
-            continue
-        rows_with_conv += 1
-        for st in stages:
-            out.extend(f for f in st.check(row.conversation) if keep(f, opts))
-        if opts.progress and rows_with_conv % 256 == 0:
-            opts.progress(rows_with_conv)
+    with open(path, "rb") as fh:
+        is_array, records = open_records(fh, path, max_line_bytes=opts.max_line_bytes, display_path=shown)
+        work = _ChunkWork(shown, is_array, opts.input_format, workers, keep_conv=not all(split))
+        for found, info, payloads, conv in _results(_chunks(records, max(1, opts.chunk_rows)), work, jobs):
+            out.extend(f for f in found if keep(f, opts))
+            if info is None:
+                if any(f.code != "D005" for f in found):
+                    bad_rows += 1
+                continue
+            rows_with_conv += 1
+            for st, sp, payload in zip(stages, split, payloads):
+                got = st.take(info, payload) if sp else st.check(conv)
+                out.extend(f for f in got if keep(f, opts))
+            if opts.progress and rows_with_conv % 256 == 0:
+                opts.progress(rows_with_conv)
     for st in stages:
         out.extend(f for f in st.finish() if keep(f, opts))
     if rows_with_conv == 0 and bad_rows == 0:

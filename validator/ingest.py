@@ -372,30 +372,44 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
     return conv, out
 
 
+def open_records(fh: IO[bytes], path: str | Path, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 display_path: str | None = None) -> tuple[bool, Iterator[_Record]]:
+    """Split an open dataset file into raw records (bytes, not decoded): ``(is_array, records)``. Only the file's
+    framing is done here (lines or list elements, BOM, CRLF, size limit); :func:`parse_record` does the rest, so that
+    the two halves can run in different processes."""
+    p = Path(path)
+    shown = display_path or str(path)
+    head = fh.read(4096)
+    fh.seek(0)
+    stripped = head.lstrip(_BOM).lstrip()
+    suffix = p.suffix.lower()
+    is_array = suffix == ".json" or (suffix not in (".jsonl", ".ndjson") and stripped.startswith(b"["))
+    records = _iter_json_array(fh, shown, max_line_bytes) if is_array else _iter_lines(fh, shown, max_line_bytes)
+    return is_array, records
+
+
+def parse_record(line: int, data: bytes | None, found: list[Finding], *, path: str, is_array: bool,
+                 input_format: str | None = None) -> Row:
+    """One raw record (from :func:`open_records`) → a Row: decode, parse, and the row's ingest findings."""
+    if data is None:
+        return Row(line, None, found)
+    if not is_array and not data.strip():
+        return Row(line, None, found + [finding("D005", "blank line", path=path, line=line)])
+    obj, more = _decode(_Record(line, data, found), path)
+    if obj is None and more and more[-1].code == "D001":
+        return Row(line, None, more)
+    conv, rest = parse_row(obj, path=path, line=line, forced=input_format)
+    if conv is not None and any(f.code == "D002" for f in more):
+        conv.replaced_bytes = True
+    return Row(line, conv, more + rest)
+
+
 def read_rows(path: str | Path, *, input_format: str | None = None,
               max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, display_path: str | None = None) -> Iterator[Row]:
     """Stream rows from a JSONL or JSON-list file. File-level findings (blank lines...) ride on Row(conversation=None)."""
-    p = Path(path)
     shown = display_path or str(path)
-    with open(p, "rb") as fh:
-        head = fh.read(4096)
-        fh.seek(0)
-        stripped = head.lstrip(_BOM).lstrip()
-        suffix = p.suffix.lower()
-        is_array = suffix == ".json" or (suffix not in (".jsonl", ".ndjson") and stripped.startswith(b"["))
-        records = _iter_json_array(fh, shown, max_line_bytes) if is_array else _iter_lines(fh, shown, max_line_bytes)
+    with open(Path(path), "rb") as fh:
+        is_array, records = open_records(fh, path, max_line_bytes=max_line_bytes, display_path=shown)
         for rec in records:
-            if rec.data is None:
-                yield Row(rec.line, None, rec.findings)
-                continue
-            if not is_array and not rec.data.strip():
-                yield Row(rec.line, None, rec.findings + [finding("D005", "blank line", path=shown, line=rec.line)])
-                continue
-            obj, found = _decode(rec, shown)
-            if obj is None and found and found[-1].code == "D001":
-                yield Row(rec.line, None, found)
-                continue
-            conv, more = parse_row(obj, path=shown, line=rec.line, forced=input_format)
-            if conv is not None and any(f.code == "D002" for f in found):
-                conv.replaced_bytes = True
-            yield Row(rec.line, conv, found + more)
+            yield parse_record(rec.line, rec.data, rec.findings, path=shown, is_array=is_array,
+                               input_format=input_format)

@@ -1,14 +1,14 @@
-"""A process pool over chunks of rows for the token stage (and the template stage's per-row work it carries): both
-cores, streaming, bounded memory.
+"""A process pool over chunks of raw records for the gate's per-row work: both cores, streaming, bounded memory.
 
-The gate's process reads and parses rows (and runs the D checks); chunks of rows go to worker processes that run
-the same :class:`~tmplcheck.validator.token_stage.TokenPipeline` the serial path runs, and the results come back in
-submission order, so findings and statistics are identical to the serial path. At most ``2 * jobs`` chunks are in
-flight: when the reader is faster than the workers it waits for the oldest chunk, so memory stays bounded by the
-chunk size whatever the file size.
+The gate's process only reads the file and splits it into chunks of raw records (bytes); worker processes decode
+and parse the rows and run every stage's chunk worker (the D checks, the template stage's renders, the token
+pipeline) — the same ``_ChunkWork`` the gate runs in its own process on a small file — and the results come back in
+submission order, so the gate's order-dependent bookkeeping sees exactly what the serial path gives it. At most
+``2 * jobs`` chunks are in flight: when the reader is faster than the workers it waits for the oldest chunk, so
+memory stays bounded by the chunk size whatever the file size.
 
 Workers are forked from the gate's process and inherit the loaded template and tokenizer (no reload per worker);
-where ``fork`` is unavailable the pool is not used and the stage stays serial.
+where ``fork`` is unavailable the pool is not used and the gate stays serial.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
-_PIPELINE = None  # the pipeline a forked worker inherits
+_PIPELINE = None  # the chunk worker a forked worker process inherits (``process(chunk, first)``)
 
 
 def _work(args):

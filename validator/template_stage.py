@@ -99,6 +99,24 @@ class TemplateRowChecker:
         return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text)
 
 
+class _TemplateWork:
+    """The template stage's chunk worker: render and check each usable row (the render itself is not shipped)."""
+
+    def __init__(self, checker: TemplateRowChecker):
+        self.checker = checker
+
+    def process(self, convs, ordinals) -> list[TemplateRowOut | None]:
+        out: list[TemplateRowOut | None] = []
+        for conv in convs:
+            if conv is None or not conv.usable or not conv.messages:
+                out.append(None)
+                continue
+            r = self.checker.check(conv)
+            r.text = None
+            out.append(r)
+        return out
+
+
 class TemplateStage:
     name = "template"
 
@@ -123,10 +141,10 @@ class TemplateStage:
         self._poison_at: int | None = None   # ordinal of the row that poisoned the template
         self.checker = TemplateRowChecker(self.template, self.cross)
         self._undefined_seen: set[str] = set()
-        #: set by the token stage when it runs this stage's per-row work in its batches (and its process pool):
-        #: ``check`` then records the row's ordinal in ``deferred`` (by line) and the token stage hands each
-        #: row's :class:`TemplateRowOut` back through :meth:`absorb`, in row order
-        self.deferred: dict[int, int] | None = None
+        #: set by the token stage when it runs this stage's per-row work in its own chunk worker (each row rendered
+        #: once for both stages): the token stage then hands each row's :class:`TemplateRowOut` to
+        #: :meth:`take_row`, in row order, and this stage's own ``chunk_worker``/``take`` do nothing
+        self.attached = False
 
     @property
     def skipped(self) -> int:
@@ -169,11 +187,27 @@ class TemplateStage:
         self.rows += 1
         if self._broken or self._poisoned or not conv.usable or not conv.messages:
             return iter(self._count(out))
-        if self.deferred is not None:
-            self.deferred[conv.line] = ordinal
-            return iter(self._count(out))
         out.extend(self.absorb(ordinal, self.checker.check(conv)))
         return iter(out)
+
+    # ------------------------------------------------------------------------------ split stage (see gate.py)
+    def prepare(self) -> list[Finding]:
+        """Template-level findings, once, before any row: also decides whether rows are rendered at all."""
+        return self._count(list(self._template_level())) if not self._started else []
+
+    def chunk_worker(self):
+        return None if self.attached or self._broken else _TemplateWork(self.checker)
+
+    def take(self, info, payload: TemplateRowOut | None) -> list[Finding]:
+        return [] if self.attached else self.take_row(info, payload)
+
+    def take_row(self, info, r: TemplateRowOut | None) -> list[Finding]:
+        """One readable row's result, in row order (``info``: the gate's ``RowInfo``)."""
+        ordinal = self.rows
+        self.rows += 1
+        if self._broken or self._poisoned or not info.usable or not info.roles or r is None:
+            return []
+        return self.absorb(ordinal, r)
 
     def absorb(self, ordinal: int, r: TemplateRowOut) -> list[Finding]:
         """Account one row's result (in row order) and return its findings. Rows after the one that poisoned the

@@ -45,6 +45,7 @@ class RowOut:
     findings: list[Finding]
     tokens: int = -1          # -1: the row could not be rendered/encoded (the template stage reports why)
     trained: int = 0
+    sampled: int = 0          # bit 1: on the llama.cpp comparison's sample; bit 2: on the prompt renders' sample
 
 
 # -------------------------------------------------------------------------------------------- locating the turns
@@ -145,9 +146,9 @@ class TokenPipeline:
     """Template + tokenizer + settings → findings per row. Built once per process."""
 
     def __init__(self, template, tokenizer, *, path: str = "", max_length: int | None = None,
-                 llamacpp_vocab: str | None = None, llamacpp_all: int = 2000, llamacpp_every: int = 50,
+                 llamacpp_vocab: str | None = None, llamacpp_all: int = 256, llamacpp_every: int = 50,
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
-                 prefix_all: int = 2000, prefix_every: int = 50):
+                 prefix_all: int = 256, prefix_every: int = 50):
         from tmplcheck.validator.tokens import encode_conversations, resolve_add_special_tokens
 
         self.template = template
@@ -233,19 +234,28 @@ class TokenPipeline:
         return bool(self.llamacpp_vocab) and (ordinal < self.llamacpp_all or ordinal % self.llamacpp_every == 0)
 
     # -- per row
-    def process(self, rows: Sequence[RowIn], first_ordinal: int = 0,
+    def sampled(self, ordinal: int) -> int:
+        return (1 if self._lc_sampled(ordinal) else 0) | (2 if self._prefix_sampled(ordinal) else 0)
+
+    def process(self, rows: Sequence[RowIn], first_ordinal: int | Sequence[int] = 0,
                 texts: Sequence[str | BaseException | None] | None = None) -> list[RowOut]:
         """Encode the rows in one batch (``encode_conversations``: one ``encode_batch`` call) and check each.
-        ``texts``: the rows' renders when the caller already made them with the same template (else ``None``)."""
+        ``first_ordinal``: the first row's ordinal (the rest follow it), or each row's ordinal; the sampled checks
+        pick rows by ordinal. ``texts``: the rows' renders when the caller already made them with the same template
+        (else ``None``)."""
+        ordinals = (range(first_ordinal, first_ordinal + len(rows)) if isinstance(first_ordinal, int)
+                    else first_ordinal)
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
         encs = self._encode_conversations(self.template, self.tokenizer, msgs, errors="return",
                                           add_special_tokens=self.add_special_tokens, texts=texts)
         out = []
-        for k, (row, messages, enc) in enumerate(zip(rows, msgs, encs)):
+        for row, messages, enc, ordinal in zip(rows, msgs, encs, ordinals):
             if isinstance(enc, BaseException):  # the template stage reports render errors (T codes)
-                out.append(RowOut(row[0], [], -1, 0))
+                out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
-            out.append(self._check(row, messages, enc, first_ordinal + k))
+            r = self._check(row, messages, enc, ordinal)
+            r.sampled = self.sampled(ordinal)
+            out.append(r)
         return out
 
     def process_row(self, row: RowIn, ordinal: int = 0) -> RowOut:
@@ -340,26 +350,34 @@ class TokenPipeline:
 
 
 class RowPipeline:
-    """The token pipeline plus the template stage's per-row work, one pass per chunk: each row is rendered once (by
-    the template checks) and the token pipeline encodes that render. Items are ``(conversation, template ordinal or
-    None)``; results are ``(RowOut, TemplateRowOut | None)`` per row. Runs in the gate's process or in workers."""
+    """The token stage's chunk worker: the token pipeline plus, when the template stage is attached, its per-row
+    work, one pass per chunk: each row is rendered once (by the template checks) and the token pipeline encodes that
+    render. Per readable usable row with messages the payload is ``(RowOut, TemplateRowOut | None)``; ``None`` for
+    the other rows. Runs in the gate's process or in workers."""
 
     def __init__(self, tokens: TokenPipeline, checker=None, *, share_renders: bool = False):
         self.tokens = tokens
         self.checker = checker
         self.share_renders = share_renders
 
-    def process(self, items: Sequence[tuple[Any, int | None]], first_ordinal: int = 0) -> list[tuple]:
+    def process(self, convs: Sequence[Any], ordinals: Sequence[int]) -> list[tuple | None]:
+        picked: list[int] = []
         touts: list[Any] = []
         texts: list[Any] = []
-        for conv, tord in items:
-            t = self.checker.check(conv) if (tord is not None and self.checker is not None) else None
+        for k, conv in enumerate(convs):
+            if conv is None or not conv.usable or not conv.messages:
+                continue
+            picked.append(k)
+            t = self.checker.check(conv) if self.checker is not None else None
             touts.append(t)
             texts.append(t.text if (t is not None and self.share_renders) else None)
             if t is not None:
                 t.text = None  # not shipped back from a worker
-        routs = self.tokens.process([row_in(c) for c, _ in items], first_ordinal, texts=texts)
-        return list(zip(routs, touts))
+        routs = self.tokens.process([row_in(convs[k]) for k in picked], [ordinals[k] for k in picked], texts=texts)
+        out: list[tuple | None] = [None] * len(convs)
+        for k, r, t in zip(picked, routs, touts):
+            out[k] = (r, t)
+        return out
 
 
 def can_share_renders(stage_template, token_template) -> bool:
@@ -434,60 +452,68 @@ def row_in(conv) -> RowIn:
 
 
 class TokenStage:
-    """Gate stage: buffers rows into chunks, runs the pipeline serially or on a process pool, collects findings."""
+    """Gate stage (a split stage, see ``validator/gate.py``): its chunk worker encodes and checks the rows, its
+    ``take`` collects findings and statistics in row order."""
 
     name = "tokens"
 
     def __init__(self, path: str, template, tokenizer, *, max_length: int | None = None, jobs: int | None = None,
-                 chunk_rows: int = 512, parallel_after: int = 2048, llamacpp_vocab: str | None = None,
-                 template_name: str = "", tokenizer_name: str = "", **pipeline_kw):
+                 llamacpp_vocab: str | None = None, template_name: str = "", tokenizer_name: str = "",
+                 **pipeline_kw):
         self.path = path
         self.max_length = max_length
         self.pipeline = TokenPipeline(template, tokenizer, path=path, max_length=max_length,
                                       llamacpp_vocab=llamacpp_vocab, **pipeline_kw)
         self.jobs = jobs if jobs is not None else (os.cpu_count() or 1)
-        self.chunk_rows = chunk_rows
-        self.parallel_after = parallel_after
-        self.buf: list[RowIn] = []
         self.seen = 0
         self.stats = TokenStats()
         self.template_name = template_name or template.meta.name
         self.tokenizer_name = tokenizer_name or getattr(tokenizer, "name", "")
-        self._pool = None
         self._lc_rows = 0
         self._prefix_rows = 0
         self.template_stage = None
-        self.rows_pipeline = RowPipeline(self.pipeline)
 
     def attach(self, template_stage) -> None:
-        """Run the template stage's per-row work inside this stage's batches (and process pool), rendering each row
-        once for both stages. The template stage then only keeps its file-level state; its row findings come back
-        through this stage in row order."""
+        """Run the template stage's per-row work inside this stage's chunk worker, rendering each row once for both
+        stages. The template stage then only keeps its file-level state; its row results come back through this
+        stage's ``take`` in row order."""
         self.template_stage = template_stage
-        template_stage.deferred = {}
-        self.rows_pipeline = RowPipeline(self.pipeline, template_stage.checker,
-                                         share_renders=can_share_renders(template_stage.template,
-                                                                         self.pipeline.template))
+        template_stage.attached = True
+
+    # split stage
+    def prepare(self) -> list[Finding]:
+        return []
+
+    def chunk_worker(self) -> RowPipeline:
+        ts = self.template_stage
+        if ts is None or ts._broken:
+            return RowPipeline(self.pipeline)
+        return RowPipeline(self.pipeline, ts.checker,
+                           share_renders=can_share_renders(ts.template, self.pipeline.template))
+
+    def take(self, info, payload: tuple | None) -> list[Finding]:
+        out: list[Finding] = []
+        r, t = payload if payload is not None else (None, None)
+        if self.template_stage is not None:
+            out.extend(self.template_stage.take_row(info, t))
+        if r is None:
+            return out
+        self.seen += 1
+        self._lc_rows += r.sampled & 1
+        self._prefix_rows += (r.sampled >> 1) & 1
+        self.stats.add(r)
+        out.extend(r.findings)
+        return out
 
     # Stage protocol
     def check(self, conv) -> list[Finding]:
-        if not conv.usable or not conv.messages:
-            return []
-        tord = self.template_stage.deferred.pop(conv.line, None) if self.template_stage is not None else None
-        self.buf.append((conv, tord))
-        if len(self.buf) >= self.chunk_rows:
-            return self._flush()
-        return []
+        """One row, in this process (the gate uses ``chunk_worker``/``take``)."""
+        from tmplcheck.validator.gate import RowInfo
+
+        return self.take(RowInfo.of(conv), self.chunk_worker().process([conv], [self.seen])[0])
 
     def finish(self) -> list[Finding]:
-        out = self.pipeline.template_findings()
-        out.extend(self._flush())
-        if self._pool is not None:
-            for res, sent in self._pool.drain():
-                out.extend(self._take(res, sent))
-            self._pool.close()
-            self._pool = None
-        return out
+        return self.pipeline.template_findings()
 
     def summary(self) -> dict[str, Any]:
         d = self.stats.as_dict(self.max_length)
@@ -496,46 +522,15 @@ class TokenStage:
         if self.pipeline.llamacpp_vocab:
             d["llamacpp_rows_compared"] = self._lc_rows
         d["prefix_rows_rendered"] = self._prefix_rows
+        p = self.pipeline
+        d["sampling"] = {"head_rows": p.llamacpp_all, "then_one_in": p.llamacpp_every,
+                         "prefix_head_rows": p.prefix_all, "prefix_then_one_in": p.prefix_every}
         s = self.stats
         failed = ", ".join(f"{c} {n}" for c, n in sorted(s.rows_failed.items(), key=lambda kv: -kv[1])[:6])
         d["headline"] = (f"tokens ({self.tokenizer_name}): {s.n} rows, {s.total} tokens "
                          f"(min {d['length']['min']}, mean {d['length']['mean']}, max {d['length']['max']}), "
                          f"{s.trained} trained" + (f"; rows failing: {failed}" if failed else "; every token check passed"))
         return d
-
-    # internals
-    def _take(self, results: list[tuple], chunk: list[tuple]) -> list[Finding]:
-        out: list[Finding] = []
-        ts = self.template_stage
-        for (r, t), (_conv, tord) in zip(results, chunk):
-            if t is not None:
-                out.extend(ts.absorb(tord, t))
-            self.stats.add(r)
-            out.extend(r.findings)
-        return out
-
-    def _count_lc(self, first: int, n: int) -> None:
-        p = self.pipeline
-        self._lc_rows += sum(1 for k in range(first, first + n) if p._lc_sampled(k))
-        self._prefix_rows += sum(1 for k in range(first, first + n) if p._prefix_sampled(k))
-
-    def _flush(self) -> list[Finding]:
-        if not self.buf:
-            return []
-        chunk, self.buf = self.buf, []
-        first = self.seen
-        self.seen += len(chunk)
-        self._count_lc(first, len(chunk))
-        if self._pool is None and self.jobs > 1 and self.seen > self.parallel_after:
-            from tmplcheck.validator.parallel import ChunkPool
-
-            self._pool = ChunkPool(self.rows_pipeline, self.jobs)
-        if self._pool is None:
-            return self._take(self.rows_pipeline.process(chunk, first), chunk)
-        out: list[Finding] = []
-        for res, sent in self._pool.submit(chunk, first):
-            out.extend(self._take(res, sent))
-        return out
 
 
 def resolve_template(spec: str | None, tokenizer):
