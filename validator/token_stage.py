@@ -485,6 +485,8 @@ class TokenStage:
         return []
 
     def chunk_worker(self) -> RowPipeline:
+        # the llama.cpp vocabulary loads once here, before any worker forks, not once per worker process
+        self.pipeline._llamacpp()
         ts = self.template_stage
         if ts is None or ts._broken:
             return RowPipeline(self.pipeline)

@@ -23,8 +23,9 @@ import bisect
 import json
 import operator
 from collections import OrderedDict
+from itertools import compress
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from tmplcheck.validator.tokenizer import Encoding, Tokenizer
 
@@ -76,7 +77,7 @@ class EncodedConversation:
     offsets: list[tuple[int, int]]     # char offsets into ``text`` per id ((0, 0) for post-processor tokens)
     labels: list[int]                  # ids where trained, IGNORE_INDEX elsewhere
     spans: list[MessageSpan]
-    tokens: list[str] = field(default_factory=list)
+    tokens: Sequence[str] = field(default_factory=list)   # token strings (made on first use)
     special_mask: list[int] = field(default_factory=list)   # 1 for tokens the post-processor added (BOS/EOS)
     add_special_tokens: bool = True    # whether the tokenizer's post-processor ran
     adds_bos: bool = False             # the tokenizer's post-processor adds BOS
@@ -356,6 +357,40 @@ def _find_eot(text: str, start: int, limit: int, eots: Sequence[str]) -> tuple[i
     return best
 
 
+class _Tokens(Sequence[str]):
+    """The token strings of an encoding, made on first use: building ~500 Python strings a row costs more than the
+    row's checks, and only callers that look at token strings (tests, debugging) need them. Pickles as a list."""
+
+    __slots__ = ("_enc", "_n", "_list")
+
+    def __init__(self, enc: Any, n: int):
+        self._enc, self._n, self._list = enc, n, None
+
+    def _get(self) -> list[str]:
+        if self._list is None:
+            self._list = list(self._enc.tokens[: self._n])
+            self._enc = None
+        return self._list
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return self._get() == (other._get() if isinstance(other, _Tokens) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+    def __reduce__(self):
+        return list, (self._get(),)
+
+
 class _TokenIndex:
     """Char → token lookups over the tokens that carry text (post-processor tokens excluded)."""
 
@@ -368,13 +403,20 @@ class _TokenIndex:
         while hi > lo and (offsets[hi - 1][1] <= offsets[hi - 1][0] or special_mask[hi - 1]):
             hi -= 1
         starts, ends = (list(x) for x in zip(*offsets[lo:hi])) if hi > lo else ([], [])
-        if not starts or (min(map(operator.sub, ends, starts)) > 0 and not any(special_mask[lo:hi])):
+        if not starts:
             self.idx: Sequence[int] = range(lo, hi)
             self.starts, self.ends = starts, ends
-        else:
-            self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
-            self.starts = [offsets[j][0] for j in self.idx]
-            self.ends = [offsets[j][1] for j in self.idx]
+            return
+        widths = list(map(operator.sub, ends, starts))
+        mid = special_mask[lo:hi]
+        if min(widths) > 0 and not any(mid):
+            self.idx = range(lo, hi)
+            self.starts, self.ends = starts, ends
+        else:  # keep tokens with text that the post-processor did not add: selected with C-level map/compress
+            keep = list(map(operator.and_, map((0).__lt__, widths), map(operator.not_, mid)))
+            self.idx = list(compress(range(lo, hi), keep))
+            self.starts = list(compress(starts, keep))
+            self.ends = list(compress(ends, keep))
 
     def copy_labels(self, labels: list[int], ids: Sequence[int], lo: int, hi: int) -> None:
         """labels[j] = ids[j] for the text tokens at index positions [lo, hi)."""
@@ -406,7 +448,6 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
     if offsets and type(offsets[0]) is not tuple:
         offsets = [tuple(o) for o in offsets]
     special_mask = enc.special_tokens_mask
-    toks = list(enc.tokens)
     ti = _TokenIndex(offsets, special_mask)
     labels = [IGNORE_INDEX] * len(ids)
     spans = loc.spans
@@ -466,11 +507,12 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
             s.truncated = ((s.token_end is not None and s.token_end > max_length)
                            or (s.eot_index is not None and s.eot_index >= max_length))
         ids, offsets, labels = ids[:max_length], offsets[:max_length], labels[:max_length]
-        toks, special_mask = toks[:max_length], special_mask[:max_length]
+        special_mask = special_mask[:max_length]
         if gen_labels is not None:
             gen_labels = gen_labels[:max_length]
     return EncodedConversation(
-        text=text, ids=ids, offsets=offsets, labels=labels, spans=spans, tokens=toks, special_mask=special_mask,
+        text=text, ids=ids, offsets=offsets, labels=labels, spans=spans, tokens=_Tokens(enc, len(ids)),
+        special_mask=special_mask,
         add_special_tokens=add_special_tokens, adds_bos=tokenizer.adds_bos and add_special_tokens,
         template_bos=bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token), bos_id=bos_id,
         bos_count=bos_count, bos_total=bos_total, full_length=full, max_length=max_length, truncated=truncated,
