@@ -23,7 +23,6 @@ import bisect
 import json
 import operator
 from collections import OrderedDict
-from itertools import compress
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -403,20 +402,13 @@ class _TokenIndex:
         while hi > lo and (offsets[hi - 1][1] <= offsets[hi - 1][0] or special_mask[hi - 1]):
             hi -= 1
         starts, ends = (list(x) for x in zip(*offsets[lo:hi])) if hi > lo else ([], [])
-        if not starts:
+        if not starts or (min(map(operator.sub, ends, starts)) > 0 and not any(special_mask[lo:hi])):
             self.idx: Sequence[int] = range(lo, hi)
             self.starts, self.ends = starts, ends
-            return
-        widths = list(map(operator.sub, ends, starts))
-        mid = special_mask[lo:hi]
-        if min(widths) > 0 and not any(mid):
-            self.idx = range(lo, hi)
-            self.starts, self.ends = starts, ends
-        else:  # keep tokens with text that the post-processor did not add: selected with C-level map/compress
-            keep = list(map(operator.and_, map((0).__lt__, widths), map(operator.not_, mid)))
-            self.idx = list(compress(range(lo, hi), keep))
-            self.starts = list(compress(starts, keep))
-            self.ends = list(compress(ends, keep))
+        else:
+            self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
+            self.starts = [offsets[j][0] for j in self.idx]
+            self.ends = [offsets[j][1] for j in self.idx]
 
     def copy_labels(self, labels: list[int], ids: Sequence[int], lo: int, hi: int) -> None:
         """labels[j] = ids[j] for the text tokens at index positions [lo, hi)."""
