@@ -117,3 +117,30 @@ def test_pooled_gate_process_does_not_parse_rows(tmp_path, monkeypatch):
     serial = run_gate(p, GateOptions(jobs=1, chunk_rows=64))
     assert len(calls) == serial.summary["rows"] + serial.summary["by_code"].get("D005", 0)
     _same(serial, pooled)
+
+
+def test_stage_without_chunk_worker_gets_every_conversation(tmp_path):
+    """A stage with only ``check(conv)`` still sees every readable row, in order (the gate then stays serial)."""
+    p = tmp_path / "rows.jsonl"
+    _generated(p, 300)
+
+    class Lines:
+        name = "lines"
+
+        def __init__(self, path):
+            self.seen = []
+
+        def check(self, conv):
+            self.seen.append((conv.line, len(conv.messages)))
+            return []
+
+        def finish(self):
+            return []
+
+        def summary(self):
+            return {"seen": self.seen}
+
+    res = run_gate(p, GateOptions(stages=[Lines], jobs=2, chunk_rows=16))
+    seen = res.summary["lines"]["seen"]
+    assert len(seen) == res.summary["rows_read"] and [s for s, _ in seen] == sorted(s for s, _ in seen)
+    _same(run_gate(p, GateOptions(jobs=1)), run_gate(p, GateOptions(jobs=2, chunk_rows=16)))
