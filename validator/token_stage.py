@@ -13,9 +13,10 @@ it). With BPE and a pre-tokenizer that splits the prompt the same way, that is t
 cheap test fails the prompt is encoded to name the first divergent token. ``tmplcheck probe`` tests it exactly.
 
 The llama.cpp tokenizer comparison (K010) costs as much as the HF tokenization itself, and rendering every inference
-prompt costs a render per user turn, so on large files both run on a deterministic sample: every row up to
-``llamacpp_all``/``prefix_all`` rows, then one row in ``llamacpp_every``/``prefix_every`` (the summary says how many
-rows were compared). On the other rows K009 is still checked at the generation point the template's structure gives
+prompt costs a render per user turn, so on large files both run on a deterministic sample picked by the row's record
+ordinal in the file (blank and unreadable lines count, so a worker knows it without the rows before): every record
+before ``llamacpp_all``/``prefix_all`` (256), then one in ``llamacpp_every``/``prefix_every`` (50). The summary says
+how many rows each covered (``llamacpp_rows_compared``, ``prefix_rows_rendered``) and the sampling (``sampling``). On the other rows K009 is still checked at the generation point the template's structure gives
 (the answer's content start minus the gap a probe conversation measured once).
 """
 
