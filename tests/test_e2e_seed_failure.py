@@ -32,6 +32,8 @@ def outcome(tmp_path_factory):
     pytest.importorskip("torch")
     work = tmp_path_factory.mktemp("seed-failure")
     out = _load().main(["--work", str(work)])
+    print(json.dumps({k: out[k] for k in ("gate_broken_codes", "wall_seconds")}),
+          {n: (out[n]["rates"], out[n]["example"]) for n in ("correct", "broken")})
     return work, out
 
 
@@ -39,7 +41,20 @@ def outcome(tmp_path_factory):
 def test_gate_flags_the_broken_template(outcome):
     _, out = outcome
     codes = out["gate_broken_codes"]
+    assert out["gate_broken_exit"] == 1, out
+    assert "T006" in codes, codes   # the assistant turn is not closed by an end-of-turn
     assert any(c[0] in "KM" for c in codes), codes
+
+
+@pytest.mark.slow
+def test_both_runs_are_the_naive_pipeline(outcome):
+    work, _ = outcome
+    correct = json.loads((work / "run-correct" / "run.json").read_text())
+    broken = json.loads((work / "run-broken" / "run.json").read_text())
+    for run in (correct, broken):
+        assert run["mode"] == "full" and run["packing"] is True and run["loss_on"] == "all"
+    assert correct["forced"] is False and correct["approval"] == "approval.json"
+    assert broken["forced"] is True and broken["approval"] is None
 
 
 @pytest.mark.slow
