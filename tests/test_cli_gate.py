@@ -172,3 +172,16 @@ def test_add_special_tokens_models_the_naive_pipeline():
     assert naive.returncode == 1
     assert [(f["line"], f["code"]) for f in json.loads(naive.stdout)["findings"] if f["code"] == "K002"] == [
         (1, "K002"), (2, "K002")]
+
+
+@pytest.mark.parametrize("cmd", [["check"], ["show", "--line", "1"], ["scan", "--template", "llama-3"]])
+def test_bad_tokenizer_spec_is_a_usage_error(cmd):
+    data = FIX / "clean.jsonl" if cmd[0] != "scan" else ROOT / "fixtures" / "generations" / "clean.jsonl"
+    r = run(cmd[0], data, *cmd[1:], "--tokenizer", "no-such-tokenizer")
+    assert r.returncode == 2
+    assert "--tokenizer" in r.stderr and "no-such-tokenizer" in r.stderr and "internal error" not in r.stderr
+
+
+def test_bad_template_spec_is_a_usage_error():
+    r = run(FIX / "clean.jsonl", "--template", "no-such-template")
+    assert r.returncode == 2 and "--template" in r.stderr and "internal error" not in r.stderr

@@ -62,6 +62,30 @@ def missing_extra(extra: str, what: str, err: ImportError) -> click.ClickExcepti
         f"pip install 'tmplcheck[{extra}]'")
 
 
+def load_template_option(spec: str):
+    """``--template SPEC`` → Template; a spec that cannot load is a usage error (exit 2), never a traceback."""
+    from tmplcheck.templates import TemplateLoadError, load_template
+
+    try:
+        return load_template(spec)
+    except TemplateLoadError as e:
+        raise click.UsageError(f"--template {spec}: {e}") from None
+
+
+def load_tokenizer_option(spec: str):
+    """``--tokenizer SPEC`` → Tokenizer; a spec that cannot load is a usage error (exit 2)."""
+    try:
+        from tmplcheck.validator.tokenizer import TokenizerLoadError, load_tokenizer
+    except ImportError as e:
+        raise missing_extra("hf", "--tokenizer", e) from None
+    try:
+        return load_tokenizer(spec)
+    except ImportError as e:
+        raise missing_extra("hf", "--tokenizer", e) from None
+    except TokenizerLoadError as e:
+        raise click.UsageError(f"--tokenizer {spec}: {e}") from None
+
+
 @cli.command("check")
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--template", "-t", help="Template: a built-in name, a .jinja file, a model dir, a GGUF, a hub id.")
@@ -92,6 +116,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     from tmplcheck.validator.report import report_chunks
     from tmplcheck.validator.stages import StageConfig, build_stages
     from tmplcheck.validator.render import TemplateLoadError
+    from tmplcheck.validator.tokenizer import TokenizerLoadError
 
     try:
         if config_path:
@@ -130,6 +155,8 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         raise missing_extra("hf", "--tokenizer", e) from None
     except TemplateLoadError as e:
         raise click.UsageError(f"--template: {e}") from None
+    except TokenizerLoadError as e:
+        raise click.UsageError(f"--tokenizer: {e}") from None
     opts = GateOptions(input_format=pick(input_format, "input_format"), select=sel, ignore=ign, stages=stages)
     if pick(max_line_bytes, "max_line_bytes"):
         opts.max_line_bytes = pick(max_line_bytes, "max_line_bytes")

@@ -28,24 +28,10 @@ def _thresholds(values: tuple[str, ...]) -> dict[str, float]:
 
 def _load_patterns(template: str, tokenizer: str | None):
     from tmplcheck.artifacts.patterns import patterns_for
-    from tmplcheck.templates import load_template
+    from tmplcheck.cli import load_template_option, load_tokenizer_option
 
-    try:
-        tmpl = load_template(template)
-    except Exception as e:  # TemplateLoadError and friends: a user error
-        raise click.ClickException(f"--template {template}: {e}") from None
-    tok = None
-    if tokenizer:
-        try:
-            from tmplcheck.validator.tokenizer import load_tokenizer
-
-            tok = load_tokenizer(tokenizer)
-        except ImportError as e:
-            from tmplcheck.cli import missing_extra
-
-            raise missing_extra("hf", "--tokenizer", e) from None
-        except Exception as e:
-            raise click.ClickException(f"--tokenizer {tokenizer}: {e}") from None
+    tmpl = load_template_option(template)
+    tok = load_tokenizer_option(tokenizer) if tokenizer else None
     return patterns_for(tmpl.meta, tokenizer=tok)
 
 

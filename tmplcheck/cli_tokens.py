@@ -9,15 +9,12 @@ import click
 
 
 def _load_pair(template: str | None, tokenizer: str | None):
+    from tmplcheck.cli import load_tokenizer_option
     from tmplcheck.validator.token_stage import resolve_template
-    from tmplcheck.validator.tokenizer import TokenizerLoadError, load_tokenizer
 
     if not tokenizer:
         raise click.UsageError("--tokenizer is required (or set tokenizer in tmplcheck.toml)")
-    try:
-        tok = load_tokenizer(tokenizer)
-    except TokenizerLoadError as e:
-        raise click.ClickException(str(e)) from None
+    tok = load_tokenizer_option(tokenizer)
     try:
         tmpl = resolve_template(template, tok)
     except Exception as e:  # TemplateLoadError, ValueError (no default template)
