@@ -204,3 +204,17 @@ def test_any_row_is_findings_never_an_exception(obj, text, pats):
         if "start" in d:
             assert 0 <= d["start"] <= d["end"] <= len(text)
     json.dumps([f.to_dict() for f in scan_generation(g, pats)])
+
+
+def test_generations_are_framed_like_datasets(pats, tmp_path):
+    """A .json list of generations is read element by element, located by the line each element starts on,
+    exactly as the gate reads a .json dataset."""
+    lines = [json.loads(x) for x in (FIX / RULES["A001"].fixture).read_text(encoding="utf-8").splitlines() if x]
+    as_list = tmp_path / "gens.json"
+    as_list.write_text("[\n" + ",\n".join(json.dumps(x) for x in lines) + "\n]\n", encoding="utf-8")
+    as_lines = tmp_path / "gens.jsonl"
+    as_lines.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    listed = scan_file(as_list, pats)
+    lined = scan_file(as_lines, pats)
+    assert [(f.line - 1, f.code) for f in listed.findings] == [(f.line, f.code) for f in lined.findings]
+    assert any(f.code == "A001" for f in listed.findings)

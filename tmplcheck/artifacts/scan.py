@@ -291,12 +291,9 @@ def read_generations(path: str | os.PathLike, *, display_path: str | None = None
 
     shown = display_path or str(path)
     limit = max_line_bytes or ingest.DEFAULT_MAX_LINE_BYTES
-    p = Path(path)
-    with open(p, "rb") as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
-        fh.seek(0)
-        is_array = p.suffix.lower() == ".json" and head.startswith(b"[")
-        records = ingest._iter_json_array(fh, shown, limit) if is_array else ingest._iter_lines(fh, shown, limit)
+    with open(Path(path), "rb") as fh:
+        # the same framing as the gate's datasets: lines, or the elements of a top-level JSON list
+        is_array, records = ingest.open_records(fh, path, max_line_bytes=limit, display_path=shown)
         for rec in records:
             if rec.data is None:
                 yield None, rec.findings
