@@ -111,7 +111,7 @@ def load_tokenizer_option(spec: str):
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
               input_format, max_line_bytes, group, add_special, approve, jobs, config_path):
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
-    from tmplcheck.config import ConfigError, _load, find_config
+    from tmplcheck.config import ConfigError, settings_for
     from tmplcheck.validator.gate import GateOptions, run_gate
     from tmplcheck.validator.report import report_chunks
     from tmplcheck.validator.stages import StageConfig, build_stages
@@ -119,11 +119,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     from tmplcheck.validator.tokenizer import TokenizerLoadError
 
     try:
-        if config_path:
-            conf = _load(Path(config_path), tool_table=Path(config_path).name == "pyproject.toml") or {}
-        else:
-            found = find_config(Path(data[0]).resolve().parent) or find_config()
-            conf = found[1] if found else {}
+        conf = settings_for(data[0], config_path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 

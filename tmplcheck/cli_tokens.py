@@ -23,15 +23,12 @@ def _load_pair(template: str | None, tokenizer: str | None):
 
 
 def _conf(data: str | None) -> dict:
-    from pathlib import Path
-
-    from tmplcheck.config import ConfigError, find_config
+    from tmplcheck.config import ConfigError, settings_for
 
     try:
-        found = find_config(Path(data).resolve().parent if data else None) or find_config()
+        return settings_for(data)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    return found[1] if found else {}
 
 
 def token_table(tmpl, tok, conv) -> dict:

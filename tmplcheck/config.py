@@ -31,6 +31,16 @@ def find_config(start: Path | None = None) -> tuple[Path, dict[str, Any]] | None
     return None
 
 
+def settings_for(data: str | Path | None = None, explicit: str | Path | None = None) -> dict[str, Any]:
+    """The settings for a run on DATA: the ``explicit`` file if given, else the nearest tmplcheck.toml or
+    ``[tool.tmplcheck]`` from DATA's folder upwards, else from the working directory; {} when there is none."""
+    if explicit:
+        p = Path(explicit)
+        return _load(p, tool_table=p.name == "pyproject.toml") or {}
+    found = (find_config(Path(data).resolve().parent) if data else None) or find_config()
+    return found[1] if found else {}
+
+
 def _load(path: Path, tool_table: bool) -> dict[str, Any] | None:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import os
 import re
@@ -157,7 +159,7 @@ def approve(cfg: TrainConfig, hooks: Hooks) -> tuple[dict[str, Any] | None, str 
         result = run_gate(cfg.data, GateOptions(input_format=cfg.input_format, stages=build_stages(stage_cfg)),
                           display_path=str(cfg.data))
         if not result.passed:
-            worst = [f for f in result.findings if f.severity.value == "error"][:5]
+            worst = list(itertools.islice((f for f in result.findings if f.severity.value == "error"), 5))
             lines = [f"{f.path}:{f.line}: {f.code} {f.message}" for f in worst]
             raise Refused(f"{cfg.data}: the gate found {result.errors} error(s); not training on it "
                           "(`tmplcheck check` shows them all)", lines)
