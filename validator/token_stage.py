@@ -47,6 +47,7 @@ class RowOut:
     tokens: int = -1          # -1: the row could not be rendered/encoded (the template stage reports why)
     trained: int = 0
     sampled: int = 0          # bit 1: on the llama.cpp comparison's sample; bit 2: on the prompt renders' sample
+    regular: bool = False     # checked as a regular row (``checks.tokens.regular_row``)
 
 
 # -------------------------------------------------------------------------------------------- locating the turns
@@ -149,13 +150,13 @@ class TokenPipeline:
     def __init__(self, template, tokenizer, *, path: str = "", max_length: int | None = None,
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 256, llamacpp_every: int = 50,
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
-                 prefix_all: int = 256, prefix_every: int = 50):
-        from tmplcheck.validator.tokens import encode_conversations, resolve_add_special_tokens
+                 prefix_all: int = 256, prefix_every: int = 50, generation_all: int = 256,
+                 generation_every: int = 50, regular: bool = True):
+        from tmplcheck.validator.tokens import end_of_turn_strings, resolve_add_special_tokens
 
         self.template = template
         self.tokenizer = tokenizer
         self.path = path
-        self._encode_conversations = encode_conversations
         # the trainer's policy: the post-processor runs unless the template writes BOS and the tokenizer adds it too
         # (``True``/``False`` check another pipeline, e.g. a trainer that encodes the render with tokenizer(text))
         self.add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
@@ -188,6 +189,11 @@ class TokenPipeline:
             id_to_token={i: s for s, i in specials.items()})
         self.has_markers = bool(check_generation and getattr(meta, "has_generation_markers", False)
                                 and hasattr(template, "render_with_mask"))
+        self.markers_inline = self.has_markers and getattr(template, "training_source", None) == template.source
+        self.generation_all, self.generation_every = generation_all, max(1, generation_every)
+        self.regular = regular   # False: every row gets the full checks (the tests compare both ways)
+        # (end-of-turn string, its id when it is one token), as the labels are made (tokens.finish_encoding)
+        self.eot_strings = tuple((e, tokenizer.single_id(e)) for e in end_of_turn_strings(template, tokenizer) if e)
         self.llamacpp_vocab = llamacpp_vocab
         self.llamacpp_all = llamacpp_all
         self.llamacpp_every = max(1, llamacpp_every)
@@ -239,25 +245,102 @@ class TokenPipeline:
         return (1 if self._lc_sampled(ordinal) else 0) | (2 if self._prefix_sampled(ordinal) else 0)
 
     def process(self, rows: Sequence[RowIn], first_ordinal: int | Sequence[int] = 0,
-                texts: Sequence[str | BaseException | None] | None = None) -> list[RowOut]:
-        """Encode the rows in one batch (``encode_conversations``: one ``encode_batch`` call) and check each.
+                texts: Sequence[str | BaseException | None] | None = None,
+                generation: Sequence[list[tuple[int, int]] | None] | None = None) -> list[RowOut]:
+        """Encode the rows in one batch and check each.
+
         ``first_ordinal``: the first row's ordinal (the rest follow it), or each row's ordinal; the sampled checks
         pick rows by ordinal. ``texts``: the rows' renders when the caller already made them with the same template
-        (else ``None``)."""
+        (else ``None``); ``generation``: their ``{% generation %}`` spans when that render collected them.
+
+        Each row is first tried as a *regular* row (``checks.tokens.regular_row``: content edges on token
+        boundaries, each answer followed by exactly its end-of-turn token), which needs only the ids and their
+        spans as arrays; any other row, and every row on a sample, gets the full checks over a full encoding."""
+        from tmplcheck.validator.tokens import Located, locate_messages
+
         ordinals = (range(first_ordinal, first_ordinal + len(rows)) if isinstance(first_ordinal, int)
                     else first_ordinal)
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
-        encs = self._encode_conversations(self.template, self.tokenizer, msgs, errors="return",
-                                          add_special_tokens=self.add_special_tokens, texts=texts)
+        located: list[Any] = []
+        for k, m in enumerate(msgs):
+            known = texts[k] if texts is not None else None
+            try:
+                if isinstance(known, BaseException):
+                    raise known
+                located.append(locate_messages(self.template, m, text=known))
+            except Exception as e:  # noqa: BLE001 - the template stage reports render errors (T codes)
+                located.append(e)
+        good = [loc.text for loc in located if isinstance(loc, Located)]
+        spans = iter(self.tokenizer.encode_batch_spans(good, add_special_tokens=self.add_special_tokens))
         out = []
-        for row, messages, enc, ordinal in zip(rows, msgs, encs, ordinals):
-            if isinstance(enc, BaseException):  # the template stage reports render errors (T codes)
+        for k, (row, messages, loc, ordinal) in enumerate(zip(rows, msgs, located, ordinals)):
+            if not isinstance(loc, Located):
                 out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
-            r = self._check(row, messages, enc, ordinal)
+            sp = next(spans)
+            gen = generation[k] if generation is not None else None
+            r = self._fast(row, messages, loc, sp, ordinal, gen)
+            if r is None:
+                r = self._check(row, messages, self._full_encoding(loc, sp, messages, gen), ordinal)
             r.sampled = self.sampled(ordinal)
             out.append(r)
         return out
+
+    def _generation(self, messages, gen, ordinal: int) -> list[tuple[int, int]] | None:
+        """The row's ``{% generation %}`` spans when this row's mask is cross-checked against them: every row when
+        the template carries the markers itself (the render collects them), else rows on the sample (a separate
+        training variant must be rendered again)."""
+        if not self.has_markers:
+            return None
+        if gen is not None:
+            return gen
+        if not self.markers_inline and not self._generation_sampled(ordinal):
+            return None
+        from tmplcheck.validator.tokens import generation_spans
+
+        return generation_spans(self.template, messages, {})
+
+    def _generation_sampled(self, ordinal: int) -> bool:
+        return ordinal < self.generation_all or ordinal % self.generation_every == 0
+
+    def _full_encoding(self, loc, sp, messages, gen):
+        """The full encoding of a row that is not regular (or is on a sample): the tokenizer's own Encoding with
+        offsets, labels from the render structure, generation spans — what ``encode_conversations`` gives."""
+        from tmplcheck.validator.tokens import finish_encoding, generation_spans
+
+        enc = sp.encoding or self.tokenizer.encode(loc.text, add_special_tokens=self.add_special_tokens)
+        if self.has_markers and gen is None:
+            gen = generation_spans(self.template, messages, {})
+        return finish_encoding(loc, enc, self.template, self.tokenizer, add_special_tokens=self.add_special_tokens,
+                               generation_spans=gen)
+
+    def _fast(self, row: RowIn, messages: list[dict], loc, sp, ordinal: int, gen) -> RowOut | None:
+        """A regular row's result (see :func:`checks.tokens.regular_row`), or None for the full checks."""
+        ctx = self.ctx
+        if not self.regular or not self.structure_ok or self._lc_sampled(ordinal) or self._prefix_sampled(ordinal):
+            return None
+        ids = sp.ids
+        if ctx.max_length and len(ids) > ctx.max_length:
+            return None
+        turns = []
+        for s in loc.spans:
+            if s.method != "sentinel" or s.content_start is None or s.content_end <= s.content_start or \
+                    (s.role == "assistant" and not s.trained):
+                return None
+            turns.append(Turn(s.index, s.role, s.content_start, s.content_end))
+        turns.sort(key=lambda t: t.start)
+        rx = ctx.special_re
+        if rx is not None and any(rx.search(m["content"]) for m in messages):
+            return None  # K006 and whatever the control token does to the structure: the full checks say it
+        gap = self.gap
+        points = [t.start - gap for t in turns if t.role == "assistant" and t.index > 0
+                  and messages[t.index - 1]["role"] == "user"]
+        gen = self._generation(messages, gen, ordinal)
+        trained = K.regular_row(loc.text, ids, sp.starts, sp.ends, sp.front, len(ids) - sp.back, turns,
+                                self.eot_strings, ctx, boundaries=points, generation_spans=gen)
+        if trained is None:
+            return None
+        return RowOut(row[0], list(K.check_bos(ids, ctx, line=row[0])), len(ids), trained, regular=True)
 
     def process_row(self, row: RowIn, ordinal: int = 0) -> RowOut:
         return self.process([row], ordinal)[0]
@@ -472,6 +555,7 @@ class TokenStage:
         self.tokenizer_name = tokenizer_name or getattr(tokenizer, "name", "")
         self._lc_rows = 0
         self._prefix_rows = 0
+        self._regular_rows = 0
         self.template_stage = None
 
     def attach(self, template_stage) -> None:
@@ -504,6 +588,7 @@ class TokenStage:
         self.seen += 1
         self._lc_rows += r.sampled & 1
         self._prefix_rows += (r.sampled >> 1) & 1
+        self._regular_rows += r.regular
         self.stats.add(r)
         out.extend(r.findings)
         return out
@@ -525,6 +610,7 @@ class TokenStage:
         if self.pipeline.llamacpp_vocab:
             d["llamacpp_rows_compared"] = self._lc_rows
         d["prefix_rows_rendered"] = self._prefix_rows
+        d["regular_rows"] = self._regular_rows
         p = self.pipeline
         d["sampling"] = {"head_rows": p.llamacpp_all, "then_one_in": p.llamacpp_every,
                          "prefix_head_rows": p.prefix_all, "prefix_then_one_in": p.prefix_every}

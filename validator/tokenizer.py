@@ -72,6 +72,8 @@ class Tokenizer:
         without = backend.encode(probe, add_special_tokens=False).ids
         extra_front = with_sp[: len(with_sp) - len(without)] if with_sp[-len(without):] == without else with_sp
         extra_back = with_sp[len(without):] if with_sp[: len(without)] == without else []
+        self._pp_front, self._pp_back = list(extra_front), list(extra_back)   # what the post-processor adds
+        self._bytes_checked, self._bytes = False, None
         self.adds_bos = self.bos_id is not None and bool(extra_front) and extra_front[0] == self.bos_id
         self.adds_eos = self.eos_id is not None and bool(extra_back) and extra_back[-1] == self.eos_id
         stop: set[int] = set()
@@ -109,6 +111,46 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoding]:
         return self._tk.encode_batch(list(texts), add_special_tokens=add_special_tokens)
 
+    def encode_batch_spans(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list["TokenSpans"]:
+        """Ids and character spans of each text as arrays, for the gate's per-row checks.
+
+        For byte-level BPE tokenizers without a normalizer (Llama 3, Qwen2, GPT-2, ...) every id stands for a fixed
+        byte string, so the spans follow from the ids alone: ``encode_batch_fast`` (no offsets tracked) and a
+        per-id byte-length table give byte offsets, mapped to character offsets. That mapping is proven equal to the
+        tokenizer's own offsets on a probe corpus when first used and re-checked per row (the byte lengths must add
+        up to the text's UTF-8 length, else that row is encoded with offsets). Other tokenizers use
+        ``encode_batch`` and its offsets."""
+        texts = list(texts)
+        if not texts:
+            return []
+        table = self._byte_table()
+        if table is None:
+            return [TokenSpans.of(e) for e in self._tk.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        front, back = (len(self._pp_front), len(self._pp_back)) if add_special_tokens else (0, 0)
+        out = []
+        for text, enc in zip(texts, self._tk.encode_batch_fast(texts, add_special_tokens=add_special_tokens)):
+            sp = _spans_from_bytes(text, enc.ids, table, front, back)
+            out.append(sp if sp is not None else TokenSpans.of(self._tk.encode(text,
+                                                                               add_special_tokens=add_special_tokens)))
+        return out
+
+    def _byte_table(self):
+        """The per-id byte lengths when ids alone give exact offsets for this tokenizer (else None); made once."""
+        if self._bytes_checked:
+            return self._bytes
+        self._bytes_checked = True
+        self._bytes = _byte_length_table(self._tk)
+        if self._bytes is not None:
+            for add in (False, True):
+                front, back = (len(self._pp_front), len(self._pp_back)) if add else (0, 0)
+                for text in _OFFSET_PROBES + [a.content for a in self._tk.get_added_tokens_decoder().values()][:64]:
+                    enc = self._tk.encode(text, add_special_tokens=add)
+                    sp = _spans_from_bytes(text, enc.ids, self._bytes, front, back)
+                    if sp is None or sp.offsets() != list(enc.offsets):
+                        self._bytes = None
+                        return None
+        return self._bytes
+
     def token_to_id(self, s: str) -> int | None:
         return self._tk.token_to_id(s)
 
@@ -126,6 +168,120 @@ class Tokenizer:
     def __repr__(self) -> str:
         return (f"Tokenizer({self.name!r}, vocab={self.vocab_size}, bos={self.bos_token!r}, eos={self.eos_token!r}, "
                 f"adds_bos={self.adds_bos}, stop_ids={sorted(self.stop_ids)})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# token spans as arrays
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TokenSpans:
+    """One encoding for the gate's per-row checks: the ids, and each id's character span in the text as two int64
+    arrays (``(0, 0)`` for post-processor tokens, as in ``Encoding.offsets``). ``front``/``back``: how many
+    post-processor tokens open/close ``ids``. ``encoding``: the full ``Encoding`` when one was made."""
+
+    ids: list[int]
+    starts: Any
+    ends: Any
+    front: int = 0
+    back: int = 0
+    encoding: Encoding | None = None
+
+    @classmethod
+    def of(cls, enc: Encoding) -> "TokenSpans":
+        import numpy as np
+
+        ids = enc.ids
+        off = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        sm = enc.special_tokens_mask
+        front = 0
+        while front < len(ids) and sm[front]:
+            front += 1
+        back = 0
+        while back < len(ids) - front and sm[len(ids) - 1 - back]:
+            back += 1
+        return cls(ids, off[:, 0].copy(), off[:, 1].copy(), front, back, enc)
+
+    def offsets(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts.tolist(), self.ends.tolist()))
+
+
+#: texts on which the ids-only spans must equal the tokenizer's offsets before they are trusted
+_OFFSET_PROBES = ["", "a", "Hello world", "  leading and trailing  ", "tabs\tand\nnewlines\n\n\n", "\r\n\r\n",
+                  "naïve café — “quotes” ‘and’ …", "emoji 😀👍🏽 and ZWJ 👩‍👩‍👧", "中文字符和日本語のテキスト",
+                  "e\u0301 combining", "\u200c\u200d\ufeff", "1234567890 3.14159", "a" * 300, "  \n \n  x",
+                  "<not special> [INST] </s> <s>", "mixed😀中a\u0301  \n"]
+
+
+def _byte_length_table(tk: _RustTokenizer):
+    """Bytes each id stands for, when that is fixed: byte-level BPE with no normalizer and no added token that
+    strips whitespace or is normalised. None otherwise."""
+    import numpy as np
+
+    from tokenizers import decoders, models
+
+    model = tk.model
+    if tk.normalizer is not None or not isinstance(model, models.BPE) or getattr(model, "byte_fallback", True) \
+            or not isinstance(tk.decoder, decoders.ByteLevel):
+        return None
+    added = tk.get_added_tokens_decoder()
+    if any(a.lstrip or a.rstrip or a.single_word or a.normalized for a in added.values()):
+        return None
+    alphabet = set(_byte_alphabet())
+    vocab = tk.get_vocab(with_added_tokens=False)
+    size = max([*vocab.values(), *added.keys(), -1]) + 1
+    table = np.zeros(size, dtype=np.int64)
+    for tok, i in vocab.items():
+        if not set(tok) <= alphabet:
+            return None
+        table[i] = len(tok)
+    for i, a in added.items():
+        table[i] = len(a.content.encode("utf-8"))
+    return table
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte → printable character map (each byte-level vocabulary character is one byte)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def _spans_from_bytes(text: str, ids: list[int], table, front: int, back: int) -> TokenSpans | None:
+    """Character spans of ``ids`` from the byte-length table; None when the lengths do not add up to the text."""
+    import numpy as np
+
+    a = np.asarray(ids, dtype=np.int64)
+    if len(a) and (a.max() >= len(table) or a.min() < 0):
+        return None
+    lens = table[a]
+    if front:
+        lens[:front] = 0
+    if back:
+        lens[len(lens) - back:] = 0
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    if text.isascii():
+        if (ends[-1] if len(ends) else 0) != len(text):
+            return None
+        if front or back:
+            nz = lens > 0
+            starts, ends = np.where(nz, starts, 0), np.where(nz, ends, 0)
+    else:
+        b = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        if (ends[-1] if len(ends) else 0) != len(b):
+            return None
+        char_of = np.cumsum((b & 0xC0) != 0x80) - 1          # the character each byte belongs to
+        nz = lens > 0
+        starts = np.where(nz, char_of[np.minimum(starts, len(b) - 1)], 0)
+        ends = np.where(nz, char_of[np.maximum(ends - 1, 0)] + 1, 0)
+    return TokenSpans(ids, starts, ends, front, back)
 
 
 # --------------------------------------------------------------------------------------------------------------

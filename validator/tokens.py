@@ -337,7 +337,7 @@ def resolve_add_special_tokens(template, tokenizer, add_special_tokens: bool | s
     return bool(add_special_tokens)
 
 
-def _end_of_turn_strings(template, tokenizer: Tokenizer) -> tuple[str, ...]:
+def end_of_turn_strings(template, tokenizer: Tokenizer) -> tuple[str, ...]:
     meta = getattr(template, "meta", None)
     eot = tuple(getattr(meta, "end_of_turn", ()) or ())
     if not eot and tokenizer.eos_token:
@@ -431,9 +431,15 @@ class _TokenIndex:
         return self.idx[k0], self.idx[k1 - 1] + 1
 
 
-def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_special_tokens: bool,
-            max_length: int | None, eots: Sequence[str], eot_ids: dict[str, int | None],
-            generation_spans: list[tuple[int, int]] | None) -> EncodedConversation:
+def finish_encoding(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_special_tokens: bool,
+                    max_length: int | None = None, eots: Sequence[str] | None = None,
+                    eot_ids: dict[str, int | None] | None = None,
+                    generation_spans: list[tuple[int, int]] | None = None) -> EncodedConversation:
+    """One located render and its tokenizer ``Encoding`` → the labelled :class:`EncodedConversation`."""
+    if eots is None:
+        eots = end_of_turn_strings(template, tokenizer)
+    if eot_ids is None:
+        eot_ids = {e: tokenizer.single_id(e) for e in eots}
     text = loc.text
     ids = enc.ids
     offsets = enc.offsets
@@ -511,7 +517,7 @@ def _finish(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_
         generation_spans=generation_spans, generation_labels=gen_labels)
 
 
-def _generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | None:
+def generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | None:
     meta = getattr(template, "meta", None)
     if not getattr(meta, "has_generation_markers", False) or not hasattr(template, "render_with_mask"):
         return None
@@ -536,7 +542,7 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
     """
     render_kw = dict(render_kw or {})
     add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
-    eots = _end_of_turn_strings(template, tokenizer)
+    eots = end_of_turn_strings(template, tokenizer)
     eot_ids = {e: tokenizer.single_id(e) for e in eots}
     located: list[Any] = []
     gens: list[Any] = []
@@ -548,7 +554,7 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
                 raise known
             loc = locate_messages(template, msgs, render_kw=render_kw, text=known)
             located.append(loc)
-            gens.append(_generation_spans(template, msgs, render_kw))
+            gens.append(generation_spans(template, msgs, render_kw))
         except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding
             if errors == "raise":
                 raise
@@ -561,7 +567,7 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
         if not isinstance(loc, Located):
             out.append(loc)
             continue
-        out.append(_finish(loc, next(encs), template, tokenizer, add_special_tokens=add_special_tokens,
+        out.append(finish_encoding(loc, next(encs), template, tokenizer, add_special_tokens=add_special_tokens,
                            max_length=max_length, eots=eots, eot_ids=eot_ids, generation_spans=gen))
     return out
 

@@ -525,3 +525,58 @@ def check_llamacpp_ids(hf_ids: Sequence[int], lc_ids: Sequence[int], ctx: TokenC
     yield finding("K010", f"llama.cpp tokenizes the row differently from HF at token {k}{ctxt}: HF {hf_piece}, "
                           f"llama.cpp {lc_piece} ({len(hf_ids)} vs {len(lc_ids)} ids)",
                   data={"token_index": k}, **_where(ctx.path, line, ""))
+
+
+# --------------------------------------------------------------------------------------------------- regular rows
+def regular_row(text: str, ids: Sequence[int], starts, ends, lo: int, hi: int, turns: Sequence[Turn],
+                eot_strings: Sequence[tuple[str, int | None]], ctx: TokenContext, *,
+                boundaries: Sequence[int] = (), generation_spans: Sequence[tuple[int, int]] | None = None) -> int | None:
+    """The trained-token count of a *regular* row, or None when the row needs the full checks.
+
+    A row is regular when every content edge of an assistant turn (and each of ``boundaries``, the generation points)
+    falls between two tokens, and the token right after each assistant content is exactly one of the template's
+    end-of-turn strings (``eot_strings``: (string, its single id)), an end-of-turn id in the stop set. Then the
+    structural mask is each assistant content's tokens plus that id, which is what the labels train, so K004, K005,
+    K009 (at ``boundaries``), M001-M003 and M005 cannot fire, and with ``generation_spans`` equal to those spans
+    neither can M006. ``turns`` must all be found, verbatim, sorted by position, every assistant turn trained;
+    ``starts``/``ends`` are numpy arrays of the ids' character spans, ``[lo, hi)`` the ids that carry text (the rest
+    are post-processor tokens). The caller checks BOS, control strings in content, length and the sampled checks.
+    Vectorised: a few array operations per row instead of a loop over tokens.
+    """
+    import numpy as np
+
+    if hi <= lo:
+        return None
+    st, en = starts[lo:hi], ends[lo:hi]
+    if not bool((en > st).all()) or not bool((st[1:] >= st[:-1]).all()) or not bool((en[1:] >= en[:-1]).all()):
+        # zero-width or non-monotonic spans (some non-byte-level tokenizers): not a simple cut of the text. (Spans
+        # overlap only where byte-level tokens split one character: both carry that character's span.)
+        return None
+    asst = [t for t in turns if t.role == "assistant"]
+    if not asst:
+        return None  # nothing trained: M004 is the full checks' to say
+    m = len(asst)
+    pts = np.fromiter([t.start for t in asst] + [t.end for t in asst] + list(boundaries), dtype=np.int64)
+    k = np.searchsorted(st, pts, "left")            # first text token starting at or after each point
+    before = en[np.maximum(k - 1, 0)]
+    if bool(((k > 0) & (before > pts)).any()):      # a token spans a content edge or a generation point
+        return None
+    n = len(st)
+    trained = 0
+    want: list[tuple[int, int]] = []
+    for t, a, b in zip(asst, k[:m].tolist(), k[m:2 * m].tolist()):
+        if b >= n or a >= b or st[b] != t.end:
+            return None
+        tok = ids[lo + b]
+        hit = None
+        for s, sid in eot_strings:
+            if sid == tok and text.startswith(s, t.end) and en[b] == t.end + len(s):
+                hit = s
+                break
+        if hit is None or not is_end_of_turn(tok, ctx) or (ctx.stop_ids and tok not in ctx.stop_ids):
+            return None
+        trained += b - a + 1
+        want.append((t.start, t.end + len(hit)))
+    if generation_spans is not None and sorted(tuple(x) for x in generation_spans) != want:
+        return None
+    return trained
