@@ -147,3 +147,43 @@ def test_summary_over_an_upstream_template():
     assert (d["rows"], d["explained"], d["unexplained"], d["format"]) == (3, 3, 0, "llama3")
     assert d["by_code"] == {"X001": 3, "X006": 3}
     assert "preamble" in d["headline"] and "0 of 3 rows render identically" in d["headline"]
+
+
+_SHAPE_CHECKS: dict = {}
+
+
+@pytest.mark.parametrize("stem", [s for s in STEMS if s not in HF_REFUSES])
+def test_shape_cache_equals_the_row_comparison(stem):
+    """``ShapeCrossCheck`` (one comparison per conversation shape) gives each row exactly what ``check_cross`` gives
+    it, on every upstream template, for clean rows (where the shape's result is reused) and rows with edge
+    whitespace, empty content or odd role orders (compared on their own)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tmplcheck.validator import strategies as S
+    from tmplcheck.validator.llamacpp import ShapeCrossCheck
+
+    t = load(stem)
+    shapes = ShapeCrossCheck()
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.one_of(S.valid_conversations(clean=True, max_pairs=2), S.valid_conversations(edges=True, max_pairs=2),
+                     st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+                                                     "content": S.content(long=False)}), max_size=4)))
+    def check(msgs):
+        try:
+            hf = t.render(msgs)
+        except Exception:  # noqa: BLE001 - the template refuses this conversation: no comparison either way
+            return
+        c = conv(msgs)
+        assert shapes(c, t, hf) == list(check_cross(c, t, hf))
+
+    check()
+    for msgs in CONVS.values():   # the shapes of the fixed conversations, twice: the second is served by the cache
+        for _ in range(2):
+            try:
+                hf = t.render(msgs)
+            except Exception:  # noqa: BLE001
+                break
+            c = conv(msgs)
+            assert shapes(c, t, hf) == list(check_cross(c, t, hf))

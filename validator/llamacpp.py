@@ -814,3 +814,86 @@ class CrossSummary:
                 "equivalent": self.equivalent, "explained": self.explained,
                 "unexplained": self.unexplained, "unknown": self.unknown,
                 "by_code": dict(sorted(self.by_code.items())), "headline": self.headline()}
+
+
+# ------------------------------------------------------------------------------------------- once per conversation shape
+#: outcomes whose findings say nothing about the contents (the BOS/EOS one renderer writes), so they hold for every
+#: row of the shape
+_SHAPE_CODES = frozenset({"X001", "X002"})
+
+
+@dataclass
+class _SentinelConv:
+    messages: list[Any]
+    path: str = ""
+    line: int = 0
+
+    def dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+
+@dataclass
+class _SentinelMessage:
+    role: str
+    content: str
+    pointer: str = ""
+
+
+class ShapeCrossCheck:
+    """:func:`check_cross` made once per conversation shape (its roles) instead of once per row.
+
+    llama.cpp's built-in formats paste each content into text fixed by the roles, trimmed in some formats and cut at
+    NUL (``LLAMA_CPP_NOTES``: no format looks inside content). So for a row whose contents are non-empty, have no
+    edge whitespace and no NUL, llama.cpp's render is its render of the shape with sentinel contents, filled with the
+    row's contents. When the template's render of the row is likewise the template's sentinel render filled in (the
+    row's text proves it), both renders are the shape's renders with the same contents put in the same places, and
+    the comparison of the shape holds for the row. It is reused only when it found nothing, or only the BOS/EOS that
+    one side writes; every other row is compared on its own."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[str, ...], Any] = {}
+        self.reused = 0
+
+    def __call__(self, conv: Any, template: Any, hf_text: str) -> list[Finding]:
+        from dataclasses import replace
+
+        from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
+
+        msgs = conv.messages
+        contents = [m.content for m in msgs]
+        if msgs and all(type(c) is str and c and c == c.strip() and "\x00" not in c and _SENT_OPEN not in c
+                        and _SENT_CLOSE not in c for c in contents):
+            roles = tuple(m.role for m in msgs)
+            entry = self._shapes.get(roles, _MISSING)
+            if entry is _MISSING:
+                entry = self._shapes[roles] = self._shape(template, roles)
+            if entry is not None:
+                skeleton, where, found = entry
+                if _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
+                    self.reused += 1
+                    return [replace(f, path=conv.path, line=conv.line) for f in found]
+        return list(check_cross(conv, template, hf_text))
+
+    @staticmethod
+    def _shape(template: Any, roles: tuple[str, ...]):
+        from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN
+
+        sent = [_SentinelMessage(r, f"{_SENT_OPEN}{i}{_SENT_CLOSE}") for i, r in enumerate(roles)]
+        conv = _SentinelConv(sent)
+        try:
+            text = template.render(conv.dicts())
+        except Exception:  # noqa: BLE001 - the row's own comparison will say what happens
+            return None
+        where = []
+        for i, m in enumerate(sent):
+            p = text.find(m.content)
+            if p < 0 or text.find(m.content, p + 1) >= 0:
+                return None
+            where.append((p, i))
+        found = list(check_cross(conv, template, text))
+        if any(f.code not in _SHAPE_CODES or f.pointer for f in found):
+            return None
+        return text, sorted(where), found
+
+
+_MISSING = object()

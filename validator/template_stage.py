@@ -35,10 +35,10 @@ from tmplcheck.validator.render import TemplateRenderError
 
 def _cross_checker():
     try:
-        from tmplcheck.validator.llamacpp import check_cross
+        from tmplcheck.validator.llamacpp import ShapeCrossCheck
     except ImportError:
         return None
-    return check_cross
+    return ShapeCrossCheck()
 
 
 @dataclass

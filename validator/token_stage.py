@@ -570,8 +570,11 @@ class TokenStage:
         return []
 
     def chunk_worker(self) -> RowPipeline:
-        # the llama.cpp vocabulary loads once here, before any worker forks, not once per worker process
+        # the llama.cpp vocabulary and the byte-length table load once here, before any worker forks, not once per
+        # worker process
         self.pipeline._llamacpp()
+        if hasattr(self.pipeline.tokenizer, "_byte_table"):
+            self.pipeline.tokenizer._byte_table()
         ts = self.template_stage
         if ts is None or ts._broken:
             return RowPipeline(self.pipeline)
