@@ -68,7 +68,7 @@ class RowInfo:
     key: str
     usable: bool
     roles: tuple[str, ...]
-    digest: str
+    digest: bytes
 
     @classmethod
     def of(cls, conv: Conversation) -> "RowInfo":
@@ -116,7 +116,7 @@ class DatasetStage:
                                        f"(line {self.first_line_of[first]})", path=self.path, line=info.line,
                                pointer=info.key))
         if info.roles and info.usable:
-            d = bytes.fromhex(info.digest)
+            d = info.digest
             self._digests.extend((int.from_bytes(d[:8], "little"), int.from_bytes(d[8:16], "little")))
             self._lines.append(info.line)
         if payload:

@@ -53,7 +53,7 @@ class Conversation:
     messages: list[Message]
     key: str                         # /conversations or /messages
     usable: bool = True              # False when a message could not be read (the row still gets its findings)
-    digest: str = ""
+    digest: bytes = b""             # 16 bytes identifying the messages (roles and contents), for exact duplicates
     replaced_bytes: bool = False     # invalid UTF-8 was replaced by U+FFFD (already reported as D002)
 
     def dicts(self) -> list[dict[str, str]]:
@@ -104,6 +104,34 @@ def _escape(key: str) -> str:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
+
+
+#: what ends every key in JSON text (a quote, whitespace, a colon); strings may hold more matches, never fewer
+_KEY_END = re.compile(r'"\s*:')
+
+
+def _count_keys(obj: Any) -> int:
+    """Keys of every object in a decoded value. When the text holds no more key ends than this, no object had a
+    key twice (the plain decoder keeps one of them), and the slower decoder that tracks duplicates is not needed."""
+    t = type(obj)
+    if t is dict:
+        n = len(obj)
+        for v in obj.values():
+            if type(v) in (dict, list):
+                n += _count_keys(v)
+        return n
+    if t is list:
+        n = 0
+        for v in obj:
+            if type(v) is dict:
+                n += len(v)
+                for w in v.values():
+                    if type(w) in (dict, list):
+                        n += _count_keys(w)
+            elif type(v) is list:
+                n += _count_keys(v)
+        return n
+    return 0
 
 
 def _plain(obj: Any) -> Any:
@@ -265,11 +293,14 @@ def _decode(rec: _Record, path: str) -> tuple[Any, list[Finding]]:
         text = rec.data.decode("utf-8", errors="replace")
         # keep checking the row with replacement characters: the other defects are still worth reporting
     try:
-        obj = _DECODER.decode(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         out.append(finding("D001", f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=rec.line,
                            column=e.colno))
         return None, out
+    if len(_KEY_END.findall(text)) == _count_keys(obj):
+        return obj, out  # as many keys as the text can hold: no key appears twice
+    obj = _DECODER.decode(text)
     for ptr, key in _walk_dups(obj):
         out.append(finding("D028", f"key {key!r} appears twice in the object at {ptr or '/'}; only the last value "
                                    "is kept", path=path, line=rec.line, pointer=f"{ptr}/{_escape(key)}"))
@@ -367,8 +398,9 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
             continue
         messages.append(Message(role=role, content=text, pointer=ptr, raw_role=raw_role))
     conv = Conversation(path=path, line=line, format=fmt, messages=messages, key=f"/{key}", usable=usable)
-    canon = json.dumps([[m.role, m.content] for m in messages], ensure_ascii=False, separators=(",", ":"))
-    conv.digest = hashlib.blake2b(canon.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    # length-prefixed, so that no two different message lists give the same string
+    canon = "".join(f"{len(m.role)}:{m.role}{len(m.content)}:{m.content}" for m in messages)
+    conv.digest = hashlib.blake2b(canon.encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return conv, out
 
 

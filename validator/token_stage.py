@@ -308,7 +308,7 @@ class TokenPipeline:
         offsets, labels from the render structure, generation spans — what ``encode_conversations`` gives."""
         from tmplcheck.validator.tokens import finish_encoding, generation_spans
 
-        enc = sp.encoding or self.tokenizer.encode(loc.text, add_special_tokens=self.add_special_tokens)
+        enc = sp.as_encoding(self.tokenizer)
         if self.has_markers and gen is None:
             gen = generation_spans(self.template, messages, {})
         return finish_encoding(loc, enc, self.template, self.tokenizer, add_special_tokens=self.add_special_tokens,

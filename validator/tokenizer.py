@@ -205,6 +205,28 @@ class TokenSpans:
     def offsets(self) -> list[tuple[int, int]]:
         return list(zip(self.starts.tolist(), self.ends.tolist()))
 
+    def as_encoding(self, tokenizer: "Tokenizer") -> Any:
+        """What the full checks read of an ``Encoding`` (ids, offsets, special-tokens mask, token strings), without
+        encoding the text again."""
+        if self.encoding is not None:
+            return self.encoding
+        return _SpanEncoding(self, tokenizer)
+
+
+class _SpanEncoding:
+    """An ``Encoding`` stand-in made from :class:`TokenSpans` (token strings looked up on first use)."""
+
+    def __init__(self, sp: TokenSpans, tokenizer: "Tokenizer"):
+        self.ids = sp.ids
+        self.offsets = sp.offsets()
+        n = len(sp.ids)
+        self.special_tokens_mask = [1] * sp.front + [0] * (n - sp.front - sp.back) + [1] * sp.back
+        self._tokenizer = tokenizer
+
+    @property
+    def tokens(self) -> list[str]:
+        return [self._tokenizer.id_to_token(i) for i in self.ids]
+
 
 #: texts on which the ids-only spans must equal the tokenizer's offsets before they are trusted
 _OFFSET_PROBES = ["", "a", "Hello world", "  leading and trailing  ", "tabs\tand\nnewlines\n\n\n", "\r\n\r\n",
@@ -227,14 +249,13 @@ def _byte_length_table(tk: _RustTokenizer):
     added = tk.get_added_tokens_decoder()
     if any(a.lstrip or a.rstrip or a.single_word or a.normalized for a in added.values()):
         return None
-    alphabet = set(_byte_alphabet())
     vocab = tk.get_vocab(with_added_tokens=False)
     size = max([*vocab.values(), *added.keys(), -1]) + 1
+    if not set("".join(vocab)) <= set(_byte_alphabet()):
+        return None  # a character outside the byte alphabet: not a byte-level vocabulary
     table = np.zeros(size, dtype=np.int64)
-    for tok, i in vocab.items():
-        if not set(tok) <= alphabet:
-            return None
-        table[i] = len(tok)
+    table[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = np.fromiter(
+        map(len, vocab), dtype=np.int64, count=len(vocab))
     for i, a in added.items():
         table[i] = len(a.content.encode("utf-8"))
     return table
