@@ -13,6 +13,7 @@ where ``fork`` is unavailable the pool is not used and the gate stays serial.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from collections import deque
@@ -43,6 +44,9 @@ class ChunkPool:
         # while the workers fork, and restored at close so that the gate's process keeps its own setting
         self._env = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # the workers inherit this process's heap; without a freeze every full collection in a worker would walk (and
+        # so copy, page by page) all of it. Frozen objects are never collected; unfrozen again at close.
+        gc.freeze()
         self.jobs = jobs
         self.max_in_flight = max_in_flight or 2 * jobs
         self._ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork"))
@@ -63,6 +67,7 @@ class ChunkPool:
 
     def close(self) -> None:
         self._ex.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()
         if self._env is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:

@@ -48,6 +48,7 @@ class RowOut:
     trained: int = 0
     sampled: int = 0          # bit 1: on the llama.cpp comparison's sample; bit 2: on the prompt renders' sample
     regular: bool = False     # checked as a regular row (``checks.tokens.regular_row``)
+    llamacpp_input: tuple | None = None   # (text, ids, offsets) of a row on the llama.cpp sample, until compared
 
 
 # -------------------------------------------------------------------------------------------- locating the turns
@@ -402,13 +403,27 @@ class TokenPipeline:
                 if t.role == "assistant" and t.found and t.index > 0 and messages[t.index - 1]["role"] == "user":
                     g = t.start - self.gap
                     out.extend(K.check_generation_point(ids, idx, t, g, ctx, text=text, line=line))
+        r = RowOut(line, out, len(ids), n_trained)
         if self._lc_sampled(ordinal):
-            lc = self._llamacpp()
+            # compared where the row is taken, in the gate's process (see ``llamacpp_findings``)
             skip = 1 if ids and ids[0] == ctx.bos_id and offsets[0] == (0, 0) else 0
-            lc_ids = lc.encode(text, add_special=False, parse_special=True)
-            out.extend(K.check_llamacpp_ids(ids[skip:], lc_ids, ctx, line=line, text=text, offsets=offsets[skip:],
-                                            lc_name=lambda i: repr(lc.token_text(i))))
-        return RowOut(line, out, len(ids), n_trained)
+            r.llamacpp_input = (text, list(ids[skip:]), offsets[skip:])
+        return r
+
+    def llamacpp_findings(self, r: RowOut) -> list[Finding]:
+        """K010 for a row on the llama.cpp sample: llama.cpp's ids for the row's text against HF's. Runs in the gate's
+        process, which loads the llama.cpp vocabulary on the first such row while the worker processes (forked
+        without it) go on with their chunks, so loading it costs no time of its own."""
+        if r.llamacpp_input is None:
+            return []
+        text, ids, offsets = r.llamacpp_input
+        r.llamacpp_input = None
+        lc = self._llamacpp()
+        if lc is None:
+            return []
+        lc_ids = lc.encode(text, add_special=False, parse_special=True)
+        return list(K.check_llamacpp_ids(ids, lc_ids, self.ctx, line=r.line, text=text, offsets=offsets,
+                                         lc_name=lambda i: repr(lc.token_text(i))))
 
     def _prompt_checks(self, messages, turns, text, ids, idx, line) -> Iterator[Finding]:
         """K009 and K011 for the inference prompt before each assistant answer that follows a user turn."""
@@ -570,9 +585,8 @@ class TokenStage:
         return []
 
     def chunk_worker(self) -> RowPipeline:
-        # the llama.cpp vocabulary and the byte-length table load once here, before any worker forks, not once per
-        # worker process
-        self.pipeline._llamacpp()
+        # the byte-length table is made once here, before any worker forks, not once per worker process (the
+        # llama.cpp vocabulary is only needed in this process: see TokenPipeline.llamacpp_findings)
         if hasattr(self.pipeline.tokenizer, "_byte_table"):
             self.pipeline.tokenizer._byte_table()
         ts = self.template_stage
@@ -592,6 +606,7 @@ class TokenStage:
         self._lc_rows += r.sampled & 1
         self._prefix_rows += (r.sampled >> 1) & 1
         self._regular_rows += r.regular
+        r.findings.extend(self.pipeline.llamacpp_findings(r))
         self.stats.add(r)
         out.extend(r.findings)
         return out
