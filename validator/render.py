@@ -315,6 +315,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         return rv
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+" and type(left) is str and type(right) is str:  # the common case, inlined
+            st = _STATE.get()
+            if len(left) + len(right) > (st.max_chars if st else DEFAULT_MAX_CHARS):
+                _too_big(len(left) + len(right))
+            return left + right
         if operator == "**":
             if isinstance(left, int) and isinstance(right, int) and right > 0 and \
                     abs(left) > 1 and right * max(abs(left).bit_length(), 1) > _MAX_POW_BITS:

@@ -65,6 +65,7 @@ class TemplateRowChecker:
         self.cross = cross
         self.poisoned = ""
         self._probes: dict[tuple[str, ...], NeedleProbe] = {}
+        self._clean_shapes: set[tuple[str, ...]] = set()
         self._structure: Structure | None = None
         self._structure_done = False
 
@@ -92,9 +93,16 @@ class TemplateRowChecker:
             poison = e.kind if e.kind in ("security", "timeout", "size") else ""
             self.poisoned = poison
             return TemplateRowOut("failed", list(check_render_error(conv, e, name)), poison=poison, text=e)
-        probe = self.probe(tuple(m.role for m in conv.messages))
-        out = list(check_needles(conv, probe, name))
-        out.extend(check_end_of_turn(conv, probe, self.template, self.structure))
+        roles = tuple(m.role for m in conv.messages)
+        out: list[Finding] = []
+        if roles not in self._clean_shapes:
+            # T004/T005/T006 depend on the row's roles only (its shape's needle probe): a shape that gave nothing
+            # gives nothing for every row of that shape
+            probe = self.probe(roles)
+            out = list(check_needles(conv, probe, name))
+            out.extend(check_end_of_turn(conv, probe, self.template, self.structure))
+            if not out:
+                self._clean_shapes.add(roles)
         xs = list(self.cross(conv, self.template, r.text)) if self.cross is not None else None
         return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text)
 

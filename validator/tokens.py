@@ -163,7 +163,11 @@ def _cache_for(template) -> _SkeletonCache:
     return entry[1]
 
 
-def _shape_key(messages: list[dict], render_kw: dict) -> str | None:
+def _shape_key(messages: list[dict], render_kw: dict) -> Any:
+    if not render_kw and all(len(m) == 2 and type(m.get("content")) is str and type(m.get("role")) is str
+                             for m in messages):
+        # the common case: role and a string content only (as a tuple; the general key below is a JSON string)
+        return tuple((m["role"], bool(m["content"])) for m in messages)
     try:
         return json.dumps([[m.get("role"), {k: v for k, v in m.items() if k != "content"},
                             isinstance(m.get("content"), str), bool(m.get("content"))] for m in messages]
