@@ -118,6 +118,17 @@ def locate_turns(template, messages: Sequence[dict], text: str, pointers: Sequen
 
 
 # ---------------------------------------------------------------------------------------------------- the pipeline
+@dataclass
+class _Prepared:
+    """Rows between :meth:`TokenPipeline.prepare` and :meth:`TokenPipeline.finish`."""
+
+    rows: list
+    ordinals: list[int]
+    msgs: list[list[dict]]
+    located: list[Any]
+    generation: Sequence[list[tuple[int, int]] | None] | None = None
+
+
 def _special_strings_of(tok) -> dict[str, int]:
     """Control strings of the tokenizer (added tokens marked special) → id."""
     inner = getattr(tok, "backend", None)
@@ -257,10 +268,17 @@ class TokenPipeline:
         Each row is first tried as a *regular* row (``checks.tokens.regular_row``: content edges on token
         boundaries, each answer followed by exactly its end-of-turn token), which needs only the ids and their
         spans as arrays; any other row, and every row on a sample, gets the full checks over a full encoding."""
-        from tmplcheck.validator.tokens import Located, locate_messages
-
         ordinals = (range(first_ordinal, first_ordinal + len(rows)) if isinstance(first_ordinal, int)
                     else first_ordinal)
+        prep = self.prepare(rows, ordinals, texts, generation)
+        return self.finish(prep, self.tokenize(prep))
+
+    def prepare(self, rows: Sequence[RowIn], ordinals: Sequence[int],
+                texts: Sequence[str | BaseException | None] | None = None,
+                generation: Sequence[list[tuple[int, int]] | None] | None = None) -> "_Prepared":
+        """Locate every message of the rows in their renders (the Python half before tokenization)."""
+        from tmplcheck.validator.tokens import locate_messages
+
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
         located: list[Any] = []
         for k, m in enumerate(msgs):
@@ -271,10 +289,24 @@ class TokenPipeline:
                 located.append(locate_messages(self.template, m, text=known))
             except Exception as e:  # noqa: BLE001 - the template stage reports render errors (T codes)
                 located.append(e)
-        good = [loc.text for loc in located if isinstance(loc, Located)]
-        spans = iter(self.tokenizer.encode_batch_spans(good, add_special_tokens=self.add_special_tokens))
+        return _Prepared(list(rows), list(ordinals), msgs, located, generation)
+
+    def tokenize(self, prep: "_Prepared") -> list:
+        """The rows' ids and spans (the Rust tokenizer; safe to run in another thread: it touches no Python state
+        of the pipeline)."""
+        from tmplcheck.validator.tokens import Located
+
+        good = [loc.text for loc in prep.located if isinstance(loc, Located)]
+        return self.tokenizer.encode_batch_spans(good, add_special_tokens=self.add_special_tokens)
+
+    def finish(self, prep: "_Prepared", token_spans: list) -> list[RowOut]:
+        """The checks of each row, given its ids and spans (the Python half after tokenization)."""
+        from tmplcheck.validator.tokens import Located
+
+        spans = iter(token_spans)
         out = []
-        for k, (row, messages, loc, ordinal) in enumerate(zip(rows, msgs, located, ordinals)):
+        generation = prep.generation
+        for k, (row, messages, loc, ordinal) in enumerate(zip(prep.rows, prep.msgs, prep.located, prep.ordinals)):
             if not isinstance(loc, Located):
                 out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
@@ -459,24 +491,52 @@ class RowPipeline:
         self.checker = checker
         self.share_renders = share_renders
 
+    #: rows per sub-batch of a chunk: the tokenizer encodes one sub-batch in a helper thread while this thread
+    #: renders the next and checks the previous one
+    sub_batch = 64
+
     def process(self, convs: Sequence[Any], ordinals: Sequence[int]) -> list[tuple | None]:
-        picked: list[int] = []
-        touts: list[Any] = []
-        texts: list[Any] = []
-        for k, conv in enumerate(convs):
-            if conv is None or not conv.usable or not conv.messages:
-                continue
-            picked.append(k)
-            t = self.checker.check(conv) if self.checker is not None else None
-            touts.append(t)
-            texts.append(t.text if (t is not None and self.share_renders) else None)
-            if t is not None:
-                t.text = None  # not shipped back from a worker
-        routs = self.tokens.process([row_in(convs[k]) for k in picked], [ordinals[k] for k in picked], texts=texts)
+        """The chunk in sub-batches, pipelined: while the Rust tokenizer encodes sub-batch k in a helper thread (it
+        releases the GIL and uses its own thread pool), this thread renders and locates sub-batch k+1 and then
+        checks sub-batch k. Results are those of the plain sequence (each step sees the same data)."""
+        picked = [k for k, conv in enumerate(convs) if conv is not None and conv.usable and conv.messages]
         out: list[tuple | None] = [None] * len(convs)
-        for k, r, t in zip(picked, routs, touts):
-            out[k] = (r, t)
+        pending = None
+        for lo in range(0, len(picked), self.sub_batch):
+            part = picked[lo:lo + self.sub_batch]
+            touts = []
+            texts = []
+            for k in part:
+                t = self.checker.check(convs[k]) if self.checker is not None else None
+                touts.append(t)
+                texts.append(t.text if (t is not None and self.share_renders) else None)
+                if t is not None:
+                    t.text = None  # not shipped back from a worker
+            prep = self.tokens.prepare([row_in(convs[k]) for k in part], [ordinals[k] for k in part], texts)
+            job = _tokenizing(self.tokens, prep)
+            if pending is not None:
+                self._finish(out, *pending)
+            pending = (part, touts, prep, job)
+        if pending is not None:
+            self._finish(out, *pending)
         return out
+
+    def _finish(self, out, part, touts, prep, job) -> None:
+        for k, r, t in zip(part, self.tokens.finish(prep, job.result()), touts):
+            out[k] = (r, t)
+
+
+_HELPER = None   # (pid, executor): the tokenizing helper thread of this process
+
+
+def _tokenizing(tokens: TokenPipeline, prep: _Prepared):
+    """Start ``tokens.tokenize(prep)`` in this process's helper thread; returns its future."""
+    global _HELPER
+    from concurrent.futures import ThreadPoolExecutor
+
+    if _HELPER is None or _HELPER[0] != os.getpid():   # none yet, or inherited through a fork (threads are not)
+        _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="tmplcheck-tokenize"))
+    return _HELPER[1].submit(tokens.tokenize, prep)
 
 
 def can_share_renders(stage_template, token_template) -> bool:
