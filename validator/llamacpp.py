@@ -855,8 +855,6 @@ class ShapeCrossCheck:
         self.reused = 0
 
     def __call__(self, conv: Any, template: Any, hf_text: str) -> list[Finding]:
-        from dataclasses import replace
-
         from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
 
         msgs = conv.messages
@@ -871,7 +869,8 @@ class ShapeCrossCheck:
                 skeleton, where, found = entry
                 if _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
                     self.reused += 1
-                    return [replace(f, path=conv.path, line=conv.line) for f in found]
+                    return [Finding(f.code, f.severity, f.message, conv.path, conv.line, f.pointer, f.hint, f.column,
+                                    f.data) for f in found]
         return list(check_cross(conv, template, hf_text))
 
     @staticmethod

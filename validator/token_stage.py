@@ -370,7 +370,8 @@ class TokenPipeline:
                   and messages[t.index - 1]["role"] == "user"]
         gen = self._generation(messages, gen, ordinal)
         trained = K.regular_row(loc.text, ids, sp.starts, sp.ends, sp.front, len(ids) - sp.back, turns,
-                                self.eot_strings, ctx, boundaries=points, generation_spans=gen)
+                                self.eot_strings, ctx, boundaries=points, generation_spans=gen,
+                                monotonic=sp.encoding is None)
         if trained is None:
             return None
         return RowOut(row[0], list(K.check_bos(ids, ctx, line=row[0])), len(ids), trained, regular=True)

@@ -530,7 +530,8 @@ def check_llamacpp_ids(hf_ids: Sequence[int], lc_ids: Sequence[int], ctx: TokenC
 # --------------------------------------------------------------------------------------------------- regular rows
 def regular_row(text: str, ids: Sequence[int], starts, ends, lo: int, hi: int, turns: Sequence[Turn],
                 eot_strings: Sequence[tuple[str, int | None]], ctx: TokenContext, *,
-                boundaries: Sequence[int] = (), generation_spans: Sequence[tuple[int, int]] | None = None) -> int | None:
+                boundaries: Sequence[int] = (), generation_spans: Sequence[tuple[int, int]] | None = None,
+                monotonic: bool = False) -> int | None:
     """The trained-token count of a *regular* row, or None when the row needs the full checks.
 
     A row is regular when every content edge of an assistant turn (and each of ``boundaries``, the generation points)
@@ -540,7 +541,8 @@ def regular_row(text: str, ids: Sequence[int], starts, ends, lo: int, hi: int, t
     K009 (at ``boundaries``), M001-M003 and M005 cannot fire, and with ``generation_spans`` equal to those spans
     neither can M006. ``turns`` must all be found, verbatim, sorted by position, every assistant turn trained;
     ``starts``/``ends`` are numpy arrays of the ids' character spans, ``[lo, hi)`` the ids that carry text (the rest
-    are post-processor tokens). The caller checks BOS, control strings in content, length and the sampled checks.
+    are post-processor tokens); ``monotonic``: the caller knows every span is non-empty and they run in order (spans
+    made from byte lengths are), else that is checked. The caller checks BOS, control strings in content, length and the sampled checks.
     Vectorised: a few array operations per row instead of a loop over tokens.
     """
     import numpy as np
@@ -548,7 +550,8 @@ def regular_row(text: str, ids: Sequence[int], starts, ends, lo: int, hi: int, t
     if hi <= lo:
         return None
     st, en = starts[lo:hi], ends[lo:hi]
-    if not bool((en > st).all()) or not bool((st[1:] >= st[:-1]).all()) or not bool((en[1:] >= en[:-1]).all()):
+    if not monotonic and (not bool((en > st).all()) or not bool((st[1:] >= st[:-1]).all())
+                          or not bool((en[1:] >= en[:-1]).all())):
         # zero-width or non-monotonic spans (some non-byte-level tokenizers): not a simple cut of the text. (Spans
         # overlap only where byte-level tokens split one character: both carry that character's span.)
         return None
