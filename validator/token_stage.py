@@ -693,6 +693,11 @@ class TokenStage:
         p = self.pipeline
         d["sampling"] = {"head_rows": p.llamacpp_all, "then_one_in": p.llamacpp_every,
                          "prefix_head_rows": p.prefix_all, "prefix_then_one_in": p.prefix_every}
+        if p.has_markers:
+            # a separate {% generation %} training variant is rendered again on the sample; markers in the template
+            # itself are checked on every row
+            d["generation_markers"] = "every row" if p.markers_inline else \
+                f"rows on the sample ({p.generation_all} first, then 1 in {p.generation_every})"
         s = self.stats
         failed = ", ".join(f"{c} {n}" for c, n in sorted(s.rows_failed.items(), key=lambda kv: -kv[1])[:6])
         d["headline"] = (f"tokens ({self.tokenizer_name}): {s.n} rows, {s.total} tokens "
