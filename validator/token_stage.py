@@ -1,11 +1,14 @@
 """The gate's token stage: encode every row with the real tokenizer and run the K and M checks.
 
-Per row the pipeline (``TokenPipeline.process``) takes the trainer's own encoding (``encode_conversation``: text,
-ids, offsets, labels), locates each message's content in the render from the template's structure (a second render
-with sentinel contents gives the template text between messages), and runs the pure checks of
-``validator/checks/tokens.py``. The pipeline is plain data in, findings and statistics out, so the same code runs in
-the gate's process (serial) or in worker processes over chunks of rows (``validator/parallel.py``), with identical
-results.
+Per row the pipeline (``TokenPipeline.process``: ``prepare``, ``tokenize``, ``finish``) locates each message's content
+in the render from the template's structure (the template rendered once per conversation shape with sentinel
+contents gives the template text between messages), gets the row's ids and their character spans
+(``Tokenizer.encode_batch_spans``) and checks the row. A *regular* row (``checks.tokens.regular_row``: contents found
+verbatim, content edges on token boundaries, each answer followed by exactly its end-of-turn id) is checked over
+those arrays; any other row gets the trainer's own encoding (``tokens.finish_encoding``: ids, offsets, labels) and the
+full pure checks of ``validator/checks/tokens.py`` — both give the same findings (``tests/test_regular_rows.py``). The
+pipeline is plain data in, findings and statistics out, so the same code runs in the gate's process (serial) or in
+worker processes over chunks of rows (``validator/parallel.py``), with identical results.
 
 Prefix stability (K011) is checked per row without tokenizing the prompts: the inference prompt's text must be a
 prefix of the row's text, and the row's encoding must have a token boundary where the prompt ends (no token may span
@@ -15,9 +18,12 @@ cheap test fails the prompt is encoded to name the first divergent token. ``tmpl
 The llama.cpp tokenizer comparison (K010) costs as much as the HF tokenization itself, and rendering every inference
 prompt costs a render per user turn, so on large files both run on a deterministic sample picked by the row's record
 ordinal in the file (blank and unreadable lines count, so a worker knows it without the rows before): every record
-before ``llamacpp_all``/``prefix_all`` (256), then one in ``llamacpp_every``/``prefix_every`` (50). The summary says
-how many rows each covered (``llamacpp_rows_compared``, ``prefix_rows_rendered``) and the sampling (``sampling``). On the other rows K009 is still checked at the generation point the template's structure gives
-(the answer's content start minus the gap a probe conversation measured once).
+before ``llamacpp_all``/``prefix_all`` (256), then one in ``llamacpp_every``/``prefix_every`` (50); a separate
+``{% generation %}`` training variant is rendered on the same kind of sample. The summary says how many rows each
+covered (``llamacpp_rows_compared``, ``prefix_rows_rendered``, ``regular_rows``) and the sampling (``sampling``,
+``generation_markers``). On the other rows K009 is still checked at the generation point the template's structure
+gives (the answer's content start minus the gap a probe conversation measured once). K010 itself runs in the gate's
+process (``TokenStage.take``), so that only that process loads the llama.cpp vocabulary.
 """
 
 from __future__ import annotations
