@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -638,6 +638,8 @@ class TokenStage:
         self._lc_rows = 0
         self._prefix_rows = 0
         self._regular_rows = 0
+        self._lc_pool = None
+        self._lc_jobs: deque = deque()
         self.template_stage = None
 
     def attach(self, template_stage) -> None:
@@ -673,9 +675,33 @@ class TokenStage:
         self._lc_rows += r.sampled & 1
         self._prefix_rows += (r.sampled >> 1) & 1
         self._regular_rows += r.regular
-        r.findings.extend(self.pipeline.llamacpp_findings(r))
         self.stats.add(r)
         out.extend(r.findings)
+        if r.llamacpp_input is not None:
+            self._compare_later(r)
+        if self._lc_jobs:
+            out.extend(self._compared())
+        return out
+
+    _LC_IN_FLIGHT = 64
+
+    def _compare_later(self, r: RowOut) -> None:
+        """K010 for a row on the llama.cpp sample, in a helper thread of the gate's process: llama.cpp releases the
+        GIL, so its vocabulary loads (on the first such row) and its tokenizer runs while this thread goes on taking
+        rows. At most ``_LC_IN_FLIGHT`` rows wait; their findings come out of later ``take`` calls or ``finish``
+        (the finding store sorts every finding by line)."""
+        if self._lc_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._lc_pool = ThreadPoolExecutor(1, thread_name_prefix="tmplcheck-llamacpp")
+        self._lc_jobs.append(self._lc_pool.submit(self.pipeline.llamacpp_findings, r))
+
+    def _compared(self, wait: bool = False) -> list[Finding]:
+        out: list[Finding] = []
+        while self._lc_jobs and (wait or self._lc_jobs[0].done() or len(self._lc_jobs) > self._LC_IN_FLIGHT):
+            found = self._lc_jobs.popleft().result()
+            self.stats.rows_failed.update({f.code for f in found})
+            out.extend(found)
         return out
 
     # Stage protocol
@@ -686,7 +712,11 @@ class TokenStage:
         return self.take(RowInfo.of(conv), self.chunk_worker().process([conv], [self.seen])[0])
 
     def finish(self) -> list[Finding]:
-        return self.pipeline.template_findings()
+        out = self._compared(wait=True)
+        if self._lc_pool is not None:
+            self._lc_pool.shutdown()
+            self._lc_pool = None
+        return out + self.pipeline.template_findings()
 
     def summary(self) -> dict[str, Any]:
         d = self.stats.as_dict(self.max_length)
