@@ -7,8 +7,9 @@
                ``tokenizer.apply_chat_template(conv, tokenize=True)`` per row, timed from loading the tokenizer;
 (b) tmplcheck: the full gate on the JSONL file with every check on (D, T, X, K, M codes; llama.cpp ids, prompt
                renders and the generation-marker mask on their samples), ``--template llama-3 --tokenizer llama-3
-               --max-length 4096``, process pool over ``--jobs`` cores, timed from loading the template, tokenizer
-               and llama.cpp vocabulary to the verdict;
+               --max-length 4096``, process pool over ``--jobs`` cores, in a fresh Python process as the command
+               line runs it, timed from starting that process (imports, loading the template, tokenizer and
+               llama.cpp vocabulary) to the verdict;
 (c) floor:     the Rust tokenizer's own ``encode_batch`` on the already rendered texts (loaded tokenizer).
 
 Each is run ``--repeat`` times, interleaved (a, b, c, a, b, c, ...), and the best run of each counts: the machine's
@@ -71,6 +72,15 @@ def gate(path: Path, jobs: int):
     return run_gate(path, GateOptions(stages=stages))
 
 
+def gate_child(path: str, jobs: int) -> None:
+    """Subprocess body of (b): the gate on ``path`` in a fresh process, as the command line runs it; prints what the
+    report needs."""
+    res = gate(Path(path), jobs)
+    tk = res.summary["tokens"]
+    print(json.dumps({"findings": len(res.findings), "summary": {k: tk.get(k) for k in (
+        "tokens", "rows_encoded", "regular_rows", "llamacpp_rows_compared", "prefix_rows_rendered")}}))
+
+
 def memory_child(n: int, jobs: int) -> None:
     """Subprocess body: generate n rows into a temp file, run the gate, print rows and peak RSS (self + workers)."""
     with tempfile.TemporaryDirectory() as d:
@@ -113,7 +123,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of (a), (b), (c); the best of each counts")
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--gate-child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.gate_child:
+        gate_child(a.gate_child, a.jobs)
+        return
     if a.memory_child:
         memory_child(a.memory_child, a.jobs)
         return
@@ -148,13 +162,15 @@ def main() -> None:
             return end - t, end - loaded, n
 
         def run_b():
-            # the gate with every check on, from loading the template, tokenizer and llama.cpp vocabulary to the
-            # verdict (CPU time of this process and its workers too: on a shared machine it varies less)
+            # the gate with every check on, in a fresh process as the command line runs it: from starting Python
+            # (imports, loading the template, tokenizer and llama.cpp vocabulary) to the verdict; CPU time of that
+            # process and its workers too (on a shared machine it varies less than wall time)
             c = cpu_seconds()
             t = time.perf_counter()
-            res = gate(path, a.jobs)
+            out = subprocess.run([sys.executable, __file__, "--gate-child", str(path), "--jobs", str(a.jobs)],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             dt = time.perf_counter() - t
-            return dt, cpu_seconds() - c, res
+            return dt, cpu_seconds() - c, json.loads(out)
 
         def run_c():
             # the Rust tokenizer's encode_batch on the already rendered texts (tokenizer loaded, rendering not timed)
@@ -170,7 +186,8 @@ def main() -> None:
         ta, ta_loop, n_a = min(ra)
         tb, cb, res = min(rb, key=lambda r: r[0])
         tc, n_c = min(rc)
-        n_b = res.summary["tokens"]["tokens"]
+        tk = res["summary"]
+        n_b = tk["tokens"]
 
     def line(name, secs, toks):
         print(f"  {name:<52} {secs:8.2f} s  {a.rows / secs:10.0f} rows/s  {toks / secs:12.0f} tokens/s")
@@ -180,8 +197,7 @@ def main() -> None:
     line("(c) tokenizers encode_batch (floor)", tc, n_c)
     print(f"  all runs (s): a {[round(r[0], 2) for r in ra]}  b {[round(r[0], 2) for r in rb]}  "
           f"c {[round(r[0], 2) for r in rc]}; (a) without loading the tokenizer: {ta_loop:.2f} s")
-    tk = res.summary["tokens"]
-    print(f"  tokens: a={n_a} b={n_b} c={n_c}; findings: {len(res.findings)}; rows checked as regular rows: "
+    print(f"  tokens: a={n_a} b={n_b} c={n_c}; findings: {res['findings']}; rows checked as regular rows: "
           f"{tk.get('regular_rows')}, with the full checks: {tk['rows_encoded'] - tk.get('regular_rows', 0)} "
           f"(llama.cpp ids compared on {tk.get('llamacpp_rows_compared')}, prompts rendered on "
           f"{tk.get('prefix_rows_rendered')})")
