@@ -852,7 +852,6 @@ class ShapeCrossCheck:
 
     def __init__(self) -> None:
         self._shapes: dict[tuple[str, ...], Any] = {}
-        self.reused = 0
 
     def __call__(self, conv: Any, template: Any, hf_text: str) -> list[Finding]:
         from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
@@ -868,31 +867,25 @@ class ShapeCrossCheck:
             if entry is not None:
                 skeleton, where, found = entry
                 if _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
-                    self.reused += 1
                     return [Finding(f.code, f.severity, f.message, conv.path, conv.line, f.pointer, f.hint, f.column,
                                     f.data) for f in found]
         return list(check_cross(conv, template, hf_text))
 
     @staticmethod
     def _shape(template: Any, roles: tuple[str, ...]):
-        from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN
+        """The template's sentinel render of the shape (the one ``tokens.locate_messages`` fills in), the sentinels'
+        places, and the shape's comparison when it can be reused; None otherwise."""
+        from tmplcheck.validator.tokens import _sentinel, _skeleton
 
-        sent = [_SentinelMessage(r, f"{_SENT_OPEN}{i}{_SENT_CLOSE}") for i, r in enumerate(roles)]
-        conv = _SentinelConv(sent)
-        try:
-            text = template.render(conv.dicts())
-        except Exception:  # noqa: BLE001 - the row's own comparison will say what happens
+        sk = _skeleton(template, [{"role": r, "content": ""} for r in roles], list(range(len(roles))), {})
+        if sk is None:  # the template refuses the shape, or writes a content other than once
             return None
-        where = []
-        for i, m in enumerate(sent):
-            p = text.find(m.content)
-            if p < 0 or text.find(m.content, p + 1) >= 0:
-                return None
-            where.append((p, i))
+        text, where = sk
+        conv = _SentinelConv([_SentinelMessage(r, _sentinel(i)) for i, r in enumerate(roles)])
         found = list(check_cross(conv, template, text))
         if any(f.code not in _SHAPE_CODES or f.pointer for f in found):
             return None
-        return text, sorted(where), found
+        return text, where, found
 
 
 _MISSING = object()

@@ -132,7 +132,6 @@ class _Prepared:
     ordinals: list[int]
     msgs: list[list[dict]]
     located: list[Any]
-    generation: Sequence[list[tuple[int, int]] | None] | None = None
 
 
 def _special_strings_of(tok) -> dict[str, int]:
@@ -263,25 +262,23 @@ class TokenPipeline:
         return (1 if self._lc_sampled(ordinal) else 0) | (2 if self._prefix_sampled(ordinal) else 0)
 
     def process(self, rows: Sequence[RowIn], first_ordinal: int | Sequence[int] = 0,
-                texts: Sequence[str | BaseException | None] | None = None,
-                generation: Sequence[list[tuple[int, int]] | None] | None = None) -> list[RowOut]:
+                texts: Sequence[str | BaseException | None] | None = None) -> list[RowOut]:
         """Encode the rows in one batch and check each.
 
         ``first_ordinal``: the first row's ordinal (the rest follow it), or each row's ordinal; the sampled checks
         pick rows by ordinal. ``texts``: the rows' renders when the caller already made them with the same template
-        (else ``None``); ``generation``: their ``{% generation %}`` spans when that render collected them.
+        (else ``None``).
 
         Each row is first tried as a *regular* row (``checks.tokens.regular_row``: content edges on token
         boundaries, each answer followed by exactly its end-of-turn token), which needs only the ids and their
         spans as arrays; any other row, and every row on a sample, gets the full checks over a full encoding."""
         ordinals = (range(first_ordinal, first_ordinal + len(rows)) if isinstance(first_ordinal, int)
                     else first_ordinal)
-        prep = self.prepare(rows, ordinals, texts, generation)
+        prep = self.prepare(rows, ordinals, texts)
         return self.finish(prep, self.tokenize(prep))
 
     def prepare(self, rows: Sequence[RowIn], ordinals: Sequence[int],
-                texts: Sequence[str | BaseException | None] | None = None,
-                generation: Sequence[list[tuple[int, int]] | None] | None = None) -> "_Prepared":
+                texts: Sequence[str | BaseException | None] | None = None) -> "_Prepared":
         """Locate every message of the rows in their renders (the Python half before tokenization)."""
         from tmplcheck.validator.tokens import locate_messages
 
@@ -295,7 +292,7 @@ class TokenPipeline:
                 located.append(locate_messages(self.template, m, text=known))
             except Exception as e:  # noqa: BLE001 - the template stage reports render errors (T codes)
                 located.append(e)
-        return _Prepared(list(rows), list(ordinals), msgs, located, generation)
+        return _Prepared(list(rows), list(ordinals), msgs, located)
 
     def tokenize(self, prep: "_Prepared") -> list:
         """The rows' ids and spans (the Rust tokenizer; safe to run in another thread: it touches no Python state
@@ -311,13 +308,12 @@ class TokenPipeline:
 
         spans = iter(token_spans)
         out = []
-        generation = prep.generation
-        for k, (row, messages, loc, ordinal) in enumerate(zip(prep.rows, prep.msgs, prep.located, prep.ordinals)):
+        for row, messages, loc, ordinal in zip(prep.rows, prep.msgs, prep.located, prep.ordinals):
             if not isinstance(loc, Located):
                 out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
             sp = next(spans)
-            gen = generation[k] if generation is not None else None
+            gen = self._generation(messages, ordinal)
             r = self._fast(row, messages, loc, sp, ordinal, gen)
             if r is None:
                 r = self._check(row, messages, self._full_encoding(loc, sp, messages, gen), ordinal)
@@ -325,14 +321,13 @@ class TokenPipeline:
             out.append(r)
         return out
 
-    def _generation(self, messages, gen, ordinal: int) -> list[tuple[int, int]] | None:
-        """The row's ``{% generation %}`` spans when this row's mask is cross-checked against them: every row when
-        the template carries the markers itself (the render collects them), else rows on the sample (a separate
-        training variant must be rendered again)."""
+    def _generation(self, messages, ordinal: int) -> list[tuple[int, int]] | None:
+        """The row's ``{% generation %}`` spans (rendered once, for both the regular and the full path) when the
+        regular path cross-checks this row's mask against them: every row when the template carries the markers
+        itself, else rows on the sample (a separate training variant is one more render). The full path renders
+        them for any row it gets without them."""
         if not self.has_markers:
             return None
-        if gen is not None:
-            return gen
         if not self.markers_inline and not self._generation_sampled(ordinal):
             return None
         from tmplcheck.validator.tokens import generation_spans
@@ -374,7 +369,6 @@ class TokenPipeline:
         gap = self.gap
         points = [t.start - gap for t in turns if t.role == "assistant" and t.index > 0
                   and messages[t.index - 1]["role"] == "user"]
-        gen = self._generation(messages, gen, ordinal)
         trained = K.regular_row(loc.text, ids, sp.starts, sp.ends, sp.front, len(ids) - sp.back, turns,
                                 self.eot_strings, ctx, boundaries=points, generation_spans=gen,
                                 monotonic=sp.encoding is None)

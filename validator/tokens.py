@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import bisect
 import json
-import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
+from tmplcheck.validator.checks.tokens import TokenIndex
 from tmplcheck.validator.tokenizer import Encoding, Tokenizer
 
 IGNORE_INDEX = -100
@@ -176,19 +176,24 @@ def _shape_key(messages: list[dict], render_kw: dict) -> Any:
         return None
 
 
+def _sentinel(i: int) -> str:
+    """The placeholder content of message ``i`` in a skeleton render."""
+    return f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
+
+
 def _skeleton(template, messages: list[dict], locatable: list[int], render_kw: dict):
     """Render with sentinels; return (skeleton, [(sentinel_pos, index)...] in text order) or None."""
     sent = [dict(m) for m in messages]
     for i in locatable:
         # keep the truthiness of the content: templates branch on ``if message.content``
-        sent[i]["content"] = f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
+        sent[i]["content"] = _sentinel(i)
     try:
         sk = template.render(sent, add_generation_prompt=False, **render_kw)
     except Exception:
         return None
     where = []
     for i in locatable:
-        tag = f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
+        tag = _sentinel(i)
         p = sk.find(tag)
         if p < 0 or sk.find(tag, p + 1) >= 0:
             return None
@@ -201,7 +206,7 @@ def _fill(skeleton: str, where: list[tuple[int, int]], contents: dict[int, str])
     """Put contents into the skeleton; return (text, {index: (start, end)})."""
     out, pos, at, shift = [], 0, {}, 0
     for p, i in where:
-        tag_len = len(f"{_SENT_OPEN}{i}{_SENT_CLOSE}")
+        tag_len = len(_sentinel(i))
         out.append(skeleton[pos:p])
         start = p + shift
         c = contents[i]
@@ -394,47 +399,6 @@ class _Tokens(Sequence[str]):
         return list, (self._get(),)
 
 
-class _TokenIndex:
-    """Char → token lookups over the tokens that carry text (post-processor tokens excluded)."""
-
-    def __init__(self, offsets: Sequence[tuple[int, int]], special_mask: Sequence[int]):
-        # fast path: post-processor and zero-width tokens sit at the ends; the middle is checked with C-level calls
-        n = len(offsets)
-        lo, hi = 0, n
-        while lo < hi and (offsets[lo][1] <= offsets[lo][0] or special_mask[lo]):
-            lo += 1
-        while hi > lo and (offsets[hi - 1][1] <= offsets[hi - 1][0] or special_mask[hi - 1]):
-            hi -= 1
-        starts, ends = (list(x) for x in zip(*offsets[lo:hi])) if hi > lo else ([], [])
-        if not starts or (min(map(operator.sub, ends, starts)) > 0 and not any(special_mask[lo:hi])):
-            self.idx: Sequence[int] = range(lo, hi)
-            self.starts, self.ends = starts, ends
-        else:
-            self.idx = [j for j, (s, e) in enumerate(offsets) if e > s and not special_mask[j]]
-            self.starts = [offsets[j][0] for j in self.idx]
-            self.ends = [offsets[j][1] for j in self.idx]
-
-    def copy_labels(self, labels: list[int], ids: Sequence[int], lo: int, hi: int) -> None:
-        """labels[j] = ids[j] for the text tokens at index positions [lo, hi)."""
-        if hi <= lo:
-            return
-        if isinstance(self.idx, range):
-            a, b = self.idx[lo], self.idx[hi - 1] + 1
-            labels[a:b] = ids[a:b]
-        else:
-            for k in range(lo, hi):
-                j = self.idx[k]
-                labels[j] = ids[j]
-
-    def overlapping(self, a: int, b: int) -> tuple[int, int] | None:
-        """[first, last+1) of token indices whose text overlaps chars [a, b)."""
-        k0 = bisect.bisect_right(self.ends, a)           # first token ending after a
-        k1 = bisect.bisect_left(self.starts, b)          # first token starting at/after b
-        if k0 >= k1:
-            return None
-        return self.idx[k0], self.idx[k1 - 1] + 1
-
-
 def finish_encoding(loc: Located, enc: Encoding, template, tokenizer: Tokenizer, *, add_special_tokens: bool,
                     max_length: int | None = None, eots: Sequence[str] | None = None,
                     eot_ids: dict[str, int | None] | None = None,
@@ -450,7 +414,7 @@ def finish_encoding(loc: Located, enc: Encoding, template, tokenizer: Tokenizer,
     if offsets and type(offsets[0]) is not tuple:
         offsets = [tuple(o) for o in offsets]
     special_mask = enc.special_tokens_mask
-    ti = _TokenIndex(offsets, special_mask)
+    ti = TokenIndex(offsets, special_mask)
     labels = [IGNORE_INDEX] * len(ids)
     spans = loc.spans
     starts_sorted = sorted((s.content_start, s.index) for s in spans if s.content_start is not None)
@@ -467,7 +431,7 @@ def finish_encoding(loc: Located, enc: Encoding, template, tokenizer: Tokenizer,
                 s.straddle_end = rng[1] - 1
         else:
             k = bisect.bisect_left(ti.starts, a)
-            j = ti.idx[k] if k < len(ti.idx) else len(ids)
+            j = ti.real[k] if k < len(ti.real) else len(ids)
             s.token_start = s.token_end = j
         if s.role != "assistant":
             continue
@@ -534,15 +498,12 @@ def generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | N
 
 def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable[Sequence[dict]], *,
                          max_length: int | None = None, add_special_tokens: bool | str = "auto",
-                         errors: str = "raise", render_kw: dict | None = None,
-                         texts: Sequence[str | BaseException | None] | None = None) -> list[Any]:
+                         errors: str = "raise", render_kw: dict | None = None) -> list[Any]:
     """``encode_conversation`` for many rows with one ``encode_batch`` call.
 
     ``errors="raise"`` re-raises the first render error; ``errors="return"`` puts the exception object in that
     row's place so that one bad row does not stop the batch. ``add_special_tokens``: see
-    :func:`resolve_add_special_tokens`. ``texts``: renders already made of these conversations with the same
-    template and ``render_kw`` (an exception object in a row's place re-raises/returns it; ``None`` renders), so a
-    caller that rendered the rows for its own checks does not pay for a second render.
+    :func:`resolve_add_special_tokens`.
     """
     render_kw = dict(render_kw or {})
     add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
@@ -550,13 +511,10 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
     eot_ids = {e: tokenizer.single_id(e) for e in eots}
     located: list[Any] = []
     gens: list[Any] = []
-    for k, msgs in enumerate(conversations):
+    for msgs in conversations:
         msgs = [dict(m) for m in msgs]
-        known = texts[k] if texts is not None else None
         try:
-            if isinstance(known, BaseException):
-                raise known
-            loc = locate_messages(template, msgs, render_kw=render_kw, text=known)
+            loc = locate_messages(template, msgs, render_kw=render_kw)
             located.append(loc)
             gens.append(generation_spans(template, msgs, render_kw))
         except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding

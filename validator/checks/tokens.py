@@ -100,29 +100,51 @@ def check_bos(ids: Sequence[int], ctx: TokenContext, *, line: int, pointer: str 
 
 
 class TokenIndex:
-    """Character → token lookups over an encoding's offsets (special tokens added by post-processing have (0, 0))."""
+    """Character → token lookups over an encoding's offsets, for the tokens that carry text: special tokens added by
+    post-processing have (0, 0), and ``special_mask`` (the encoding's special-tokens mask), when given, leaves out
+    every token it marks. Shared by the labels (``tokens.finish_encoding``) and the checks here."""
 
-    def __init__(self, offsets: Sequence[tuple[int, int]]):
+    def __init__(self, offsets: Sequence[tuple[int, int]], special_mask: Sequence[int] | None = None):
         self.offsets = offsets
-        # only tokens that cover text; keep their indices. Zero-width tokens (added by the post-processor) sit at the
-        # ends, so the fast path slices them off and checks the middle with C-level map/min.
-        n = len(offsets)
-        lo, hi = 0, n
-        while lo < hi and offsets[lo][1] <= offsets[lo][0]:
+        skip = special_mask or ()
+
+        def out(i: int) -> bool:
+            return offsets[i][1] <= offsets[i][0] or (bool(skip) and bool(skip[i]))
+
+        # such tokens sit at the ends, so the fast path slices them off and checks the middle with C-level map/min
+        lo, hi = 0, len(offsets)
+        while lo < hi and out(lo):
             lo += 1
-        while hi > lo and offsets[hi - 1][1] <= offsets[hi - 1][0]:
+        while hi > lo and out(hi - 1):
             hi -= 1
-        if hi > lo:
-            starts, ends = map(list, zip(*offsets[lo:hi]))
-        else:
-            starts, ends = [], []
-        if not starts or min(map(operator.sub, ends, starts)) > 0:
-            self.real = range(lo, hi)
+        starts, ends = (list(x) for x in zip(*offsets[lo:hi])) if hi > lo else ([], [])
+        if not starts or (min(map(operator.sub, ends, starts)) > 0 and not any(skip[lo:hi])):
+            self.real: Sequence[int] = range(lo, hi)
             self.starts, self.ends = starts, ends
         else:
-            self.real = [i for i, (s, e) in enumerate(offsets) if e > s]
+            self.real = [i for i in range(len(offsets)) if not out(i)]
             self.starts = [offsets[i][0] for i in self.real]
             self.ends = [offsets[i][1] for i in self.real]
+
+    def copy_labels(self, labels: list[int], ids: Sequence[int], lo: int, hi: int) -> None:
+        """labels[j] = ids[j] for the text tokens at index positions [lo, hi)."""
+        if hi <= lo:
+            return
+        if isinstance(self.real, range):
+            a, b = self.real[lo], self.real[hi - 1] + 1
+            labels[a:b] = ids[a:b]
+        else:
+            for k in range(lo, hi):
+                j = self.real[k]
+                labels[j] = ids[j]
+
+    def overlapping(self, a: int, b: int) -> tuple[int, int] | None:
+        """[first, last+1) of token indices whose text overlaps chars [a, b)."""
+        k0 = bisect_right(self.ends, a)           # first token ending after a
+        k1 = bisect_left(self.starts, b)          # first token starting at/after b
+        if k0 >= k1:
+            return None
+        return self.real[k0], self.real[k1 - 1] + 1
 
     def first_at_or_after(self, pos: int) -> int | None:
         """Index of the first text token whose end is past ``pos`` (the token holding or following ``pos``)."""
@@ -542,8 +564,8 @@ def regular_row(text: str, ids: Sequence[int], starts, ends, lo: int, hi: int, t
     neither can M006. ``turns`` must all be found, verbatim, sorted by position, every assistant turn trained;
     ``starts``/``ends`` are numpy arrays of the ids' character spans, ``[lo, hi)`` the ids that carry text (the rest
     are post-processor tokens); ``monotonic``: the caller knows every span is non-empty and they run in order (spans
-    made from byte lengths are), else that is checked. The caller checks BOS, control strings in content, length and the sampled checks.
-    Vectorised: a few array operations per row instead of a loop over tokens.
+    made from byte lengths are), else that is checked. The caller checks BOS, control strings in content, length
+    and the sampled checks. Vectorised: a few array operations per row instead of a loop over tokens.
     """
     import numpy as np
 
