@@ -108,6 +108,12 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def run_child(*args: str) -> dict:
+    """This script in a fresh Python process; its last printed line as JSON."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its (waited-for) child processes so far."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -167,10 +173,8 @@ def main() -> None:
             # process and its workers too (on a shared machine it varies less than wall time)
             c = cpu_seconds()
             t = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--gate-child", str(path), "--jobs", str(a.jobs)],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            dt = time.perf_counter() - t
-            return dt, cpu_seconds() - c, json.loads(out)
+            out = run_child("--gate-child", str(path), "--jobs", str(a.jobs))
+            return time.perf_counter() - t, cpu_seconds() - c, out
 
         def run_c():
             # the Rust tokenizer's encode_batch on the already rendered texts (tokenizer loaded, rendering not timed)
@@ -209,9 +213,7 @@ def main() -> None:
 
     peaks = []
     for n in a.memory_rows:
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--jobs", str(a.jobs)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        m = json.loads(out)
+        m = run_child("--memory-child", str(n), "--jobs", str(a.jobs))
         peaks.append(max(m["max_rss_kib"], m["max_rss_workers_kib"]))
         print(f"peak memory at {n:>9} rows: gate {m['max_rss_kib'] / 1024:7.1f} MiB, largest worker "
               f"{m['max_rss_workers_kib'] / 1024:7.1f} MiB ({m['seconds']:.0f} s, {m['rows'] / m['seconds']:.0f} "

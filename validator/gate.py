@@ -253,9 +253,9 @@ def _results(chunks: Iterator[tuple[list, int]], work: _ChunkWork, jobs: int) ->
     pool = ChunkPool(work, jobs)
     try:
         for chunk, first in itertools.chain(head, chunks):
-            for res, _sent in pool.submit(chunk, first):
+            for res in pool.submit(chunk, first):
                 yield from res
-        for res, _sent in pool.drain():
+        for res in pool.drain():
             yield from res
     finally:
         pool.close()
@@ -296,7 +296,6 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
         empty = finding("D023", "the dataset holds no rows", path=shown)
         if keep(empty, opts):
             out.append(empty)
-    kept = out
     by_sev = out.by_severity
     by_code = out.by_code
     rows_failed = _rows_with_errors(out)
@@ -315,4 +314,4 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
     }
     for st in stages:
         summary[st.name] = st.summary()
-    return GateResult(shown, kept, summary)
+    return GateResult(shown, out, summary)

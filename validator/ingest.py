@@ -121,16 +121,7 @@ def _count_keys(obj: Any) -> int:
                 n += _count_keys(v)
         return n
     if t is list:
-        n = 0
-        for v in obj:
-            if type(v) is dict:
-                n += len(v)
-                for w in v.values():
-                    if type(w) in (dict, list):
-                        n += _count_keys(w)
-            elif type(v) is list:
-                n += _count_keys(v)
-        return n
+        return sum(_count_keys(v) for v in obj if type(v) in (dict, list))
     return 0
 
 

@@ -50,20 +50,18 @@ class ChunkPool:
         self.jobs = jobs
         self.max_in_flight = max_in_flight or 2 * jobs
         self._ex = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork"))
-        self._pending: deque[tuple[Future, object]] = deque()
+        self._pending: deque[Future] = deque()
 
-    def submit(self, chunk, first: int) -> Iterator[tuple[list, object]]:
-        """Yields ``(result, chunk)`` pairs, in submission order."""
-        self._pending.append((self._ex.submit(_work, (chunk, first)), chunk))
+    def submit(self, chunk, first: int) -> Iterator[list]:
+        """Yields the results of finished chunks, in submission order."""
+        self._pending.append(self._ex.submit(_work, (chunk, first)))
         # hand back whatever is finished at the head, and block while too much is in flight
-        while self._pending and (self._pending[0][0].done() or len(self._pending) > self.max_in_flight):
-            fut, sent = self._pending.popleft()
-            yield fut.result(), sent
+        while self._pending and (self._pending[0].done() or len(self._pending) > self.max_in_flight):
+            yield self._pending.popleft().result()
 
-    def drain(self) -> Iterator[tuple[list, object]]:
+    def drain(self) -> Iterator[list]:
         while self._pending:
-            fut, sent = self._pending.popleft()
-            yield fut.result(), sent
+            yield self._pending.popleft().result()
 
     def close(self) -> None:
         self._ex.shutdown(wait=True, cancel_futures=True)

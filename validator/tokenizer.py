@@ -146,9 +146,10 @@ class Tokenizer:
             if self._bytes is not None and cached is not None:
                 _save_table(cached, self._bytes)
         if self._bytes is not None:
+            probes = _OFFSET_PROBES + [a.content for a in self._tk.get_added_tokens_decoder().values()][:64]
             for add in (False, True):
                 front, back = (len(self._pp_front), len(self._pp_back)) if add else (0, 0)
-                for text in _OFFSET_PROBES + [a.content for a in self._tk.get_added_tokens_decoder().values()][:64]:
+                for text in probes:
                     enc = self._tk.encode(text, add_special_tokens=add)
                     sp = _spans_from_bytes(text, enc.ids, self._bytes, front, back)
                     if sp is None or sp.offsets() != list(enc.offsets):
@@ -286,16 +287,19 @@ def _load_table(path: Path):
 
 
 def _save_table(path: Path, table) -> None:
+    import io
+
     import numpy as np
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    from tmplcheck.fsutil import write_atomic_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, table, allow_pickle=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.save(f, table, allow_pickle=False)
-        os.replace(tmp, path)
+        write_atomic_bytes(path, buf.getvalue())
     except OSError:  # a read-only cache only costs the 0.2 s again next time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def _byte_alphabet() -> list[str]:

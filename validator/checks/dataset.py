@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from tmplcheck.validator.findings import Finding, finding
 from tmplcheck.validator.ingest import Conversation
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_ODD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")  # any of the three below
+_CONTROL_CHARS = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_SURROGATE_CHARS = "\ud800-\udfff"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
+_SURROGATE = re.compile(f"[{_SURROGATE_CHARS}]")
+_ODD = re.compile(f"[{_CONTROL_CHARS}{_SURROGATE_CHARS}\ufffd]")  # anything D026, D027 or D029 looks for
 
 
 def _at(conv: Conversation, pointer: str = "") -> dict:
