@@ -1,7 +1,8 @@
-"""The gate's regular-row path (``checks.tokens.regular_row`` over ids and span arrays) gives exactly the full
-checks' result: on every token fixture with its template/tokenizer pair, and on generated conversations for the
-built-in pairs. Both runs turn the sampled checks off (prompt renders, llama.cpp ids) so that every row is eligible
-for the regular path; the ids-only spans are compared with the tokenizer's own offsets in test_tokenizer_spans."""
+"""The gate's regular-row path (``checks.tokens.regular_row`` over ids and span arrays, on rows filled into their
+shape's render where the template is content-opaque) gives exactly the full checks' result (on rendered rows): on
+every token fixture with its template/tokenizer pair, and on generated conversations for the built-in pairs. Both
+runs turn the sampled checks off (prompt renders, llama.cpp ids) so that every row is eligible for the regular path;
+the ids-only spans are compared with the tokenizer's own offsets in test_tokenizer_spans."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def pipelines(template: str, tokenizer: str, max_length: int | None = None):
     tmpl = load_template(template)
     kw = dict(max_length=max_length, llamacpp_vocab=None, prefix_all=0, prefix_every=NEVER, generation_all=0,
               generation_every=NEVER)
-    return TokenPipeline(tmpl, tok, regular=True, **kw), TokenPipeline(tmpl, tok, regular=False, **kw)
+    # the fast pipeline fills content-opaque templates' shape renders (validator/opaque.py); the full one renders
+    return TokenPipeline(tmpl, tok, regular=True, **kw), TokenPipeline(tmpl, tok, regular=False, fill=False, **kw)
 
 
 def rows_of(path: Path):

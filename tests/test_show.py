@@ -50,3 +50,19 @@ def test_text_boxes_specials_and_marks_turns():
 def test_missing_line_is_a_usage_error():
     r = show(str(FIX / "tokens" / "clean.jsonl"), "--line", "99", "--tokenizer", "llama-3")
     assert r.exit_code != 0 and "no row at line 99" in r.output
+
+
+def test_a_lone_surrogate_row_is_refused_with_its_place():
+    r = show(str(FIX / "dataset" / "lone_surrogate.jsonl"), "--line", "2", "--tokenizer", "llama-3")
+    assert r.exit_code == 1
+    assert "lone_surrogate.jsonl:2: /conversations/0/value holds a lone surrogate" in r.output and "D027" in r.output
+
+
+def test_the_gate_reports_a_lone_surrogate_row_and_encodes_the_others():
+    """The row cannot be tokenized: D027 says why, the token stage counts it as not encoded instead of stopping."""
+    r = CliRunner().invoke(cli, [str(FIX / "dataset" / "lone_surrogate.jsonl"), "--tokenizer", "llama-3",
+                                 "--format", "json"])
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.output)
+    assert out["summary"]["by_code"] == {"D027": 1}
+    assert out["summary"]["tokens"]["rows_not_encoded"] == 1 and out["summary"]["tokens"]["rows_encoded"] >= 1

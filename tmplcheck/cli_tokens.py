@@ -130,6 +130,13 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format):
             break
     if conv is None:
         raise click.ClickException(f"{data} has no row at line {line_no}")
+    for m in conv.messages:
+        try:
+            m.content.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise click.ClickException(f"{data}:{line_no}: {m.pointer} holds a lone surrogate "
+                                       f"({m.content[e.start:e.end]!r} at character {e.start}), which no tokenizer "
+                                       "can encode (D027)") from None
     try:
         table = token_table(tmpl, tok, conv)
     except Exception as e:  # a template that raises on this row

@@ -174,6 +174,7 @@ class _State:
     max_chars: int
     emitted: int = 0
     spans: list[tuple[int, int]] | None = None
+    peak: int = 0          # the largest value size the bounds checked (``validator/opaque.py`` reads it)
     undefined: set[str] = field(default_factory=set)
 
 
@@ -183,6 +184,8 @@ _STATE: ContextVar[_State | None] = ContextVar("tmplcheck_render_state", default
 def _too_big(n: int) -> None:
     st = _STATE.get()
     limit = st.max_chars if st else DEFAULT_MAX_CHARS
+    if st is not None and n > st.peak:
+        st.peak = n
     if n > limit:
         raise _LimitExceeded(f"the template built a value of {n:,} characters/items, over the {limit:,} limit")
 
@@ -317,8 +320,11 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
         if operator == "+" and type(left) is str and type(right) is str:  # the common case, inlined
             st = _STATE.get()
-            if len(left) + len(right) > (st.max_chars if st else DEFAULT_MAX_CHARS):
-                _too_big(len(left) + len(right))
+            n = len(left) + len(right)
+            if st is not None and n > st.peak:
+                st.peak = n
+            if n > (st.max_chars if st else DEFAULT_MAX_CHARS):
+                _too_big(n)
             return left + right
         if operator == "**":
             if isinstance(left, int) and isinstance(right, int) and right > 0 and \
@@ -416,6 +422,7 @@ class Rendering:
     text: str
     spans: list[tuple[int, int]]          # {% generation %} spans (character offsets), empty unless asked for
     undefined: frozenset[str]             # top-level variables that were printed or iterated while undefined
+    peak: int = 0                         # the largest value size the render's bounds checked (output aside)
 
 
 def compile_template(source: str, env: _Environment | None = None) -> jinja2.Template:
@@ -512,7 +519,7 @@ class HFRenderer:
                 from None
         finally:
             _STATE.reset(token)
-        return Rendering("".join(chunks), st.spans or [], frozenset(st.undefined))
+        return Rendering("".join(chunks), st.spans or [], frozenset(st.undefined), st.peak)
 
 
 def find_markers(source: str) -> bool:

@@ -59,7 +59,7 @@ def token_stage_factory(cfg: StageConfig):
         return TokenStage(path, template, tokenizer, max_length=cfg.max_length, jobs=jobs,
                           llamacpp_vocab=str(tokenizer.gguf_path) if getattr(tokenizer, "gguf_path", None) else None,
                           tokenizer_name=str(cfg.tokenizer),
-                          add_special_tokens=extra.get("add_special_tokens", "auto"))
+                          add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True))
 
     return make
 
@@ -71,8 +71,9 @@ def template_stage_factory(cfg: StageConfig):
     from tmplcheck.validator.template_stage import TemplateStage
 
     template = load_template(cfg.template)
+    fill = (cfg.extra or {}).get("fill", True)
 
     def make(path: str):
-        return TemplateStage(path, template)
+        return TemplateStage(path, template, fill=fill)
 
     return make

@@ -54,15 +54,22 @@ class TemplateRowOut:
     undefined: frozenset[str] = frozenset()
     poison: str = ""                              # kind of a security/timeout/size failure
     text: str | BaseException | None = None
+    filled: bool = False                          # rendered by filling its shape's render (``validator/opaque.py``)
+    at: dict | None = None                        # then where each content is in ``text`` (not shipped either)
 
 
 class TemplateRowChecker:
     """The per-row work of the template stage: render, needle probes, end of turn, llama.cpp comparison. Pure per row
     (caches per conversation shape only), so it runs in the gate's process or in worker processes alike."""
 
-    def __init__(self, template: Template, cross=None):
+    def __init__(self, template: Template, cross=None, *, fill: bool = True):
+        from tmplcheck.validator.opaque import FillRenderer
+
         self.template = template
         self.cross = cross
+        # a content-opaque template's rows are its shape renders with the contents put in (same text, same
+        # undefined names; ``tests/test_opaque.py``); any other row, or any other template, is rendered
+        self.filler = FillRenderer(template) if fill else None
         self.poisoned = ""
         self._probes: dict[tuple[str, ...], NeedleProbe] = {}
         self._clean_shapes: set[tuple[str, ...]] = set()
@@ -87,8 +94,13 @@ class TemplateRowChecker:
         if self.poisoned:
             return TemplateRowOut("skipped")
         name = self.template.meta.name
+        msgs = conv.dicts()
+        got = self.filler.fill(msgs) if self.filler is not None else None
+        r, at = got if got is not None else (None, None)
+        filled = r is not None
         try:
-            r = self.template.render_full(conv.dicts())
+            if r is None:
+                r = self.template.render_full(msgs)
         except TemplateRenderError as e:
             poison = e.kind if e.kind in ("security", "timeout", "size") else ""
             self.poisoned = poison
@@ -104,7 +116,7 @@ class TemplateRowChecker:
             if not out:
                 self._clean_shapes.add(roles)
         xs = list(self.cross(conv, self.template, r.text)) if self.cross is not None else None
-        return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text)
+        return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at)
 
 
 class _TemplateWork:
@@ -120,7 +132,7 @@ class _TemplateWork:
                 out.append(None)
                 continue
             r = self.checker.check(conv)
-            r.text = None
+            r.text = r.at = None
             out.append(r)
         return out
 
@@ -128,7 +140,8 @@ class _TemplateWork:
 class TemplateStage:
     name = "template"
 
-    def __init__(self, path: str, template: Template, *, cross: bool = True, now: datetime | None = None):
+    def __init__(self, path: str, template: Template, *, cross: bool = True, now: datetime | None = None,
+                 fill: bool = True):
         self.path = path
         # one clock for the whole run: templates that print today's date render the same for every row
         self.template = template.pinned(now or template.now or datetime.now())
@@ -147,7 +160,8 @@ class TemplateStage:
         self._broken = False      # does not compile
         self._poisoned = ""       # sandbox violation or limit: stop rendering
         self._poison_at: int | None = None   # ordinal of the row that poisoned the template
-        self.checker = TemplateRowChecker(self.template, self.cross)
+        self.checker = TemplateRowChecker(self.template, self.cross, fill=fill)
+        self.filled = 0
         self._undefined_seen: set[str] = set()
         #: set by the token stage when it runs this stage's per-row work in its own chunk worker (each row rendered
         #: once for both stages): the token stage then hands each row's :class:`TemplateRowOut` to
@@ -233,6 +247,7 @@ class TemplateStage:
                 self._poison_at = ordinal
             return self._count(out)
         self.rendered += 1
+        self.filled += r.filled
         new_undef = set(r.undefined) - self._undefined_seen
         if new_undef:
             self._undefined_seen |= new_undef
@@ -254,6 +269,13 @@ class TemplateStage:
         if not self._started:
             out.extend(self._template_level())
         return iter(self._count(out))
+
+    def _opacity(self) -> dict[str, Any]:
+        f = self.checker.filler
+        if f is None:
+            return {"used": False}
+        p = f.proof
+        return {"used": p.opaque, "reason": p.reason} if not p.opaque else {"used": True, "trims": p.trims}
 
     def summary(self) -> dict[str, Any]:
         m = self.template.meta
@@ -283,6 +305,8 @@ class TemplateStage:
             "rows_rendered": self.rendered,
             "rows_failed": self.failed,
             "rows_skipped": self.skipped,
+            "rows_filled": self.filled,
+            "content_opaque": self._opacity(),
             "end_of_turn": list(m.end_of_turn or (self._structure.end_of_turn if self._structure else ())),
             "notes": list(m.notes),
             "by_code": dict(sorted(self.codes.items())),

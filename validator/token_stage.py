@@ -168,7 +168,7 @@ class TokenPipeline:
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 256, llamacpp_every: int = 50,
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
                  prefix_all: int = 256, prefix_every: int = 50, generation_all: int = 256,
-                 generation_every: int = 50, regular: bool = True):
+                 generation_every: int = 50, regular: bool = True, fill: bool = True):
         from tmplcheck.validator.tokens import end_of_turn_strings, resolve_add_special_tokens
 
         self.template = template
@@ -209,6 +209,11 @@ class TokenPipeline:
         self.markers_inline = self.has_markers and getattr(template, "training_source", None) == template.source
         self.generation_all, self.generation_every = generation_all, max(1, generation_every)
         self.regular = regular   # False: every row gets the full checks (the tests compare both ways)
+        from tmplcheck.validator.opaque import FillRenderer
+
+        # rows of a content-opaque template are filled into their shape's render (the template stage's renders are
+        # used instead when it shares them); ``fill=False`` renders every row (the tests compare both ways)
+        self.filler = FillRenderer(template) if fill else None
         # (end-of-turn string, its id when it is one token), as the labels are made (tokens.finish_encoding)
         self.eot_strings = tuple((e, tokenizer.single_id(e)) for e in end_of_turn_strings(template, tokenizer) if e)
         self.llamacpp_vocab = llamacpp_vocab
@@ -278,19 +283,31 @@ class TokenPipeline:
         return self.finish(prep, self.tokenize(prep))
 
     def prepare(self, rows: Sequence[RowIn], ordinals: Sequence[int],
-                texts: Sequence[str | BaseException | None] | None = None) -> "_Prepared":
-        """Locate every message of the rows in their renders (the Python half before tokenization)."""
-        from tmplcheck.validator.tokens import locate_messages
+                texts: Sequence[str | BaseException | None] | None = None,
+                places: Sequence[dict | None] | None = None) -> "_Prepared":
+        """Locate every message of the rows in their renders (the Python half before tokenization). ``places``:
+        where each content is in ``texts[k]`` when the template stage filled the row's shape render
+        (``validator/opaque.py``); rows without a text are filled here when the template allows it, else rendered."""
+        from tmplcheck.validator.tokens import locate_messages, located_by_fill
 
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
         located: list[Any] = []
         for k, m in enumerate(msgs):
             known = texts[k] if texts is not None else None
+            at = places[k] if places is not None else None
             try:
                 if isinstance(known, BaseException):
                     raise known
-                located.append(locate_messages(self.template, m, text=known))
-            except Exception as e:  # noqa: BLE001 - the template stage reports render errors (T codes)
+                if known is None and self.filler is not None:
+                    got = self.filler.fill(m)
+                    if got is not None:
+                        known, at = got[0].text, got[1]
+                loc = located_by_fill(m, known, at) if at is not None else \
+                    locate_messages(self.template, m, text=known)
+                if not loc.text.isascii():
+                    loc.text.encode("utf-8")   # a lone surrogate (D027) cannot be tokenized: the row is not encoded
+                located.append(loc)
+            except Exception as e:  # noqa: BLE001 - the template and dataset stages report why (T codes, D027)
                 located.append(e)
         return _Prepared(list(rows), list(ordinals), msgs, located)
 
@@ -507,13 +524,16 @@ class RowPipeline:
             part = picked[lo:lo + self.sub_batch]
             touts = []
             texts = []
+            places = []
             for k in part:
                 t = self.checker.check(convs[k]) if self.checker is not None else None
                 touts.append(t)
-                texts.append(t.text if (t is not None and self.share_renders) else None)
+                shared = t is not None and self.share_renders
+                texts.append(t.text if shared else None)
+                places.append(t.at if shared else None)
                 if t is not None:
-                    t.text = None  # not shipped back from a worker
-            prep = self.tokens.prepare([row_in(convs[k]) for k in part], [ordinals[k] for k in part], texts)
+                    t.text = t.at = None  # not shipped back from a worker
+            prep = self.tokens.prepare([row_in(convs[k]) for k in part], [ordinals[k] for k in part], texts, places)
             job = _tokenizing(self.tokens, prep)
             if pending is not None:
                 self._finish(out, *pending)

@@ -321,6 +321,13 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
     return Located(text, spans)
 
 
+def located_by_fill(messages: Sequence[dict], text: str, at: dict[int, tuple[int, int]]) -> Located:
+    """What :func:`locate_messages` gives for a row that ``validator/opaque.py``'s ``FillRenderer`` rendered: the
+    text is the shape's sentinel render (the same skeleton) with every content put in as written, at ``at``."""
+    return Located(text, [MessageSpan(index=i, role=str(m.get("role")), content_start=at[i][0], content_end=at[i][1],
+                                      trained=_is_trained(m), method="sentinel") for i, m in enumerate(messages)])
+
+
 def _prefix_len(template, messages, n, render_kw, text) -> int | None:
     if n == 0:
         p = _render_prefix(template, messages, 0, render_kw)
