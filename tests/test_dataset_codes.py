@@ -140,3 +140,21 @@ def test_truncated_json_list(tmp_path):
                  '{"messages": [{"role": "user"')
     res = run_gate(p)
     assert [(f.line, f.code) for f in res.findings] == [(2, "D001")]
+
+
+def test_the_ascii_shortcut_agrees_with_the_regex():
+    """``is_plain`` (bytes.translate for ASCII text) says exactly what the D026/D027/D029 regex says."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tmplcheck.validator.checks.dataset import _ODD, is_plain
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(st.one_of(st.text(st.characters(max_codepoint=0x7F)), st.text(st.characters(max_codepoint=0x2FF)),
+                     st.text()))
+    def check(s):
+        assert is_plain(s) == (_ODD.search(s) is None)
+
+    check()
+    for c in range(0x80):
+        assert is_plain(chr(c)) == (_ODD.search(chr(c)) is None), c

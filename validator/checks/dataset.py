@@ -13,6 +13,14 @@ _SURROGATE_CHARS = "\ud800-\udfff"
 _CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 _SURROGATE = re.compile(f"[{_SURROGATE_CHARS}]")
 _ODD = re.compile(f"[{_CONTROL_CHARS}{_SURROGATE_CHARS}\ufffd]")  # anything D026, D027 or D029 looks for
+_ASCII_OK = b"\t\n\r" + bytes(range(0x20, 0x7F))   # the ASCII characters _ODD does not match
+
+
+def is_plain(s: str) -> bool:
+    """No character D026, D027 or D029 looks for (``_ODD``); ASCII text, the common case, without the regex."""
+    if s.isascii():
+        return not s.encode("ascii").translate(None, _ASCII_OK)
+    return not _ODD.search(s)
 
 
 def _at(conv: Conversation, pointer: str = "") -> dict:
@@ -22,7 +30,7 @@ def _at(conv: Conversation, pointer: str = "") -> dict:
 def check_content(conv: Conversation) -> Iterator[Finding]:
     for i, m in enumerate(conv.messages):
         stripped = m.content.strip()
-        if stripped and stripped == m.content and not _ODD.search(stripped):
+        if stripped and stripped == m.content and is_plain(stripped):
             continue  # the common case, in one strip and one search
         where = _at(conv, m.pointer)
         if not stripped:
