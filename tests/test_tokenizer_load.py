@@ -171,3 +171,22 @@ def test_compare_ids_reports_first_divergence(llama3_tokenizer):
     with pytest.raises(ValueError, match="no GGUF"):
         from tmplcheck.validator.tokenizer import Tokenizer
         compare_with_llama_cpp(Tokenizer(t.backend, name="bare"), "x")
+
+
+def test_llama_cpp_vocabulary_prefetched_while_the_tokenizer_loads(tmp_path):
+    """The gate asks ``load_tokenizer`` to start loading llama.cpp's vocabulary in a background thread; the one
+    instance per file is what K010 then uses, and a file that cannot load fails where it is asked for."""
+    from tmplcheck.validator import tokenizer as T
+
+    tok = T.load_tokenizer("llama-3", prefetch_llama_cpp=True)
+    assert tok.gguf_path is not None
+    T.wait_for_prefetches()
+    lc = T.llama_cpp_tokenizer(tok.gguf_path)
+    assert lc is T.llama_cpp_tokenizer(tok.gguf_path) is T.llama_cpp_tokenizer_for(tok)
+    assert lc.encode("<|eot_id|>", add_special=False) == [128009]
+    bad = tmp_path / "not-a-vocab.gguf"
+    bad.write_bytes(b"GGUF but not really")
+    T.prefetch_llama_cpp_tokenizer(bad)
+    T.wait_for_prefetches()
+    with pytest.raises(ValueError, match="could not load"):
+        T.llama_cpp_tokenizer(bad)

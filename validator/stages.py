@@ -50,7 +50,8 @@ def token_stage_factory(cfg: StageConfig):
     from tmplcheck.validator.token_stage import TokenStage, resolve_template
     from tmplcheck.validator.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    # llama.cpp's vocabulary (for K010) loads in a background thread while the HF tokenizer does
+    tokenizer = load_tokenizer(cfg.tokenizer, prefetch_llama_cpp=True)
     template = resolve_template(cfg.template, tokenizer)
     extra = cfg.extra or {}
     jobs = extra.get("jobs")

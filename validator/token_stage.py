@@ -238,9 +238,9 @@ class TokenPipeline:
 
     def _llamacpp(self):
         if self._lc is None and self.llamacpp_vocab:
-            from tmplcheck.validator.tokenizer import LlamaCppTokenizer
+            from tmplcheck.validator.tokenizer import llama_cpp_tokenizer
 
-            self._lc = LlamaCppTokenizer(self.llamacpp_vocab)
+            self._lc = llama_cpp_tokenizer(self.llamacpp_vocab)
         return self._lc
 
     def _generation_gap(self) -> int | None:
@@ -672,6 +672,9 @@ class TokenStage:
         # llama.cpp vocabulary is only needed in this process: see TokenPipeline.llamacpp_findings)
         if hasattr(self.pipeline.tokenizer, "_byte_table"):
             self.pipeline.tokenizer._byte_table()
+        from tmplcheck.validator.tokenizer import wait_for_prefetches
+
+        wait_for_prefetches()   # the llama.cpp vocabulary, loading since the tokenizer was (workers fork after this)
         ts = self.template_stage
         if ts is None or ts._broken:
             return RowPipeline(self.pipeline)

@@ -350,7 +350,7 @@ def _spans_from_bytes(text: str, ids: list[int], table, front: int, back: int) -
 # loading
 # --------------------------------------------------------------------------------------------------------------
 
-def _from_dir(d: Path, *, name: str, gguf_path: Path | None = None) -> Tokenizer:
+def _from_dir(d: Path, *, name: str, gguf_path: Path | None = None, prefetch_llama_cpp: bool = False) -> Tokenizer:
     tj = d / "tokenizer.json"
     if not tj.is_file():
         raise TokenizerLoadError(f"{d} has no tokenizer.json (only fast tokenizers are supported; "
@@ -365,16 +365,17 @@ def _from_dir(d: Path, *, name: str, gguf_path: Path | None = None) -> Tokenizer
     for f in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         if (d / f).is_file():
             h.update(f.encode() + b"\0" + (d / f).read_bytes())
-    backend = _RustTokenizer.from_file(str(tj))
-    tok = Tokenizer(backend, name=name, config=cfg, generation_config=gen, hf_dir=d, gguf_path=gguf_path,
-                    fingerprint=h.hexdigest())
     if gguf_path is None:
         meta = d / "tmplcheck-tokenizer.json"
         if meta.is_file():
             src = _read_json(meta).get("source")
             if src and Path(src).is_file():
-                tok.gguf_path = Path(src)
-    return tok
+                gguf_path = Path(src)
+    if prefetch_llama_cpp and gguf_path is not None:
+        prefetch_llama_cpp_tokenizer(gguf_path)   # loads while the HF tokenizer below does (llama.cpp frees the GIL)
+    backend = _RustTokenizer.from_file(str(tj))
+    return Tokenizer(backend, name=name, config=cfg, generation_config=gen, hf_dir=d, gguf_path=gguf_path,
+                     fingerprint=h.hexdigest())
 
 
 def _from_tokenizer_json(p: Path) -> Tokenizer:
@@ -402,15 +403,20 @@ def _from_hub(repo_id: str, revision: str | None) -> Tokenizer:
     return _from_dir(Path(d), name=repo_id)
 
 
-def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None) -> Tokenizer:
-    """Load a tokenizer from a built-in name, a directory, a tokenizer.json, a GGUF file or a hub id."""
+def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None,
+                   prefetch_llama_cpp: bool = False) -> Tokenizer:
+    """Load a tokenizer from a built-in name, a directory, a tokenizer.json, a GGUF file or a hub id.
+
+    ``prefetch_llama_cpp``: where the vocabulary has a GGUF file, start loading llama.cpp's tokenizer for it in a
+    background thread (:func:`llama_cpp_tokenizer` takes it; the gate compares ids with it)."""
+    pf = {"prefetch_llama_cpp": prefetch_llama_cpp}
     from tmplcheck import assets
 
     s = os.fspath(spec)
     tried: list[str] = []
     p = Path(s).expanduser()
     if p.is_dir():
-        return _from_dir(p, name=s)
+        return _from_dir(p, name=s, **pf)
     tried.append("a directory")
     if p.is_file():
         if p.suffix == ".gguf":
@@ -418,7 +424,7 @@ def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None) -> T
                 d = assets.gguf_tokenizer_dir(p)
             except assets.AssetError as e:
                 raise TokenizerLoadError(f"{s}: {e}") from e
-            return _from_dir(d, name=s, gguf_path=p)
+            return _from_dir(d, name=s, gguf_path=p, **pf)
         if p.suffix == ".json":
             if p.name == "tokenizer_config.json":
                 return _from_dir(p.parent, name=s)
@@ -430,7 +436,7 @@ def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None) -> T
     tried.append("a file")
     if s in assets.BUILTIN_TOKENIZERS or (s in assets.BUILTIN_TOKENIZERS.values()):
         try:
-            return _from_dir(assets.builtin_tokenizer_dir(s), name=s)
+            return _from_dir(assets.builtin_tokenizer_dir(s), name=s, **pf)
         except assets.AssetError as e:
             raise TokenizerLoadError(str(e)) from e
     tried.append(f"a built-in name ({', '.join(sorted(assets.BUILTIN_TOKENIZERS))})")
@@ -586,17 +592,59 @@ def compare_ids(hf_ids: Sequence[int], other_ids: Sequence[int], *, tokenizer: T
 
 
 _LC_CACHE: dict[str, LlamaCppTokenizer] = {}
+_LC_LOADING: dict[str, threading.Thread] = {}
+_LC_FAILED: dict[str, BaseException] = {}
+_LC_LOCK = threading.Lock()
+
+
+def prefetch_llama_cpp_tokenizer(gguf_path: str | os.PathLike) -> None:
+    """Start loading llama.cpp's tokenizer for ``gguf_path`` in a background thread (once per file; a no-op when it
+    is loaded or loading). llama.cpp releases the GIL while it reads the vocabulary, so this overlaps with other
+    start-up work; :func:`llama_cpp_tokenizer` waits for it."""
+    key = str(gguf_path)
+    with _LC_LOCK:
+        if key in _LC_CACHE or key in _LC_LOADING:
+            return
+
+        def load() -> None:
+            try:
+                _LC_CACHE[key] = LlamaCppTokenizer(key)
+            except BaseException as e:  # noqa: BLE001 - raised again where the tokenizer is asked for
+                _LC_FAILED[key] = e
+
+        t = _LC_LOADING[key] = threading.Thread(target=load, name="tmplcheck-llamacpp-load", daemon=True)
+        t.start()
+
+
+def wait_for_prefetches() -> None:
+    """Wait for every llama.cpp tokenizer still loading (before the gate forks its workers: no thread of this
+    process may be inside llama.cpp when it forks)."""
+    for t in list(_LC_LOADING.values()):
+        t.join()
+
+
+def llama_cpp_tokenizer(gguf_path: str | os.PathLike) -> LlamaCppTokenizer:
+    """llama.cpp's tokenizer for ``gguf_path``, loaded once per file (taking a prefetched one)."""
+    key = str(gguf_path)
+    t = _LC_LOADING.get(key)
+    if t is not None:
+        t.join()
+        with _LC_LOCK:
+            _LC_LOADING.pop(key, None)
+    if key in _LC_FAILED:
+        raise _LC_FAILED.pop(key)
+    with _LC_LOCK:
+        lc = _LC_CACHE.get(key)
+        if lc is None:
+            lc = _LC_CACHE[key] = LlamaCppTokenizer(key)
+    return lc
 
 
 def llama_cpp_tokenizer_for(tokenizer: Tokenizer) -> LlamaCppTokenizer | None:
     """llama.cpp's tokenizer for the GGUF this tokenizer came from (cached per file), or None."""
     if tokenizer.gguf_path is None:
         return None
-    key = str(tokenizer.gguf_path)
-    lc = _LC_CACHE.get(key)
-    if lc is None:
-        lc = _LC_CACHE[key] = LlamaCppTokenizer(tokenizer.gguf_path)
-    return lc
+    return llama_cpp_tokenizer(tokenizer.gguf_path)
 
 
 def compare_with_llama_cpp(tokenizer: Tokenizer, text: str, *, add_special_tokens: bool = True,
