@@ -158,3 +158,35 @@ def test_the_ascii_shortcut_agrees_with_the_regex():
     check()
     for c in range(0x80):
         assert is_plain(chr(c)) == (_ODD.search(chr(c)) is None), c
+
+
+def test_duplicate_keys_found_at_any_depth_and_nothing_else_changes():
+    """The first decode only flags a key seen twice (then the tracking decoder says where): the value is exactly
+    ``json.loads``'s, and D028 is reported exactly when some object, at any depth, repeats a key."""
+    import json as _json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tmplcheck.validator.ingest import _DECODER, _Record, _decode, _walk_dups
+
+    keys = st.sampled_from(["a", "b", "from", "value"])
+    leaf = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.booleans())
+
+    def obj_text(children):
+        return st.lists(st.tuples(keys, children), max_size=4).map(
+            lambda kv: "{" + ", ".join(f"{_json.dumps(k)}: {v}" for k, v in kv) + "}")
+
+    texts = st.recursive(leaf.map(_json.dumps), lambda c: st.one_of(
+        obj_text(c), st.lists(c, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]")), max_leaves=12)
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(texts)
+    def check(text):
+        obj, found = _decode(_Record(1, text.encode(), []), "x.jsonl")
+        assert obj == _json.loads(text)
+        dups = list(_walk_dups(_DECODER.decode(text)))
+        assert sorted(f.pointer for f in found if f.code == "D028") == sorted(
+            f"{p}/{k.replace('~', '~0').replace('/', '~1')}" for p, k in dups)
+
+    check()

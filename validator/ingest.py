@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from tmplcheck.validator.findings import Finding, finding
 
@@ -32,8 +32,9 @@ FORMATS = ("sharegpt", "openai")
 _FIELDS = {"sharegpt": ("conversations", "from", "value"), "openai": ("messages", "role", "content")}
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One message (immutable; a named tuple: rows are made by the hundred thousand)."""
+
     role: str            # canonical: system, user, assistant, tool
     content: str
     pointer: str         # JSON pointer of the content field, e.g. /conversations/2/value
@@ -106,23 +107,23 @@ def _escape(key: str) -> str:
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
 
 
-#: what ends every key in JSON text (a quote, whitespace, a colon); strings may hold more matches, never fewer
-_KEY_END = re.compile(r'"\s*:')
+class _SeenDuplicate(threading.local):
+    hit = False
 
 
-def _count_keys(obj: Any) -> int:
-    """Keys of every object in a decoded value. When the text holds no more key ends than this, no object had a
-    key twice (the plain decoder keeps one of them), and the slower decoder that tracks duplicates is not needed."""
-    t = type(obj)
-    if t is dict:
-        n = len(obj)
-        for v in obj.values():
-            if type(v) in (dict, list):
-                n += _count_keys(v)
-        return n
-    if t is list:
-        return sum(_count_keys(v) for v in obj if type(v) in (dict, list))
-    return 0
+_SEEN = _SeenDuplicate()
+
+
+def _flag_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook`` of the first decode: a plain dict (last value wins, as ``json.loads`` does), noting
+    whether any object had a key twice (then the row is decoded again by the decoder that says where)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        _SEEN.hit = True
+    return d
+
+
+_FLAGGING = json.JSONDecoder(object_pairs_hook=_flag_duplicates)
 
 
 def _plain(obj: Any) -> Any:
@@ -283,14 +284,15 @@ def _decode(rec: _Record, path: str) -> tuple[Any, list[Finding]]:
                            path=path, line=rec.line, column=e.start + 1))
         text = rec.data.decode("utf-8", errors="replace")
         # keep checking the row with replacement characters: the other defects are still worth reporting
+    _SEEN.hit = False
     try:
-        obj = json.loads(text)
+        obj = _FLAGGING.decode(text)
     except json.JSONDecodeError as e:
         out.append(finding("D001", f"invalid JSON: {e.msg} (column {e.colno})", path=path, line=rec.line,
                            column=e.colno))
         return None, out
-    if len(_KEY_END.findall(text)) == _count_keys(obj):
-        return obj, out  # as many keys as the text can hold: no key appears twice
+    if not _SEEN.hit:
+        return obj, out
     obj = _DECODER.decode(text)
     for ptr, key in _walk_dups(obj):
         out.append(finding("D028", f"key {key!r} appears twice in the object at {ptr or '/'}; only the last value "
@@ -355,6 +357,13 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
     messages: list[Message] = []
     usable = True
     for i, m in enumerate(turns):
+        if type(m) is dict:   # the common case first: both fields strings, a known role
+            raw_role, c = m.get(role_f), m.get(content_f)
+            if type(raw_role) is str and type(c) is str:
+                role = ROLE_ALIASES.get(raw_role) or ROLE_ALIASES.get(raw_role.strip().lower())
+                if role is not None:
+                    messages.append(Message(role, c, f"/{key}/{i}/{content_f}", raw_role))
+                    continue
         base = f"/{key}/{i}"
         if not isinstance(m, dict):
             out.append(finding("D009", f"message {i} is not an object", path=path, line=line, pointer=base))
