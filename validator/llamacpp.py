@@ -853,7 +853,9 @@ class ShapeCrossCheck:
     def __init__(self) -> None:
         self._shapes: dict[tuple[str, ...], Any] = {}
 
-    def __call__(self, conv: Any, template: Any, hf_text: str) -> list[Finding]:
+    def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False) -> list[Finding]:
+        """``filled``: ``hf_text`` was made by filling the template's sentinel render of this shape with the row's
+        contents (``validator/opaque.py``; the same sentinel render as here), so that need not be checked again."""
         from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
 
         msgs = conv.messages
@@ -866,7 +868,7 @@ class ShapeCrossCheck:
                 entry = self._shapes[roles] = self._shape(template, roles)
             if entry is not None:
                 skeleton, where, found = entry
-                if _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
+                if filled or _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
                     return [Finding(f.code, f.severity, f.message, conv.path, conv.line, f.pointer, f.hint, f.column,
                                     f.data) for f in found]
         return list(check_cross(conv, template, hf_text))

@@ -115,7 +115,7 @@ class TemplateRowChecker:
             out.extend(check_end_of_turn(conv, probe, self.template, self.structure))
             if not out:
                 self._clean_shapes.add(roles)
-        xs = list(self.cross(conv, self.template, r.text)) if self.cross is not None else None
+        xs = list(self.cross(conv, self.template, r.text, filled=filled)) if self.cross is not None else None
         return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at)
 
 
