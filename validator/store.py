@@ -53,18 +53,22 @@ class FindingStore(Sequence[Finding]):
         fd, path = tempfile.mkstemp(prefix="tmplcheck-findings-", suffix=".pickle")
         self._runs.append(path)
         with os.fdopen(fd, "wb") as fh:
-            for item in self._buf:   # one pickle per item: memo indices never leak between items
-                pickle.dump(item, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            # one pickle per block of items: reading a run back holds one block of it in memory at a time
+            for k in range(0, len(self._buf), self._BLOCK):
+                pickle.dump(self._buf[k:k + self._BLOCK], fh, protocol=pickle.HIGHEST_PROTOCOL)
         self._buf = []
+
+    _BLOCK = 1024
 
     @staticmethod
     def _read_run(path: str) -> Iterator[tuple[tuple, int, Finding]]:
         with open(path, "rb") as fh:   # its own handle: several iterations may be open at once
             while True:
                 try:
-                    yield pickle.load(fh)
+                    block = pickle.load(fh)
                 except EOFError:
                     return
+                yield from block
 
     # ------------------------------------------------------------------------------------------------- reading
     def __iter__(self) -> Iterator[Finding]:
