@@ -65,6 +65,9 @@ NOT_OPAQUE = {
     "map contents": "{{ messages | map(attribute='content') | join }}",
     "computed key": loop("{% set k = 'content' %}{{ message[k] }}"),
     "items": loop("{% for k, v in message.items() %}{{ v }}{% endfor %}"),
+    "copy": loop("{{ message.copy() }}"),
+    "method as an item": loop("{{ message['values']() | list | join }}"),
+    "bare method": loop("{{ message.get }}{{ message.content }}"),
     "macro on content": "{% macro body(c) %}{{ c }}{% endmacro %}" + loop("{{ body(message.content) }}"),
     "macro on message": "{% macro body(m) %}{{ m.content }}{% endmacro %}" + loop("{{ body(message) }}"),
     "accumulated": "{% set ns = namespace(all='') %}{% for m in messages %}{% set ns.all = ns.all + m.content %}"

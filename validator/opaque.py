@@ -20,8 +20,8 @@ everything else (*clean*: roles, ``loop``, the template's variables, constants).
   with a type test (``is string``, ``is defined``, ...: the same answer for any string).
 
 A message object may be indexed with a constant key (``'content'`` gives content, ``'role'`` and any other key a
-clean value: the gate's messages hold ``role`` and ``content`` only), asked ``.get(key)``, or tested for a key
-(``'tool_calls' in message``). A messages list may be iterated, indexed, sliced, measured (``length``), filtered by
+clean value: the gate's messages hold ``role`` and ``content`` only; of its methods only ``.get(key)``), or tested
+for a key (``'tool_calls' in message``). A messages list may be iterated, indexed, sliced, measured (``length``), filtered by
 role (``selectattr('role', ...)``), mapped to its roles, reversed, and its first/last taken. Anything else — a
 comparison, ``in``, slicing or a method of content, another filter on it (``tojson``, ``length``, ``replace``...),
 passing content or a message to a call or macro, ``include``/``import``, ``caller`` — and the template is not
@@ -52,6 +52,7 @@ _TYPE_TESTS = frozenset({"defined", "undefined", "none", "string", "mapping", "n
 #: filters a content value may pass through: identity on strings (``trim`` on strings without edge whitespace)
 _CONTENT_FILTERS = frozenset({"trim", "string"})
 _MAX_COPIES = 16
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 class NotOpaque(Exception):
@@ -325,9 +326,12 @@ class _Analysis:
                 raise NotOpaque("a message indexed with a computed key", n)
             if key == "content":
                 return _K(CONTENT, 1)
-            if key in ("items", "keys", "values"):
-                raise NotOpaque(f"message.{key}()", n)
-            return _CLEAN   # 'role', 'get' (see call) and keys the gate's messages do not have
+            if key in _DICT_METHODS:
+                # a method of the message dict (Jinja falls back to attributes for a missing item too; ``.get(key)``
+                # is read in ``call``): ``copy``/``items``/``values`` hand the content on, a bare method prints its
+                # address
+                raise NotOpaque(f"message.{key}", n)
+            return _CLEAN   # 'role' and keys the gate's messages do not have
         raise NotOpaque(f"an item of a {base.kind} value", n)
 
     def filter_chain(self, n: nodes.Filter, base: _K) -> _K:
