@@ -21,6 +21,7 @@ from typing import Any
 
 from tmplcheck.validator import crossdiff as cd
 from tmplcheck.validator.findings import Finding, Severity, finding
+from tmplcheck.validator.skeleton import fill, has_sentinel_chars, sentinel, skeleton
 
 
 class UnsupportedTemplate(ValueError):
@@ -856,19 +857,17 @@ class ShapeCrossCheck:
     def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False) -> list[Finding]:
         """``filled``: ``hf_text`` was made by filling the template's sentinel render of this shape with the row's
         contents (``validator/opaque.py``; the same sentinel render as here), so that need not be checked again."""
-        from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
-
         msgs = conv.messages
         contents = [m.content for m in msgs]
-        if msgs and all(type(c) is str and c and c == c.strip() and "\x00" not in c and _SENT_OPEN not in c
-                        and _SENT_CLOSE not in c for c in contents):
+        if msgs and all(type(c) is str and c and c == c.strip() and "\x00" not in c and not has_sentinel_chars(c)
+                        for c in contents):
             roles = tuple(m.role for m in msgs)
             entry = self._shapes.get(roles, _MISSING)
             if entry is _MISSING:
                 entry = self._shapes[roles] = self._shape(template, roles)
             if entry is not None:
                 skeleton, where, found = entry
-                if filled or _fill(skeleton, where, dict(enumerate(contents)))[0] == hf_text:
+                if filled or fill(skeleton, where, contents)[0] == hf_text:
                     return [Finding(f.code, f.severity, f.message, conv.path, conv.line, f.pointer, f.hint, f.column,
                                     f.data) for f in found]
         return list(check_cross(conv, template, hf_text))
@@ -877,13 +876,11 @@ class ShapeCrossCheck:
     def _shape(template: Any, roles: tuple[str, ...]):
         """The template's sentinel render of the shape (the one ``tokens.locate_messages`` fills in), the sentinels'
         places, and the shape's comparison when it can be reused; None otherwise."""
-        from tmplcheck.validator.tokens import _sentinel, _skeleton
-
-        sk = _skeleton(template, [{"role": r, "content": ""} for r in roles], list(range(len(roles))), {})
+        sk = skeleton(template, [{"role": r, "content": ""} for r in roles], list(range(len(roles))), {})
         if sk is None:  # the template refuses the shape, or writes a content other than once
             return None
         text, where = sk
-        conv = _SentinelConv([_SentinelMessage(r, _sentinel(i)) for i, r in enumerate(roles)])
+        conv = _SentinelConv([_SentinelMessage(r, sentinel(i)) for i, r in enumerate(roles)])
         found = list(check_cross(conv, template, text))
         if any(f.code not in _SHAPE_CODES or f.pointer for f in found):
             return None

@@ -4,7 +4,7 @@ template's rows without running it.
 Most chat templates only paste each message's content between headers: ``'<|start_header_id|>' + message['role']
 + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>'``. What they write then depends on the
 conversation's *shape* (its roles, how many messages, which contents are empty) and not on the contents, so the render
-of a row is the render of its shape with sentinel contents (``tokens._skeleton``) with the row's contents put in
+of a row is the render of its shape with sentinel contents (``validator/skeleton.py``) with the row's contents put in
 place of the sentinels. :func:`analyse` proves that from the template's syntax tree, and :class:`FillRenderer`
 renders a row that way: once per shape through the real renderer, then one string join per row.
 
@@ -43,6 +43,9 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
+
+from tmplcheck.validator.render import Rendering, make_environment
+from tmplcheck.validator.skeleton import fill, has_sentinel_chars, places, sentinel_messages
 
 CLEAN, CONTENT, MESSAGE, MESSAGES = "clean", "content", "message", "messages"
 
@@ -391,8 +394,6 @@ class _Analysis:
 @lru_cache(maxsize=256)
 def analyse(source: str) -> Opacity:
     """Whether the template ``source`` is content-opaque (see the module's doc), and why not."""
-    from tmplcheck.validator.render import make_environment
-
     try:
         tree = make_environment().parse(source)
     except jinja2.TemplateSyntaxError as e:
@@ -430,9 +431,6 @@ class FillRenderer:
 
     def fill(self, messages: list[dict]):
         """``(Rendering, {message index: (content start, content end)})`` of the row, or None."""
-        from tmplcheck.validator.render import Rendering
-        from tmplcheck.validator.tokens import _SENT_CLOSE, _SENT_OPEN, _fill
-
         if not self.proof.opaque or not messages:
             return None
         trims = self.proof.trims
@@ -441,7 +439,7 @@ class FillRenderer:
         for i, m in enumerate(messages):
             c = m.get("content")
             if len(m) != 2 or type(c) is not str or type(m.get("role")) is not str or not c \
-                    or _SENT_OPEN in c or _SENT_CLOSE in c or (trims and (c[0].isspace() or c[-1].isspace())):
+                    or has_sentinel_chars(c) or (trims and (c[0].isspace() or c[-1].isspace())):
                 return None
             contents[i] = c
             longest = max(longest, len(c))
@@ -457,25 +455,16 @@ class FillRenderer:
         limit = self.template.max_chars
         if r.peak + self.proof.copies * longest > limit:
             return None
-        text, at = _fill(r.text, where, contents)
+        text, at = fill(r.text, where, contents)
         if len(text) > limit:
             return None
         return Rendering(text, [], r.undefined, r.peak), at
 
     def _shape(self, messages: list[dict]):
-        from tmplcheck.validator.tokens import _sentinel
-
-        sent = [{"role": m["role"], "content": _sentinel(i)} for i, m in enumerate(messages)]
+        n = len(messages)
         try:
-            r = self.template.render_full(sent)
+            r = self.template.render_full(sentinel_messages([{"role": m["role"]} for m in messages], range(n)))
         except Exception:  # noqa: BLE001 - the row's own render reports it
             return False
-        where = []
-        for i in range(len(messages)):
-            tag = _sentinel(i)
-            p = r.text.find(tag)
-            if p < 0 or r.text.find(tag, p + 1) >= 0:
-                return False
-            where.append((p, i))
-        where.sort()
-        return r, where
+        where = places(r.text, range(n))
+        return (r, where) if where is not None else False

@@ -37,6 +37,7 @@ from typing import Any
 
 from tmplcheck.validator.checks import tokens as K
 from tmplcheck.validator.checks.tokens import TokenContext, TokenIndex, Turn
+from tmplcheck.validator.tokens import FilledLocated
 from tmplcheck.validator.findings import Finding, Severity, finding
 
 #: one row as the pipeline sees it: (line, [(role, content, content pointer, role pointer), ...])
@@ -374,11 +375,16 @@ class TokenPipeline:
         if ctx.max_length and len(ids) > ctx.max_length:
             return None
         turns = []
-        for s in loc.spans:
-            if s.method != "sentinel" or s.content_start is None or s.content_end <= s.content_start or \
-                    (s.role == "assistant" and not s.trained):
-                return None
-            turns.append(Turn(s.index, s.role, s.content_start, s.content_end))
+        if isinstance(loc, FilledLocated):   # every content placed as written; a gate row's assistant is trained
+            for i, m in enumerate(messages):
+                a, b = loc.at[i]
+                turns.append(Turn(i, m["role"], a, b))
+        else:
+            for s in loc.spans:
+                if s.method != "sentinel" or s.content_start is None or s.content_end <= s.content_start or \
+                        (s.role == "assistant" and not s.trained):
+                    return None
+                turns.append(Turn(s.index, s.role, s.content_start, s.content_end))
         turns.sort(key=lambda t: t.start)
         rx = ctx.special_re
         if rx is not None and any(rx.search(m["content"]) for m in messages):

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from tmplcheck.validator.checks.tokens import TokenIndex
+from tmplcheck.validator.skeleton import fill as _fill, has_sentinel_chars, skeleton as _skeleton
 from tmplcheck.validator.tokenizer import Encoding, Tokenizer
 
 IGNORE_INDEX = -100
-_SENT_OPEN, _SENT_CLOSE = "\ue000", "\ue001"
 _SKELETON_CACHE_SIZE = 2048
 
 __all__ = ["IGNORE_INDEX", "MessageSpan", "EncodedConversation", "encode_conversation", "encode_conversations",
@@ -176,48 +176,6 @@ def _shape_key(messages: list[dict], render_kw: dict) -> Any:
         return None
 
 
-def _sentinel(i: int) -> str:
-    """The placeholder content of message ``i`` in a skeleton render."""
-    return f"{_SENT_OPEN}{i}{_SENT_CLOSE}"
-
-
-def _skeleton(template, messages: list[dict], locatable: list[int], render_kw: dict):
-    """Render with sentinels; return (skeleton, [(sentinel_pos, index)...] in text order) or None."""
-    sent = [dict(m) for m in messages]
-    for i in locatable:
-        # keep the truthiness of the content: templates branch on ``if message.content``
-        sent[i]["content"] = _sentinel(i)
-    try:
-        sk = template.render(sent, add_generation_prompt=False, **render_kw)
-    except Exception:
-        return None
-    where = []
-    for i in locatable:
-        tag = _sentinel(i)
-        p = sk.find(tag)
-        if p < 0 or sk.find(tag, p + 1) >= 0:
-            return None
-        where.append((p, i))
-    where.sort()
-    return sk, where
-
-
-def _fill(skeleton: str, where: list[tuple[int, int]], contents: dict[int, str]):
-    """Put contents into the skeleton; return (text, {index: (start, end)})."""
-    out, pos, at, shift = [], 0, {}, 0
-    for p, i in where:
-        tag_len = len(_sentinel(i))
-        out.append(skeleton[pos:p])
-        start = p + shift
-        c = contents[i]
-        out.append(c)
-        at[i] = (start, start + len(c))
-        shift += len(c) - tag_len
-        pos = p + tag_len
-    out.append(skeleton[pos:])
-    return "".join(out), at
-
-
 def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False) -> str | None:
     try:
         return template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
@@ -236,7 +194,7 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
                          trained=_is_trained(m)) for i, m in enumerate(messages)]
     contents = {i: _content_text(m) for i, m in enumerate(messages)}
     locatable = [i for i, c in contents.items() if c and isinstance(messages[i].get("content"), str)
-                 and _SENT_OPEN not in c and _SENT_CLOSE not in c]
+                 and not has_sentinel_chars(c)]
 
     # 1. sentinel skeleton (cached per shape)
     done = False
@@ -321,11 +279,31 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
     return Located(text, spans)
 
 
-def located_by_fill(messages: Sequence[dict], text: str, at: dict[int, tuple[int, int]]) -> Located:
+class FilledLocated(Located):
     """What :func:`locate_messages` gives for a row that ``validator/opaque.py``'s ``FillRenderer`` rendered: the
-    text is the shape's sentinel render (the same skeleton) with every content put in as written, at ``at``."""
-    return Located(text, [MessageSpan(index=i, role=str(m.get("role")), content_start=at[i][0], content_end=at[i][1],
-                                      trained=_is_trained(m), method="sentinel") for i, m in enumerate(messages)])
+    text is the shape's sentinel render (the same skeleton) with every content put in as written, at ``at``. The
+    spans are made when first read (the gate's regular path reads ``at`` directly)."""
+
+    def __init__(self, text: str, messages: Sequence[dict], at: dict[int, tuple[int, int]]):
+        self.text, self.messages, self.at = text, messages, at
+        self._spans: list[MessageSpan] | None = None
+
+    @property
+    def spans(self) -> list[MessageSpan]:  # type: ignore[override]
+        if self._spans is None:
+            at = self.at
+            self._spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=at[i][0],
+                                       content_end=at[i][1], trained=_is_trained(m), method="sentinel")
+                           for i, m in enumerate(self.messages)]
+        return self._spans
+
+    @spans.setter
+    def spans(self, value: list[MessageSpan]) -> None:
+        self._spans = value
+
+
+def located_by_fill(messages: Sequence[dict], text: str, at: dict[int, tuple[int, int]]) -> Located:
+    return FilledLocated(text, messages, at)
 
 
 def _prefix_len(template, messages, n, render_kw, text) -> int | None:
