@@ -66,3 +66,12 @@ def test_a_row_whose_lengths_do_not_add_up_is_encoded_with_offsets(monkeypatch):
     monkeypatch.setattr(t, "_bytes", table)
     [sp] = t.encode_batch_spans(["hello world"], add_special_tokens=False)
     assert sp.encoding is not None and sp.offsets() == list(t.encode("hello world", add_special_tokens=False).offsets)
+
+
+def test_an_id_past_the_table_is_encoded_with_offsets(monkeypatch):
+    """A table shorter than the vocabulary (an added token it does not know): that row falls back too."""
+    t = tok("llama-3")
+    monkeypatch.setattr(t, "_bytes", t._byte_table()[:1000])
+    text = "hello<|eot_id|>"
+    [sp] = t.encode_batch_spans([text], add_special_tokens=False)
+    assert sp.encoding is not None and sp.offsets() == list(t.encode(text, add_special_tokens=False).offsets)

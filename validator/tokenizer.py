@@ -319,10 +319,11 @@ def _spans_from_bytes(text: str, ids: list[int], table, front: int, back: int) -
     """Character spans of ``ids`` from the byte-length table; None when the lengths do not add up to the text."""
     import numpy as np
 
-    a = np.asarray(ids, dtype=np.int64)
-    if len(a) and (a.max() >= len(table) or a.min() < 0):
+    a = np.asarray(ids, dtype=np.int64)   # ids are never negative (u32 in the tokenizer)
+    try:
+        lens = table[a]
+    except IndexError:   # an id past the table (an added token the table does not know)
         return None
-    lens = table[a]
     if front:
         lens[:front] = 0
     if back:
