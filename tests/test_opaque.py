@@ -70,6 +70,10 @@ NOT_OPAQUE = {
     "bare method": loop("{{ message.get }}{{ message.content }}"),
     "macro on content": "{% macro body(c) %}{{ c }}{% endmacro %}" + loop("{{ body(message.content) }}"),
     "macro on message": "{% macro body(m) %}{{ m.content }}{% endmacro %}" + loop("{{ body(message) }}"),
+    "namespace alias": "{% set ns = namespace(sys='') %}{% set ns.sys = messages[0].content %}{% set other = ns %}"
+                       "{% if other.sys == 'x' %}y{% endif %}",
+    "namespace item": "{% set ns = namespace(sys='') %}{% set ns.sys = messages[0].content %}"
+                      "{% if ns['sys'] == 'x' %}y{% endif %}",
     "accumulated": "{% set ns = namespace(all='') %}{% for m in messages %}{% set ns.all = ns.all + m.content %}"
                    "{% endfor %}{{ ns.all }}",
     "filter block": loop("{% filter upper %}{{ message.content }}{% endfilter %}"),

@@ -99,6 +99,11 @@ class _Analysis:
     def __init__(self, tree: nodes.Template):
         self.tree = tree
         self.names: dict[str, _K] = {"messages": _K(MESSAGES)}   # variable (or "ns.attr") -> kind, flow-insensitive
+        # names bound to a namespace(): used only as ``ns.attr`` / ``ns['attr']`` (tracked per attribute), never as
+        # a value (an alias would hide what its attributes hold)
+        self.namespaces = {a.target.name for a in tree.find_all(nodes.Assign)
+                           if isinstance(a.target, nodes.Name) and isinstance(a.node, nodes.Call)
+                           and isinstance(a.node.node, nodes.Name) and a.node.node.name == "namespace"}
         self.macros: dict[str, _K] = {}                          # macro name -> kind of what it writes
         self.changed = False
         self.trims = False
@@ -235,6 +240,8 @@ class _Analysis:
         if isinstance(n, (nodes.Const, nodes.TemplateData)):
             return _CLEAN
         if isinstance(n, nodes.Name):
+            if n.name in self.namespaces:
+                raise NotOpaque(f"the namespace {n.name!r} used as a value", n)
             return self.names.get(n.name, _CLEAN)
         if isinstance(n, (nodes.Getattr, nodes.Getitem)):
             return self.item(n)
@@ -297,21 +304,22 @@ class _Analysis:
                 raise NotOpaque(f"a {k.kind} value passed as an argument", a)
 
     def item(self, n: nodes.Getattr | nodes.Getitem) -> _K:
-        base = self.expr(n.node)
         key: Any
         if isinstance(n, nodes.Getattr):
             key, const = n.attr, True
-            if isinstance(n.node, nodes.Name):
-                ns = self.names.get(f"{n.node.name}.{n.attr}")
-                if ns is not None:
-                    return ns
-                if n.node.name == "loop" and n.attr in ("previtem", "nextitem"):
-                    return _K(MESSAGE)    # conservatively: the neighbour of a message is a message
         else:
             const = isinstance(n.arg, nodes.Const)
             key = n.arg.value if const else None
             if not const and not isinstance(n.arg, nodes.Slice) and self.expr(n.arg).kind != CLEAN:
                 raise NotOpaque("an index from content", n)
+        if isinstance(n.node, nodes.Name):
+            if n.node.name in self.namespaces:
+                if not isinstance(key, str):
+                    raise NotOpaque(f"the namespace {n.node.name!r} indexed with a computed key", n)
+                return self.names.get(f"{n.node.name}.{key}", _CLEAN)
+            if n.node.name == "loop" and key in ("previtem", "nextitem"):
+                return _K(MESSAGE)    # conservatively: the neighbour of a message is a message
+        base = self.expr(n.node)
         if base.kind == CLEAN:
             if isinstance(n, nodes.Getitem) and isinstance(n.arg, nodes.Slice):
                 self.expr(n.arg)
