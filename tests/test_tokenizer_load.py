@@ -180,13 +180,13 @@ def test_llama_cpp_vocabulary_prefetched_while_the_tokenizer_loads(tmp_path):
 
     tok = T.load_tokenizer("llama-3", prefetch_llama_cpp=True)
     assert tok.gguf_path is not None
-    T.wait_for_prefetches()
+    T.before_fork()
     lc = T.llama_cpp_tokenizer(tok.gguf_path)
     assert lc is T.llama_cpp_tokenizer(tok.gguf_path) is T.llama_cpp_tokenizer_for(tok)
     assert lc.encode("<|eot_id|>", add_special=False) == [128009]
     bad = tmp_path / "not-a-vocab.gguf"
     bad.write_bytes(b"GGUF but not really")
     T.prefetch_llama_cpp_tokenizer(bad)
-    T.wait_for_prefetches()
+    T.before_fork()
     with pytest.raises(ValueError, match="could not load"):
         T.llama_cpp_tokenizer(bad)

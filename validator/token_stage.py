@@ -678,9 +678,9 @@ class TokenStage:
         # llama.cpp vocabulary is only needed in this process: see TokenPipeline.llamacpp_findings)
         if hasattr(self.pipeline.tokenizer, "_byte_table"):
             self.pipeline.tokenizer._byte_table()
-        from tmplcheck.validator.tokenizer import wait_for_prefetches
+        from tmplcheck.validator.tokenizer import before_fork
 
-        wait_for_prefetches()   # the llama.cpp vocabulary, loading since the tokenizer was (workers fork after this)
+        before_fork()   # the llama.cpp vocabulary has loaded (since the tokenizer did) and the heap is trimmed
         ts = self.template_stage
         if ts is None or ts._broken:
             return RowPipeline(self.pipeline)
