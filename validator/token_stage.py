@@ -37,8 +37,8 @@ from typing import Any
 
 from tmplcheck.validator.checks import tokens as K
 from tmplcheck.validator.checks.tokens import TokenContext, TokenIndex, Turn
-from tmplcheck.validator.tokens import FilledLocated
 from tmplcheck.validator.findings import Finding, Severity, finding
+from tmplcheck.validator.tokens import FilledLocated
 
 #: one row as the pipeline sees it: (line, [(role, content, content pointer, role pointer), ...])
 RowIn = tuple[int, list[tuple[str, str, str, str]]]
