@@ -615,6 +615,8 @@ def prefetch_llama_cpp_tokenizer(gguf_path: str | os.PathLike) -> None:
 
         t = _LC_LOADING[key] = threading.Thread(target=load, name="tmplcheck-llamacpp-load", daemon=True)
         t.start()
+    global _TRIMMED
+    _TRIMMED = False   # trim again after this load
 
 
 def before_fork() -> None:
@@ -622,9 +624,15 @@ def before_fork() -> None:
     may be inside llama.cpp at the fork), then hand the heap that loading freed back to the system (the tokenizer
     files' parse leaves tens of MiB of freed heap resident; the workers would start with those pages, shared but
     counted in every worker's RSS)."""
+    global _TRIMMED
     for t in list(_LC_LOADING.values()):
         t.join()
-    _trim_heap()
+    if not _TRIMMED:   # once after the loads (``TokenStage.check`` gets here once per row)
+        _TRIMMED = True
+        _trim_heap()
+
+
+_TRIMMED = False
 
 
 def _trim_heap() -> None:
