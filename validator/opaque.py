@@ -432,11 +432,6 @@ class FillRenderer:
     def opaque(self) -> bool:
         return self.proof.opaque
 
-    def render(self, messages: list[dict]):
-        """The row's :class:`~tmplcheck.validator.render.Rendering` (no generation spans), or None."""
-        got = self.fill(messages)
-        return got[0] if got is not None else None
-
     def fill(self, messages: list[dict]):
         """``(Rendering, {message index: (content start, content end)})`` of the row, or None."""
         if not self.proof.opaque or not messages:

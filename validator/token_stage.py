@@ -289,7 +289,7 @@ class TokenPipeline:
         """Locate every message of the rows in their renders (the Python half before tokenization). ``places``:
         where each content is in ``texts[k]`` when the template stage filled the row's shape render
         (``validator/opaque.py``); rows without a text are filled here when the template allows it, else rendered."""
-        from tmplcheck.validator.tokens import locate_messages, located_by_fill
+        from tmplcheck.validator.tokens import locate_messages
 
         msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
         located: list[Any] = []
@@ -303,7 +303,7 @@ class TokenPipeline:
                     got = self.filler.fill(m)
                     if got is not None:
                         known, at = got[0].text, got[1]
-                loc = located_by_fill(m, known, at) if at is not None else \
+                loc = FilledLocated(known, m, at) if at is not None else \
                     locate_messages(self.template, m, text=known)
                 if not loc.text.isascii():
                     loc.text.encode("utf-8")   # a lone surrogate (D027) cannot be tokenized: the row is not encoded

@@ -410,8 +410,9 @@ def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None,
 
     ``prefetch_llama_cpp``: where the vocabulary has a GGUF file, start loading llama.cpp's tokenizer for it in a
     background thread (:func:`llama_cpp_tokenizer` takes it; the gate compares ids with it)."""
-    pf = {"prefetch_llama_cpp": prefetch_llama_cpp}
     from tmplcheck import assets
+
+    pf = {"prefetch_llama_cpp": prefetch_llama_cpp}
 
     s = os.fspath(spec)
     tried: list[str] = []
@@ -428,7 +429,7 @@ def load_tokenizer(spec: str | os.PathLike, *, revision: str | None = None,
             return _from_dir(d, name=s, gguf_path=p, **pf)
         if p.suffix == ".json":
             if p.name == "tokenizer_config.json":
-                return _from_dir(p.parent, name=s)
+                return _from_dir(p.parent, name=s, **pf)
             try:
                 return _from_tokenizer_json(p)
             except Exception as e:

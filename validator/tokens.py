@@ -302,9 +302,6 @@ class FilledLocated(Located):
         self._spans = value
 
 
-def located_by_fill(messages: Sequence[dict], text: str, at: dict[int, tuple[int, int]]) -> Located:
-    return FilledLocated(text, messages, at)
-
 
 def _prefix_len(template, messages, n, render_kw, text) -> int | None:
     if n == 0:
