@@ -27,33 +27,37 @@ def pats():
     return patterns_for(registry()["llama-3"], tokenizer=load_tokenizer("llama-3"))
 
 
-def by_line(result) -> dict[int, set[str]]:
+def by_line(result, *, errors_only: bool = False) -> dict[int, set[str]]:
     out: dict[int, set[str]] = {}
     for f in result.findings:
+        if errors_only and f.severity is not Severity.ERROR:
+            continue
         out.setdefault(f.line, set()).add(f.code)
     return out
 
 
 def test_every_a_code_has_a_fixture_and_explanation():
-    assert A_CODES == tuple(f"A{i:03d}" for i in range(1, 11))
+    assert A_CODES == tuple(f"A{i:03d}" for i in range(1, 14))
     for c in A_CODES:
         r = RULES[c]
         assert r.fixture.startswith("generations/") and (FIX / r.fixture).is_file(), c
         assert all(h in r.explanation for h in ("What:", "Why it hurts:", "Fix:")), c
-        assert r.severity is Severity.ERROR
+        assert r.severity is (Severity.INFO if c == "A013" else Severity.ERROR)
 
 
 # code -> (pointer of the line-1 finding, other lines that must also trigger it, with their pointers)
 EXPECT = {
     "A001": ("/output", {3: "/output"}),
     "A002": ("/output", {}),
-    "A003": ("/output", {3: "/output"}),
+    "A003": ("/output", {}),
     "A004": ("/output", {3: "/output"}),
     "A005": ("/output", {3: "/output"}),
     "A006": ("/finish_reason", {3: "/output_ids"}),
     "A007": ("/output", {3: "/output_ids/2"}),
     "A008": ("/output", {}),
     "A009": ("/output", {}),
+    "A011": ("/output", {3: "/output"}),
+    "A012": ("/output", {3: "/output"}),
 }
 
 
@@ -65,12 +69,26 @@ def test_fixture_triggers_code_and_clean_counterpart_is_clean(code, pats):
     assert any(f.line == 1 and f.pointer == ptr for f in hits), [(f.line, f.code, f.pointer) for f in res.findings]
     for line, p in more.items():
         assert any(f.line == line and f.pointer == p for f in hits), (line, [(f.line, f.pointer) for f in hits])
-    lines = by_line(res)
+    lines = by_line(res, errors_only=True)
     assert 2 not in lines, f"clean counterpart flagged: {lines.get(2)}"
     expected_lines = {1, *more}
     assert {f.line for f in hits} == expected_lines
     assert res.exit_code == 1
     assert res.summary["artifacts"]["rates"][code] == pytest.approx(len(expected_lines) / res.summary["rows_read"])
+
+
+def test_other_familys_token_is_a_fragment_not_a_control_token(pats):
+    """Without ids only this template's control-token strings are control tokens (issue 16): ChatML's
+    ``<|im_end|>`` in a Llama 3 output is a header fragment of another family (A004), not A003."""
+    res = scan_file(FIX / RULES["A003"].fixture, pats)
+    assert by_line(res)[3] == {"A004"}
+
+
+def test_markup_in_code_is_an_info(pats):
+    res = scan_file(FIX / RULES["A013"].fixture, pats)
+    assert [(f.line, f.code, f.severity) for f in res.findings] == [(1, "A013", Severity.INFO)]
+    assert res.exit_code == 0 and res.summary["artifacts"]["verdict"] == "pass"
+    assert res.summary["artifacts"]["over_threshold"] == []
 
 
 def test_clean_fixture_is_clean(pats):
@@ -123,9 +141,10 @@ def test_patterns_come_from_the_registry(pats):
     for meta in reg.values():
         for t in meta.special_tokens:
             assert t in pats.control_tokens, (meta.name, t)
-    assert {"system", "user", "assistant"} <= set(pats.role_words)
-    if "gemma" in reg:
-        assert "model" in pats.role_words
+    # role words are the scanned template's own: a Llama 3 model does not leak Gemma's "model"
+    assert set(pats.role_words) == {"system", "user", "assistant"}
+    assert set(patterns_for(reg["gemma"]).role_words) == {"user", "model"}
+    assert patterns_for(reg["vicuna"]).role_words == ()   # plain-text headers leave no role word
     if "chatml" in reg:
         assert "<|im_start|>user" in {h.rendered for h in pats.foreign_headers}
     # the scanned template's own headers are not "foreign"
@@ -149,7 +168,8 @@ def test_a_new_template_brings_its_own_patterns():
     assert "A007" in codes("Once.<<doc>>Twice.")
     assert {"A001", "A005"} <= codes("Once upon a TIME.<<end>><<turn>>reader\nwhat next?")
     assert "A009" in codes("Once.<<end>><<turn>>narrator\nTwice.")
-    assert "A003" in codes("Once.<|eot_id|> again")  # the registry's control tokens still count
+    # another family's token is not a control token of this template (no ids to say otherwise): a header fragment
+    assert codes("Once.<|eot_id|> again") == {"A004"}
 
 
 def test_thresholds():

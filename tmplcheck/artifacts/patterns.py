@@ -1,8 +1,16 @@
-"""Artifact patterns, derived from template metadata.
+"""Artifact patterns, derived from template metadata (and the tokenizer, when one is given).
 
 Nothing here is hand-written per model family: role words, control-token strings, rendered headers and their
 stripped forms, the generation prompt and BOS all come from ``TemplateMeta`` (the template being scanned, plus
-every template in the registry for the "foreign" patterns). A new template brings its own patterns.
+every template in the registry for the "foreign" patterns). A new template brings its own patterns. The only
+hand-written lists are the markup that no built-in template writes but that models trained elsewhere leak:
+reasoning tags, tool-call markers and a few headers of common formats outside the registry (``COMMON_*`` below).
+
+Which strings count as control tokens (A003, A007):
+- with ``output_ids`` and a tokenizer: the special ids of the vocabulary, nothing else (:attr:`special_ids`);
+- from text alone: only strings that are control tokens of *this* template or special tokens of *this* tokenizer
+  (:attr:`own_controls`). Another family's token strings are header fragments (A004) when they stand where a model
+  would write them, never control tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +22,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _WORD = re.compile(r"^[A-Za-z][A-Za-z_]*$")
+# a control token shaped like an XML/HTML tag (<s>, </s>, <bos>): common in real text, so it only counts where a
+# model would write it (not in a tag pair, not named in a sentence)
+_TAGLIKE = re.compile(r"^</?[A-Za-z][A-Za-z0-9]*>$")
+
+# Reasoning markup of templates outside the registry (DeepSeek-R1/Qwen3 think tags, Magistral, GPT-OSS harmony).
+COMMON_REASONING = ("<think>", "</think>", "<thinking>", "</thinking>", "[THINK]", "[/THINK]",
+                    "<|channel|>", "<|message|>", "<|start|>assistant", "<|begin_of_thought|>", "<|end_of_thought|>")
+# Harmony with special tokens skipped: "analysisWe need...assistantfinalThe answer"
+HARMONY_SKIPPED = re.compile(r"\Aanalysis(?=[A-Z])|assistant(?:final|analysis|commentary)(?=\S)")
+# Tool-call markers (Hermes/Qwen, Llama 3.1, Mistral, Phi-4, DeepSeek, Llama 3.1's end of a tool message).
+COMMON_TOOL = ("<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "<|tool_call|>", "<|/tool_call|>",
+               "<tool_response>", "</tool_response>", "[TOOL_RESULTS]", "<|tool_calls_begin|>",
+               "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<|eom_id|>")
+# Headers of common formats that no built-in renders: Vicuna v0, Alpaca's input section, Phi-4's separator, a
+# control token whose name was lost.
+COMMON_HEADERS = ("### Human:", "### Assistant:", "### Input:", "### System:", "<|im_sep|>", "<|>")
+
+# Word-forming prefixes: a role word glued to one of these is an English word ("subsystem", "superuser",
+# "remodel"), not a leaked header.
+WORD_PREFIXES = frozenset("""
+a anti astro auto bio co counter cyber de eco electro end endo exo file geo hyper in info inter intra macro mega
+meta micro mini mis mono multi nano neuro non over para photo poly post power pre pro pseudo re self semi sensori
+solar sub super tele trans ultra un under
+""".split())
 
 
 def known_templates() -> list[Any]:
@@ -33,7 +65,7 @@ def _strip_all(text: str, tokens: Iterable[str]) -> str:
 def _inner_name(tok: str) -> str | None:
     """``<|start_header_id|>`` -> ``start_header_id``: the name a control token leaves when its brackets are lost."""
     inner = tok.strip("<>|[]/ ")
-    if "_" in inner and len(inner) >= 6 and re.fullmatch(r"[A-Za-z0-9_]+", inner):
+    if "_" in inner and len(inner) >= 6 and re.fullmatch(r"[a-z0-9_]+", inner):
         return inner
     return None
 
@@ -43,12 +75,22 @@ def _alternation(strings: Iterable[str]) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, uniq))) if uniq else None
 
 
+def taglike(tok: str) -> bool:
+    return bool(_TAGLIKE.match(tok))
+
+
 @dataclass(frozen=True)
 class Header:
     template: str
     role: str
-    rendered: str        # as the template writes it, trailing whitespace removed
+    rendered: str        # as the template writes it, edge whitespace removed
     stripped: str        # with every control token removed (what a serving stack that skips special tokens shows)
+    tail: str = ""       # the whitespace the template writes after the header ("\n\n" for Llama 3)
+
+    @property
+    def plain(self) -> bool:
+        """A header of plain text only (``USER:``, ``### Instruction:``)."""
+        return self.rendered == self.stripped.strip()
 
 
 @dataclass
@@ -56,57 +98,69 @@ class ArtifactPatterns:
     """Everything the scan looks for, for one template; build with :func:`patterns_for`."""
 
     template: str
-    role_words: tuple[str, ...]
-    control_tokens: tuple[str, ...]         # every known control-token string (this template's and the registry's)
+    role_words: tuple[str, ...]             # this template's role words (what its headers leave when stripped)
+    control_tokens: tuple[str, ...]         # every known control-token string (this template's, the registry's)
     stop_strings: tuple[str, ...]           # this template's end-of-turn strings and EOS: allowed at the very end
     bos_token: str | None
     own_headers: tuple[Header, ...]         # this template's role headers
     foreign_headers: tuple[Header, ...]     # other templates' headers that differ from this template's
-    generation_prompt: str                  # rendered, trailing whitespace removed
+    generation_prompt: str                  # rendered, edge whitespace removed
     control_names: tuple[str, ...]          # mangled control-token names (start_header_id, im_start)
     stop_ids: frozenset[int] = frozenset()  # from a tokenizer, when one is given
     bos_id: int | None = None
+    own_controls: tuple[str, ...] = ()      # control tokens of this template and this tokenizer (text decisions)
+    special_ids: dict[int, str] = field(default_factory=dict)   # the tokenizer's special ids (id decisions)
+    header_ids: tuple[tuple[str, tuple[int, ...]], ...] = ()    # (role, ids) of this template's headers
+    reasoning: tuple[str, ...] = COMMON_REASONING   # reasoning markup that is an artifact for this template
+    tool_markers: tuple[str, ...] = COMMON_TOOL      # tool-call markers that are an artifact in a plain answer
     # compiled
     control_re: re.Pattern | None = field(default=None, repr=False)
-    role_end_re: re.Pattern | None = field(default=None, repr=False)
-    role_start_re: re.Pattern | None = field(default=None, repr=False)
-    foreign_re: re.Pattern | None = field(default=None, repr=False)        # headers holding control tokens
-    foreign_plain_re: re.Pattern | None = field(default=None, repr=False)  # plain-text headers, at a line start
+    own_re: re.Pattern | None = field(default=None, repr=False)
+    foreign_tok_re: re.Pattern | None = field(default=None, repr=False)
+    role_re: re.Pattern | None = field(default=None, repr=False)
     names_re: re.Pattern | None = field(default=None, repr=False)
-    continuation: tuple[tuple[str, str, re.Pattern | None, re.Pattern | None], ...] = field(default=(), repr=False)
-    gen_prompt_re: re.Pattern | None = field(default=None, repr=False)
+    reasoning_re: re.Pattern | None = field(default=None, repr=False)
+    tool_re: re.Pattern | None = field(default=None, repr=False)
+    plain_headers: tuple[tuple[Header, re.Pattern], ...] = field(default=(), repr=False)
 
     def compile(self) -> ArtifactPatterns:
         words = "|".join(map(re.escape, sorted(self.role_words, key=len, reverse=True)))
-        if words:
-            self.role_end_re = re.compile(rf"(?<![a-z])(?:{words})(?=[ \t]*(?:\n|$))")
-            self.role_start_re = re.compile(rf"\A\s*({words})(?=[ \t]*(?:\n|:|$)|[A-Z])")
-        self.control_re = _alternation(self.control_tokens)
-        ctl = [h.rendered for h in self.foreign_headers if any(t in h.rendered for t in self.control_tokens)]
-        plain = [h.rendered for h in self.foreign_headers if h.rendered not in ctl]
-        self.foreign_re = _alternation(ctl)
-        if plain:
-            alts = "|".join(map(re.escape, sorted(set(plain), key=len, reverse=True)))
-            self.foreign_plain_re = re.compile(rf"(?m)^[ \t]*(?:{alts})")
+        # a role word ends a word: "assistantship" is not one
+        self.role_re = re.compile(rf"(?:{words})(?![A-Za-z])") if words else None
+        self.control_re = _alternation([*self.control_tokens, *self.own_controls])
+        self.own_re = _alternation(self.own_controls)
+        own = set(self.own_controls)
+        foreign = {t for t in self.control_tokens if t not in own and not taglike(t)}
+        foreign |= {t for t in COMMON_HEADERS if not t.startswith("#")}
+        foreign -= set(self.reasoning) | set(self.tool_markers)
+        self.foreign_tok_re = _alternation(foreign)
         if self.control_names:
             alts = "|".join(map(re.escape, sorted(self.control_names, key=len, reverse=True)))
-            self.names_re = re.compile(rf"(?<![A-Za-z0-9])(?:{alts})(?![A-Za-z0-9])")
-        cont = []
-        for h in self.own_headers:
-            if h.role in ("assistant", "model"):
+            self.names_re = re.compile(rf"(?<![A-Za-z0-9_])(?:{alts})(?![A-Za-z0-9_])")
+        self.reasoning_re = _alternation(self.reasoning)
+        self.tool_re = _alternation(self.tool_markers)
+        plain = []
+        for h in (*self.own_headers, *self.foreign_headers):
+            if h.plain and h.rendered and not _WORD.match(h.rendered):
+                plain.append(h)
+        for s in COMMON_HEADERS:
+            if s.startswith("#"):
+                plain.append(Header("common", s[4:-1].lower(), s, s))
+        seen: set[str] = set()
+        out = []
+        for h in plain:
+            if h.rendered in seen:
                 continue
-            rendered = re.compile(re.escape(h.rendered)) if h.rendered and h.rendered != h.stripped.strip() else None
-            # the stripped form (``user\n\n``) must start at a boundary and be followed by the turn's text
-            stripped = None
-            word = h.stripped.strip()
-            if word:
-                stripped = re.compile(rf"(?<![a-z ])({re.escape(h.stripped.lstrip())})(?=[ \t]*\S)")
-            cont.append((h.role, h.rendered, rendered, stripped))
-        self.continuation = tuple(cont)
-        gp = self.generation_prompt
-        self.gen_prompt_re = re.compile(re.escape(gp)) if gp and gp != _strip_all(gp, self.control_tokens).strip() \
-            else None
+            seen.add(h.rendered)
+            body = h.rendered.rstrip(":").strip()
+            # "### Instruction:" also bare ("### Instruction" ending a line); never "### Instructions"
+            pat = re.escape(body) + (r"(?::|(?=[ \t]*(?:\n|\Z)))" if h.rendered.endswith(":") else r"(?![A-Za-z])")
+            out.append((h, re.compile(pat)))
+        self.plain_headers = tuple(out)
         return self
+
+    def is_own(self, tok: str) -> bool:
+        return tok in self.own_controls
 
     # -------------------------------------------------------------------------------------------- stripped view
     def strip_controls(self, text: str) -> tuple[str, list[int], list[int]]:
@@ -140,50 +194,63 @@ class ArtifactPatterns:
 def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: Any = None) -> ArtifactPatterns:
     """Artifact patterns for the template ``meta`` (a ``TemplateMeta``).
 
-    ``known`` is the metadata of every other template whose control tokens and headers count as artifacts
-    (default: the registry). ``tokenizer`` (a ``tmplcheck.validator.tokenizer.Tokenizer``) adds stop ids and the BOS
-    id for the id-based checks.
+    ``known`` is the metadata of every other template whose headers count as foreign artifacts (default: the
+    registry). ``tokenizer`` (a ``tmplcheck.validator.tokenizer.Tokenizer``) adds its special ids, stop ids and the
+    BOS id for the id-based decisions, and its special-token strings to this template's control tokens.
     """
     others = list(known) if known is not None else known_templates()
-    controls: set[str] = set()
-    for m in [meta, *others]:
-        controls.update(t for t in (m.special_tokens or ()) if t)
-        controls.update(t for t in (m.end_of_turn or ()) if t)
-        for t in (m.bos_token, m.eos_token):
-            if t:
-                controls.add(t)
+
+    def tokens_of(m: Any) -> set[str]:
+        s = {t for t in (m.special_tokens or ()) if t} | {t for t in (m.end_of_turn or ()) if t}
+        return s | {t for t in (m.bos_token, m.eos_token) if t}
+
+    own_ctl = tokens_of(meta)
+    special_ids: dict[int, str] = {}
+    if tokenizer is not None:
+        for i in sorted(getattr(tokenizer, "special_ids", ()) or ()):
+            s = tokenizer.id_to_token(i)
+            if s:
+                special_ids[i] = s
+        own_ctl |= set(special_ids.values())
+    controls = set(own_ctl)
+    for m in others:
+        controls |= tokens_of(m)
 
     def headers_of(m: Any) -> list[Header]:
         out = []
         for role, h in (m.role_headers or {}).items():
-            if not h:
+            if not h or not h.strip():
                 continue
-            out.append(Header(m.name, role, h.rstrip(), _strip_all(h, controls)))
+            body = h.strip()
+            out.append(Header(m.name, role, body, _strip_all(h, controls), h[len(h.rstrip()):]))
         return out
 
     own = headers_of(meta)
-    own_rendered = {h.rendered for h in own} | {meta.generation_prompt.rstrip()} if meta.generation_prompt else \
-        {h.rendered for h in own}
+    gp = (meta.generation_prompt or "").strip()
+    own_rendered = {h.rendered for h in own} | ({gp} if gp else set())
     foreign: dict[str, Header] = {}
     words: set[str] = set()
-    for m in [meta, *others]:
+    for h in own:
+        w = h.stripped.strip()
+        # a role word is what a header leaves once its control tokens are skipped: plain-text headers
+        # ("USER:") leave nothing behind, they are header fragments
+        if _WORD.match(w) and w != h.rendered and w.islower():
+            words.add(w)
+    for m in others:
+        if m.name == meta.name:
+            continue
         for h in headers_of(m):
-            w = h.stripped.strip()
-            # a role word is what a header leaves once its control tokens are skipped: plain-text headers
-            # ("USER:") leave nothing behind, they are header fragments (A004)
-            if _WORD.match(w) and w != h.rendered.strip() and w.islower():
-                words.add(w)
-            if m is meta or h.rendered in own_rendered or h.rendered in foreign:
+            if h.rendered in own_rendered or h.rendered in foreign:
                 continue
             distinctive = any(t in h.rendered for t in controls) or (
-                len(h.rendered) >= 4 and not _WORD.match(h.rendered.strip()))
-            # a header that is only a bare role word is the role-word checks' business
+                len(h.rendered) >= 4 and not _WORD.match(h.rendered))
             if distinctive and not any(h.rendered in o for o in own_rendered):
                 foreign[h.rendered] = h
     stop = tuple(t for t in (*(meta.end_of_turn or ()), meta.eos_token) if t)
     names = sorted({n for t in controls if (n := _inner_name(t))})
     stop_ids: frozenset[int] = frozenset()
     bos_id = None
+    header_ids: list[tuple[str, tuple[int, ...]]] = []
     if tokenizer is not None:
         ids = set(getattr(tokenizer, "stop_ids", ()) or ())
         for t in stop:
@@ -191,11 +258,22 @@ def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: An
             if i is not None:
                 ids.add(i)
         stop_ids = frozenset(ids)
+        stop += tuple(special_ids[i] for i in sorted(stop_ids) if i in special_ids and special_ids[i] not in stop)
         if meta.bos_token:
             bos_id = tokenizer.token_to_id(meta.bos_token)
         if bos_id is None:
             bos_id = getattr(tokenizer, "bos_id", None)
-    pats = ArtifactPatterns(
+        for h in own:
+            try:
+                hid = tuple(tokenizer.encode(h.rendered, add_special_tokens=False).ids)
+            except Exception:  # a header the tokenizer cannot encode has no id form
+                continue
+            if hid and any(i in special_ids for i in hid):
+                header_ids.append((h.role, hid))
+    # markup the template writes itself is its own business (a reasoning template's <think>)
+    reasoning = tuple(t for t in COMMON_REASONING if t not in (meta.special_tokens or ()))
+    tool = tuple(t for t in COMMON_TOOL if t not in (meta.special_tokens or ()))
+    return ArtifactPatterns(
         template=meta.name,
         role_words=tuple(sorted(words)),
         control_tokens=tuple(sorted(controls, key=len, reverse=True)),
@@ -203,9 +281,13 @@ def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: An
         bos_token=meta.bos_token or None,
         own_headers=tuple(own),
         foreign_headers=tuple(foreign.values()),
-        generation_prompt=(meta.generation_prompt or "").rstrip(),
+        generation_prompt=gp,
         control_names=tuple(names),
         stop_ids=stop_ids,
         bos_id=bos_id,
+        own_controls=tuple(sorted(own_ctl, key=len, reverse=True)),
+        special_ids=special_ids,
+        header_ids=tuple(header_ids),
+        reasoning=reasoning,
+        tool_markers=tool,
     ).compile()
-    return pats
