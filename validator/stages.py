@@ -21,10 +21,13 @@ def build_stages(cfg: StageConfig) -> list:
     """The stage factories. With both a template and a tokenizer, the token stage carries the template stage's
     per-row work in its batches and process pool (each row rendered once for both), so both use every core."""
     stages: list = []
+    # without llama-cpp-python (or with one that cannot import: a missing dependency such as diskcache, a shared
+    # library that does not load) the gate still runs; the llama.cpp checks are reported as not run, once per file
+    no_llama = llama_cpp_unavailable() if (cfg.template is not None or cfg.tokenizer is not None) else None
     if cfg.template is not None:
-        stages.append(template_stage_factory(cfg))
+        stages.append(template_stage_factory(cfg, cross=no_llama is None))
     if cfg.tokenizer is not None:
-        stages.append(token_stage_factory(cfg))
+        stages.append(token_stage_factory(cfg, llama_cpp=no_llama is None))
     if len(stages) == 2 and (cfg.extra or {}).get("share", True):
         make_t, make_k = stages
         made: dict[str, object] = {}
@@ -37,35 +40,79 @@ def build_stages(cfg: StageConfig) -> list:
             st = make_k(path)
             ts = made.pop(path, None)
             if ts is not None:
+                ts.audit_tokenizer = st.pipeline.tokenizer   # the audit's vocabulary check (T016)
                 st.attach(ts)
             return st
 
         stages = [template_make, token_make]
+    if no_llama is not None:
+        skipped = (["X codes (HF vs llama.cpp render)"] if cfg.template is not None else []) + (
+            ["K010 (llama.cpp token ids)"] if cfg.tokenizer is not None else [])
+        stages.append(lambda path: LlamaCppNotRun(path, no_llama, skipped))
     return stages
 
 
-def token_stage_factory(cfg: StageConfig):
+def llama_cpp_unavailable() -> str | None:
+    """Why llama-cpp-python cannot be used in this environment, or None when it imports."""
+    try:
+        import llama_cpp  # noqa: F401, PLC0415 - the binding the X and K010 checks need
+    except Exception as e:  # noqa: BLE001 - ImportError (it or a dependency missing), OSError (its library)
+        return f"llama_cpp cannot be imported ({type(e).__name__}: {e})"
+    return None
+
+
+class LlamaCppNotRun:
+    """Says, once per file, that the llama.cpp checks did not run and why (a gate stage with no row work)."""
+
+    name = "llamacpp"
+
+    def __init__(self, path: str, reason: str, skipped: list[str]):
+        self.path, self.reason, self.skipped = path, reason, skipped
+
+    def prepare(self) -> list:
+        return []
+
+    def chunk_worker(self):
+        return None
+
+    def take(self, info, payload) -> list:
+        return []
+
+    def check(self, conv) -> list:
+        return []
+
+    def finish(self) -> list:
+        return []
+
+    def summary(self) -> dict[str, Any]:
+        what = " and ".join(self.skipped)
+        return {"ran": False, "reason": self.reason, "not_run": self.skipped,
+                "headline": f"not run: {what}; {self.reason}"}
+
+
+def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
     """``--tokenizer`` (with ``--template``, else the tokenizer's own chat template, else the registry's default
     template for that tokenizer) → a factory for the gate's token stage. Loads both once, up front."""
     from tmplcheck.validator.token_stage import TokenStage, resolve_template
     from tmplcheck.validator.tokenizer import load_tokenizer
 
     # llama.cpp's vocabulary (for K010) loads in a background thread while the HF tokenizer does
-    tokenizer = load_tokenizer(cfg.tokenizer, prefetch_llama_cpp=True)
+    tokenizer = load_tokenizer(cfg.tokenizer, prefetch_llama_cpp=llama_cpp)
     template = resolve_template(cfg.template, tokenizer)
     extra = cfg.extra or {}
     jobs = extra.get("jobs")
 
     def make(path: str):
         return TokenStage(path, template, tokenizer, max_length=cfg.max_length, jobs=jobs,
-                          llamacpp_vocab=str(tokenizer.gguf_path) if getattr(tokenizer, "gguf_path", None) else None,
+                          llamacpp_vocab=str(tokenizer.gguf_path) if llama_cpp and getattr(tokenizer, "gguf_path",
+                                                                                          None) else None,
                           tokenizer_name=str(cfg.tokenizer),
                           add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True))
 
     return make
 
 
-def template_stage_factory(cfg: StageConfig):
+def template_stage_factory(cfg: StageConfig, *, cross: bool = True):
     """``--template`` → a factory for the gate's template stage (T codes, and X codes from the llama.cpp
     comparison). Loads the template once, up front, so a bad spec fails before any row is read."""
     from tmplcheck.templates import load_template
@@ -75,6 +122,6 @@ def template_stage_factory(cfg: StageConfig):
     fill = (cfg.extra or {}).get("fill", True)
 
     def make(path: str):
-        return TemplateStage(path, template, fill=fill)
+        return TemplateStage(path, template, fill=fill, cross=cross)
 
     return make
