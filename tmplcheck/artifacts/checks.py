@@ -32,7 +32,8 @@ _FENCE = re.compile(r"(?ms)^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1|\Z)")
 _TICKS = re.compile(r"(`+)[^`\n]+?\1")
 _QUOTES = re.compile(r'"[^"\n]{1,200}"|“[^”\n]{1,200}”|(?<![A-Za-z0-9])\'[^\'\n]{1,200}\'(?![A-Za-z0-9])')
 _SPEAKER = re.compile(r"(?m)^[ \t]*([A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)?):")
-_TAG_PAIR = re.compile(r"<([A-Za-z][A-Za-z0-9]*)>[^\n]+?</\1>")
+# an HTML-style pair (<s>struck</s>), on one line or around a block; the opening tag not glued to another tag
+_TAG_PAIR = re.compile(r"(?<![>\]])<([A-Za-z][A-Za-z0-9]*)>(?!<)(?:(?!</?\1>).){1,2000}?</\1>", re.S)
 
 
 @dataclass
@@ -91,7 +92,9 @@ class Context:
         self.code = [m.span() for m in _FENCE.finditer(text)]
         self.code += [m.span() for m in _TICKS.finditer(text) if not self._inside(m.start(), m.end(), self.code)]
         self.quotes = [m.span() for m in _QUOTES.finditer(text)]
-        self.pairs = [m.span() for m in _TAG_PAIR.finditer(text)]
+        # a pair around chat markup is not HTML ("<s>[INST] ... [/INST] answer</s>")
+        self.pairs = [m.span() for m in _TAG_PAIR.finditer(text)
+                      if not (pats.control_re and pats.control_re.search(text, m.start() + 3, m.end() - 4))]
         self.by_ids = bool(pats.special_ids) and gen.output_ids is not None
         self.basis = "ids" if self.by_ids else "text"
         self.shielded: list[tuple[int, int, str, str]] = []   # (start, end, what, where) in code or quotes
@@ -112,10 +115,15 @@ class Context:
         return None
 
     def mention(self, a: int, b: int) -> bool:
-        """[a, b) is named in a sentence: a word and a space before, a space and more text (or punctuation) after."""
+        """[a, b) is named in a sentence: a word and a space before, a space and more text (or punctuation) after;
+        or it opens the answer as the subject of a sentence ("<|end|> is the token that...")."""
         t = self.text
+        after = t[b:b + 24]
+        if not t[:a].strip():
+            return bool(re.match(r"[ \t]+[a-z]", after)) and not (
+                self.pats.role_re and self.pats.role_re.match(after.lstrip(" \t")))
         return bool(re.search(r"[A-Za-z0-9,;:(][ \t]+\Z", t[max(0, a - 40):a])) and bool(
-            re.match(r"[ \t]+[^\s]|[,.;:)]", t[b:b + 3]))
+            re.match(r"[ \t]+[^\s]|[,.;:)]", after))
 
     def tag_paired(self, a: int, b: int) -> bool:
         """[a, b) opens or closes an HTML-style pair on its line (``<s>struck</s>``)."""
@@ -318,7 +326,8 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
         word = m.group()
         after = text[j:]
         if i == first:
-            if re.match(r"[ \t]*(?:\n|:|\Z)|[A-Z]", after):
+            # a header's role word with the answer after it; a role word that is the whole output is an answer
+            if re.match(r"[ \t]*(?:\n|:)\s*\S|[A-Z]", after):
                 a, b = ctx.span(i, j)
                 if ctx.keep(a, b, word) or ctx.by_ids and role_of.get(word) in ids_roles:
                     yield _at(gen, "A002", f"output starts with the role word {word!r}: {_snip(gen.output, a, b)}",
