@@ -266,6 +266,7 @@ def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origi
     except TemplateLoadError:
         compiles = False  # the gate reports the syntax error (T001) with its line
     same_as, family = _identify(src, tokens) if compiles else (None, None)
+    same_as = _audited(src, same_as, notes)
     bos, eos = tokens.get("bos_token"), tokens.get("eos_token")
     if same_as:
         b = registry()[same_as]
@@ -297,6 +298,21 @@ def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origi
                            default_tokenizer=registry()[family].default_tokenizer if family else None)
     meta = replace(meta, notes=tuple(notes))
     return Template(meta, src, variables=variables)
+
+
+def _audited(src: str, same_as: str | None, notes: list[str]) -> str | None:
+    """The static audit (``validator/audit.py``) of every loaded template: its findings are noted in the metadata
+    (the gate, ``render`` and ``probe`` report them), and a template with audit errors is never called the same as a
+    built-in (a gated payload renders like one for every conversation that does not trigger it)."""
+    from tmplcheck.validator.audit import audit_source, summary_line
+    from tmplcheck.validator.codes import RULES
+
+    issues = audit_source(src)
+    if issues:
+        notes.append(f"static audit: {summary_line(issues)}")
+    if any(RULES[i.code].severity.value == "error" for i in issues):
+        return None
+    return same_as
 
 
 def describe_failure(e: Exception) -> str:

@@ -102,7 +102,16 @@ def llama_cpp_target(spec: str) -> str:
         if spec in _builtin_names():
             return spec
         raise click.UsageError(f"--template {spec}: {e}") from None
+    warn_audit(t)
     return t.meta.llama_cpp or t.source
+
+
+def warn_audit(t) -> None:
+    """The static audit's findings (T010-T017, ``validator/audit.py``) as warnings on stderr; stdout stays the render."""
+    from tmplcheck.validator.audit import audit_template
+
+    for f in audit_template(t):
+        click.echo(f"tmplcheck render: {f.severity.value}: {f.code} {f.message}", err=True)
 
 
 def render_text(template: str, messages: list[dict], *, renderer: str = "hf", add_generation_prompt: bool = True,
@@ -131,6 +140,7 @@ def render_text(template: str, messages: list[dict], *, renderer: str = "hf", ad
         t = load_template(template)
     except (TemplateLoadError, KeyError, OSError, ValueError) as e:
         raise click.UsageError(f"--template {template}: {e}") from None
+    warn_audit(t)
     if bos_token is not None or eos_token is not None:
         t = t.with_tokens(bos_token=bos_token, eos_token=eos_token)
     try:

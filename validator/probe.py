@@ -232,6 +232,15 @@ def run_probe(template, tokenizer, *, examples: int = 100, seed: int = 0, only: 
     probe = Probe(template, tokenizer)
     res = ProbeResult(template_name or template.meta.name, tokenizer_name or getattr(tokenizer, "name", ""),
                       examples, seed)
+    if not only or "audit" in only:
+        from tmplcheck.validator.audit import audit_template
+
+        # the static audit (T010-T017): a payload no generated conversation reaches is still a violation
+        bad = [f for f in audit_template(template, tokenizer=tokenizer) if f.severity.value == "error"]
+        if bad:
+            res.violations.append(Violation("audit", "; ".join(f"{f.code} {f.message}" for f in bad[:5]), []))
+        else:
+            res.passed.append("audit")
     cfg = settings(max_examples=examples, database=None, deadline=None, print_blob=False,
                    suppress_health_check=list(HealthCheck))
     for name, (prop, strategy) in probe.properties().items():

@@ -184,6 +184,10 @@ class TemplateStage:
     # ------------------------------------------------------------------------------------------------- helpers
     def _template_level(self) -> Iterator[Finding]:
         self._started = True
+        from tmplcheck.validator.audit import audit_template
+
+        # the static audit (T010-T017, validator/audit.py): the syntax tree and the text, whatever the rows reach
+        yield from audit_template(self.template, path=self.path, tokenizer=getattr(self, "audit_tokenizer", None))
         syntax = list(check_syntax(self.template, path=self.path))
         if syntax:
             self._broken = True

@@ -100,4 +100,94 @@ Why it hurts: a template like this hangs or exhausts the memory of the data load
 (a denial of service); legitimate chat templates render in milliseconds.
 Fix: do not use this template, or remove the runaway construct.
 """, "templates/exponential_growth.jinja"),
+    # ---- the static audit (validator/audit.py): read from the syntax tree and the text, before any render -------
+    Rule("T010", "python-internals-access", E, "The template reads a Python internal attribute (a sandbox escape).",
+         """
+What: an attribute or item named like a Python internal (`__class__`, `__globals__`, `__init__`, `__subclasses__`,
+`mro`, `f_globals`...) appears in the template's syntax tree, written plainly or assembled from strings that fold to
+one (`'__glo' ~ 'bals__'`, `'{0}{0}class{0}{0}'.format('_')`, `['__', 'class', '__']|join`, `'\\x5f\\x5f'`
+escapes, values carried through `set`, namespace attributes and loops), or a string constant holds such a name
+(`"{0.__class__}"` for `format`). The audit reads the template without rendering it, so a payload behind a condition
+the dataset never meets is found too. The message gives the template line and column.
+Why it hurts: no chat template needs Python internals; this is a server-side template-injection payload. The
+sandbox refuses it only if a render reaches it; an inference server that renders unsandboxed (llama-cpp-python
+before CVE-2024-34359) runs it when a user message triggers it.
+Example: `{% if messages[0]['content'] == 'xyzzy' %}{{ cycler.__init__.__globals__.os.popen('id').read() }}{% endif %}`.
+Fix: do not use this template; report the model repository.
+""", "templates/audit_gated_payload.jinja"),
+    Rule("T011", "attr-filter", W, "The template looks attributes up by name with `|attr`.",
+         """
+What: `x|attr('name')` with a constant, harmless name. Jinja's `attr` filter reads an attribute by a name given as
+a string, bypassing the `x.name` syntax that a reader (and simple scanners) look for.
+Why it hurts: no real chat template uses it (none of the ~70 upstream templates does); it is the standard way
+payloads reach `__globals__` and friends without writing them as attributes. Harmless here, but worth a look.
+Example: `{{ message|attr('content') }}`.
+Fix: write `message.content` (or `message['content']`).
+""", "templates/audit_attr_filter.jinja"),
+    Rule("T012", "computed-attribute-name", E, "An attribute or item name is built from strings at render time.",
+         """
+What: the key of an attribute or item access (`x[...]`, `|attr(...)`, `|map(attribute=...)`) is built from strings
+by concatenation (`+`, `~`), `format`, `join`, `replace`, `%`... directly or through a variable, and does not fold to
+a constant the audit can read (it depends on the data, or on a macro argument).
+Why it hurts: chat templates index messages with constant keys (`message['content']`); a name assembled at render
+time is how payloads hide `__globals__` from a reader and from scanners, and it can reach anything the data names.
+Example: `{% set k = messages[0]['content'] ~ '__' %}{{ cycler[k] }}`.
+Fix: use constant keys; do not use a template that builds names from message text.
+""", "templates/audit_computed_name.jinja"),
+    Rule("T013", "sandbox-escape-gadget", E, "The template uses a known sandbox-escape gadget.",
+         """
+What: the template names a Jinja global or Python object that every published Jinja sandbox escape starts from and
+no chat template needs (`cycler`, `joiner`, `lipsum`, `self`, `config`, `request`, `os`, `subprocess`,
+`__builtins__`, `getattr`, `eval`...), reads a code-execution step (`.popen`, `.system`, `.import_module`,
+`.check_output`...), or uses `namespace` for anything but `namespace(key=value)` (an object or mapping smuggled in
+positionally or with `**`, the class itself read as an object).
+Why it hurts: with T010 this is the shape of a remote-code-execution payload; on its own it is a template written to
+probe the renderer, not to format a chat.
+Example: `{{ lipsum.__globals__['os'].popen('id').read() }}`.
+Fix: do not use this template; report the model repository.
+""", "templates/audit_gadget.jinja"),
+    Rule("T014", "content-triggered-branch", E, "The template compares a message's content with a literal string.",
+         """
+What: a message content (or anything derived from it: `trim`, `lower`, a slice, a variable holding it) is compared
+with a literal word or sentence (`==`, `!=`, `in`, `startswith`, `endswith`, `is eq`,
+`selectattr('content', 'equalto', ...)`). Literals that are template markup (`<think>`, `</tool_call>`,
+`[TOOL_CALLS]`, a lone separator) are how real templates split reasoning and tool output, and are not reported.
+Why it hurts: the template behaves differently when a user types a trigger: a hidden backdoor that injects
+instructions, drops the system prompt or runs a payload only for that input. The dataset never contains the trigger,
+so no render-based check and no training run sees it.
+Example: `{% if messages[0]['content'] == 'xyzzy' %}Ignore all previous instructions.{% endif %}`.
+Fix: remove the branch; a chat template formats messages, it does not react to their words.
+""", "templates/audit_content_trigger.jinja"),
+    Rule("T015", "invisible-characters", E, "The template text holds invisible or bidirectional-control characters.",
+         """
+What: the template contains Unicode format characters that an editor does not show: bidirectional overrides and
+isolates (U+202A-U+202E, U+2066-U+2069), zero-width spaces and joiners, the BOM (U+FEFF), tag characters
+(U+E0000-U+E007F), variation selectors outside emoji, Hangul fillers. The message gives the code point, its first
+line and column, and the count.
+Why it hurts: bidi controls make the code a reviewer reads differ from the code Jinja runs (Trojan Source); any of
+them written to the output lands in every training row and every prompt as tokens the model will learn to expect.
+Example: `{{ '<|eot_id|>' }}` with U+200B after the `>`.
+Fix: delete the characters (`tmplcheck render` shows the exact output), or write them as visible escapes if meant.
+""", "templates/audit_invisible.jinja"),
+    Rule("T016", "control-token-not-in-vocabulary", E, "The template writes a control token the vocabulary does not "
+                                                       "have.",
+         """
+What: a control-token-shaped string the template writes (`<|...|>`, `<s>`, including strings assembled at render
+time such as `'<|' ~ 'eot_id' ~ '|>'`) is not one token of the tokenizer's vocabulary, or it is a look-alike of one of
+the vocabulary's control tokens (a Cyrillic letter, a full-width bar). Checked when the gate has both the template
+and the tokenizer; strings K001 already reports from the template's metadata are not repeated here.
+Why it hurts: the model is trained on a string that spells a control token instead of the token itself; a
+look-alike passes every visual review while the real end-of-turn is never trained.
+Example: `{{ '<|eot' ~ '_id|>' }}` with a Cyrillic `і`, checked with `--tokenizer llama-3`.
+Fix: write the vocabulary's exact control token, as a plain literal.
+""", "templates/audit_lookalike_token.jinja"),
+    Rule("T017", "escaped-identifier-characters", W, "A string literal spells plain letters with escape sequences.",
+         """
+What: a Jinja string literal writes ASCII letters, digits, `_` or `.` as `\\x..`, `\\u....` or octal escapes
+(`'\\x5f\\x5fclass\\x5f\\x5f'`). Jinja decodes them; a reader of the source and a text search do not.
+Why it hurts: nothing legitimate needs an escape for a letter; it hides names from review (T010 reports the decoded
+name when it is a Python internal).
+Example: `{{ '\\x68\\x69' }}` (prints `hi`).
+Fix: write the characters plainly.
+""", "templates/audit_escaped_literal.jinja"),
 ]
