@@ -122,6 +122,8 @@ class Context:
         if not t[:a].strip():
             return bool(re.match(r"[ \t]+[a-z]", after)) and not (
                 self.pats.role_re and self.pats.role_re.match(after.lstrip(" \t")))
+        if _SUBJECT.match(after) and re.search(r"[.!?:][ \t]+\Z", t[max(0, a - 4):a]):
+            return True  # "Yes. <|eot_id|> is a special token": the subject of a new sentence
         return bool(re.search(r"[A-Za-z0-9,;:(][ \t]+\Z", t[max(0, a - 40):a])) and bool(
             re.match(r"[ \t]+[^\s]|[,.;:)]", after))
 
@@ -170,6 +172,9 @@ class Context:
         return body in names and len(names) >= 2 and any(n not in _HEADER_NAMES for n in names)
 
 
+# a token followed by one of these is what a sentence is about, not a leak
+_SUBJECT = re.compile(r"[ \t]+(?:is|are|was|were|marks|means|ends|closes|opens|starts|separates|denotes|tells|"
+                      r"must|should|can|cannot|never|always)\b")
 _HEADER_NAMES = {"USER", "ASSISTANT", "SYSTEM", "Human", "Assistant", "User", "System"}
 
 
@@ -338,6 +343,8 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
         line_before = text[text.rfind("\n", 0, i) + 1:i]
         prev = text[i - 1]
         confirmed = ctx.by_ids and role_of.get(word) in ids_roles
+        if ctx.by_ids and pats.header_ids and not confirmed:
+            continue  # the ids hold no such header: the model wrote the word
         if line_before.strip() == "":
             pass  # alone on its line
         elif prev in " \t":
@@ -346,8 +353,6 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
             stem = re.search(r"[A-Za-z]*\Z", line_before).group()
             if stem.lower() in WORD_PREFIXES and not confirmed:
                 continue  # "subsystem", "superuser"
-            if ctx.by_ids and not confirmed and not stem.isupper():
-                continue  # the ids hold no header: a glued word is a word
         a, b = ctx.span(i, j)
         if not (ctx.keep(a, b, word) or confirmed):
             continue
