@@ -152,3 +152,39 @@ def test_html_renders_in_chromium_and_matches_json(report, tmp_path):
     assert float(curve["data-last"]) == data["metrics"]["loss"][-1]["loss"]
     assert d.marks >= len(data["examples"]) and d.ctl > 0  # artifacts highlighted, control tokens visible
     assert "passed" in d.ids["gate"]["text"] and "train.jsonl" in d.ids["approval"]["text"]
+
+
+def test_report_decides_on_the_runs_ids(tmp_path):
+    """With the run's tokenizer saved, the report judges control tokens on the generations' ids: literal text that
+    looks like a token is text; a real special id is a control token, even where the text hides it."""
+    from tmplcheck import assets
+    from tmplcheck.artifacts.report import build_report
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    run = tmp_path / "run"
+    (run / "tokenizer").mkdir(parents=True)
+    src = assets.builtin_tokenizer_dir("llama-3")
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (src / f).is_file():
+            shutil.copy(src / f, run / "tokenizer" / f)
+    (run / "run.json").write_text(json.dumps({"template": {"name": "llama-3"}, "stop_ids": [128009, 128001]}))
+    tok = load_tokenizer("llama-3")
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    prompt = [{"role": "user", "content": "Hi"}]
+    literal = enc("The string <|") + enc("eot_id|> is text here.") + [128009]
+    real = enc("Hi!") + [128009] + enc("<|start_header_id|>user<|end_header_id|>\n\nmore")
+    rows = [
+        {"prompt": prompt, "output": tok.decode(literal), "output_skipped": tok.decode(literal, skip_special_tokens=True),
+         "output_ids": literal, "finish_reason": "stop", "mode": "greedy", "eval_line": 1},
+        {"prompt": prompt, "output": tok.decode(real), "output_skipped": tok.decode(real, skip_special_tokens=True),
+         "output_ids": real, "finish_reason": "stop", "mode": "greedy", "eval_line": 2},
+    ]
+    gens = tmp_path / "gens.jsonl"
+    gens.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = build_report(run, generations_file=gens)
+    by_line: dict[int, set[str]] = {}
+    for f in rep.result.findings:
+        by_line.setdefault(f.line, set()).add(f.code)
+    assert 1 not in by_line and 2 not in by_line            # the literal look-alike, kept and skipped
+    assert {"A003", "A005"} <= by_line[3] and {"A003", "A005"} <= by_line[4]   # real ids, kept and skipped
+    assert rep.data["scan"]["basis"] == {"ids": 4, "text": 0}

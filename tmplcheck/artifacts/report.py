@@ -36,7 +36,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return self.result.exit_code
+        return max(self.result.exit_code, int(not (self.data.get("stop_check") or {}).get("passed", True)))
 
 
 def _read_json(p: Path, what: str) -> Any:
@@ -82,6 +82,78 @@ def _stop_ids(run: dict, run_dir: Path) -> list[int]:
     if isinstance(ids, int):
         ids = [ids]
     return [int(i) for i in (ids or [])]
+
+
+def check_stop_ids(run_dir: Path, run: dict, template: Any) -> dict[str, Any]:
+    """Does every saved generation config (``model/``, and ``merged/`` when there is one) stop on every end-of-turn
+    id? The end-of-turn ids are the template's end-of-turn strings in the run's tokenizer plus the stop ids
+    ``run.json`` says the trainer wrote. ``passed`` is False when a config is missing or lacks one of them: a
+    served model would not stop at the end of its answer (what K005 warns about before training)."""
+    expected: dict[int, str] = {}
+    notes: list[str] = []
+    if (run_dir / "tokenizer").is_dir() and template.meta.end_of_turn:
+        from tmplcheck.trainer.special import single_id
+        from tmplcheck.validator.tokenizer import load_tokenizer
+
+        try:
+            tok = load_tokenizer(str(run_dir / "tokenizer"))
+            for s in template.meta.end_of_turn:
+                i = single_id(tok, s)
+                if i is None:
+                    notes.append(f"the run's tokenizer has no single id for the end-of-turn {s!r}")
+                else:
+                    expected.setdefault(int(i), s)
+        except Exception as e:  # noqa: BLE001 - fall back on run.json's stop ids, and say so
+            notes.append(f"the run's tokenizer could not be loaded ({type(e).__name__}: {e})")
+    for i in run.get("stop_ids") or []:
+        if isinstance(i, int):
+            expected.setdefault(i, "run.json stop id")
+    saved: dict[str, list[int] | None] = {}
+    for sub in ("model", "merged"):
+        p = run_dir / sub / "generation_config.json"
+        if sub == "merged" and not (run_dir / sub).is_dir():
+            continue
+        gc = _read_json(p, "generation config")
+        ids = None if not isinstance(gc, dict) else gc.get("eos_token_id")
+        saved[sub] = [ids] if isinstance(ids, int) else ([int(x) for x in ids if isinstance(x, int)]
+                                                          if isinstance(ids, list) else None)
+    problems = []
+    for sub, ids in saved.items():
+        if ids is None:
+            problems.append(f"{sub}/generation_config.json is missing or has no eos_token_id")
+            continue
+        miss = sorted(set(expected) - set(ids))
+        if miss:
+            problems.append(f"{sub}/generation_config.json stops on {ids} but not on "
+                            + ", ".join(f"{i} ({expected[i]})" for i in miss))
+    if not expected:
+        notes.append("no end-of-turn id is known for this run (template without end-of-turn strings, no stop ids "
+                     "in run.json): nothing to compare")
+    passed = not problems
+    msg = ("every saved generation config stops on every end-of-turn id "
+           f"({', '.join(f'{i} {s}' for i, s in sorted(expected.items()))})" if passed and expected
+           else "; ".join(problems) or notes[-1])
+    return {"passed": passed, "end_of_turn": {str(i): s for i, s in sorted(expected.items())}, "saved": saved,
+            "problems": problems, "notes": notes, "message": msg}
+
+
+def _run_patterns(run_dir: Path, template: Any) -> ArtifactPatterns:
+    """Patterns with the run's own tokenizer, so control tokens, BOS and headers are decided on the generations'
+    ids (every generated row has them); from text alone when the tokenizer cannot be loaded."""
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    tok = None
+    if (run_dir / "tokenizer").is_dir():
+        try:
+            tok = load_tokenizer(str(run_dir / "tokenizer"))
+        except Exception:  # the ids are an extra; the text checks still run (the summary says so)
+            tok = None
+    pats = patterns_for(template.meta, tokenizer=tok)
+    if tok is not None and pats.bos_id is None:
+        tok_cfg = _read_json(run_dir / "tokenizer" / "tokenizer_config.json", "tokenizer config") or {}
+        bos = tok_cfg.get("bos_token") if isinstance(tok_cfg.get("bos_token"), str) else None
+        pats.bos_id = tok.token_to_id(bos) if bos else None
+    return pats
 
 
 def scan_views(rows: Sequence[dict], pats: ArtifactPatterns, *, thresholds: dict[str, float] | None = None,
@@ -179,18 +251,10 @@ def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict
         model, tokenizer, _ = load_run(run_dir)
         rows = generate(model, tokenizer, template, prompts, stops, cfg)
         write_generations(rows, gen_path)
-    pats = patterns_for(template.meta)
+    pats = _run_patterns(run_dir, template)
     pats.stop_ids = frozenset(stops) | pats.stop_ids
-    tok_cfg = _read_json(run_dir / "tokenizer" / "tokenizer_config.json", "tokenizer config") or {}
-    bos = template.meta.bos_token or (tok_cfg.get("bos_token") if isinstance(tok_cfg.get("bos_token"), str) else None)
-    if bos:
-        from tmplcheck.validator.tokenizer import load_tokenizer
-
-        try:
-            pats.bos_id = load_tokenizer(str(run_dir / "tokenizer")).token_to_id(bos)
-        except Exception:  # the id check is an extra; the text check still runs
-            pats.bos_id = None
     result, scanned = scan_views(rows, pats, thresholds=thresholds, warn_only=warn_only, path=str(gen_path))
+    stop_check = check_stop_ids(run_dir, run, template)
     approval = _read_json(run_dir / "approval.json", "approval stamp")
     metrics = _read_json(run_dir / "metrics.json", "training metrics") or {}
     art = result.summary["artifacts"]
@@ -210,8 +274,9 @@ def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict
         "generation": {"prompts": len({r.get("eval_line") for r in rows}), "generations": len(rows),
                        "samples": samples, "max_new_tokens": max_new_tokens, "temperature": temperature,
                        "seed": seed, "stop_ids": stops, "template": template.meta.name},
-        "verdict": art["verdict"],
-        "exit_code": result.exit_code,
+        "verdict": art["verdict"] if stop_check["passed"] else "fail",
+        "exit_code": max(result.exit_code, int(not stop_check["passed"])),
+        "stop_check": stop_check,
         "scan": art,
         "codes": {c: {"name": RULES[c].name, "summary": RULES[c].summary} for c in A_CODES},
         "summary": {k: v for k, v in result.summary.items() if k != "artifacts"},
@@ -255,10 +320,13 @@ def render_terminal(rep: Report, *, color: bool = False, width: int = 110) -> st
         t.add_row(c, RULES[c].name, *cells, Text(f"{art['rates'][c]:.1%}", style="bold red" if over else ""),
                   f"{art['thresholds'][c]:.1%}")
     con.print(t)
-    ok = art["verdict"] == "pass"
+    stop = rep.data.get("stop_check") or {"passed": True}
+    ok = art["verdict"] == "pass" and stop["passed"]
     line = Text("PASS" if ok else "FAIL", style="bold green" if ok else "bold red")
     line.append(f"  {art['headline']}")
     con.print(line)
+    if stop.get("message"):
+        con.print(Text(f"  stop ids: {stop['message']}", style="" if stop["passed"] else "bold red"))
     if rep.data.get("forced"):
         con.print(Text("  trained with --force: the data was not approved by the gate", style="yellow"))
     con.print(Text(f"  {rep.json_path}\n  {rep.html_path}", style="dim"))
