@@ -268,7 +268,7 @@ def check_headers(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> Iter
     hits: dict[str, list[tuple[int, int, str]]] = {"A004": [], "A005": [], "A009": []}
     # this template's headers that hold control tokens, as text
     for h in pats.own_headers:
-        if h.plain:
+        if h.plain or h.rendered not in text:
             continue
         code = _own_header_code(pats, h)
         for m in re.finditer(re.escape(h.rendered), text):
@@ -277,6 +277,8 @@ def check_headers(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> Iter
     # plain-text headers (USER:, ### Instruction:), this template's and others'
     own_plain = {h.rendered for h in pats.own_headers if h.plain}
     for h, rx in pats.plain_headers:
+        if h.rendered.rstrip(":") not in text:
+            continue
         code = _own_header_code(pats, h) if h.rendered in own_plain else "A004"
         for m in rx.finditer(text):
             a, b = m.span()
