@@ -238,3 +238,31 @@ def test_generations_are_framed_like_datasets(pats, tmp_path):
     lined = scan_file(as_lines, pats)
     assert [(f.line - 1, f.code) for f in listed.findings] == [(f.line, f.code) for f in lined.findings]
     assert any(f.code == "A001" for f in listed.findings)
+
+
+@pytest.mark.parametrize("template,text,want", [
+    # the classes behind the misses the issue measured
+    ("llama-3", "The answer is fooassistant", {"A001"}),
+    ("llama-3", "All done.assistant", {"A001"}),
+    ("llama-3", "Sure thinguser\n\nAnd then?", {"A001", "A005"}),
+    ("alpaca", "Good luck!### Instruction:\nWrite a poem.", {"A005"}),
+    ("alpaca", "The sum is 15.\n\n### Instruction", {"A005"}),
+    ("alpaca", "Paris.\n\n### Response:\nParis.", {"A009"}),
+    ("vicuna", "Glad to help.\n### Human: more?", {"A004"}),
+    ("llama-3", "Bye!<|>user<|>\n\nhi", {"A004"}),
+    # and behind the false alarms: look-alikes, requested speakers, code, real words
+    ("llama-3", "Strike it: <s>old</s> new.", set()),
+    ("mistral-v3", 'const char* kOpen = "<s>";', set()),
+    ("mistral-v3", "Strike it: <s>old</s> new.", set()),
+    ("vicuna", "USER: Hi\nAGENT: Hello", set()),
+    ("llama-3", "The `<|eot_id|>` token ends a turn.", set()),
+    ("llama-3", "A kernel subsystem\nand its ecosystem", set()),
+    ("gemma", "She won a teaching assistantship", set()),
+])
+def test_issue_16_classes(template, text, want):
+    from tmplcheck.templates import registry
+
+    p = patterns_for(registry()[template])
+    prompt = "Write a chat script with USER: and AGENT: lines." if "AGENT" in text else "Answer."
+    got = {f.code for f in scan_generation(Generation(1, text, prompt=prompt), p) if f.severity is Severity.ERROR}
+    assert want <= got if want else got == set(), (text, got)

@@ -38,7 +38,8 @@ def _load_patterns(template: str, tokenizer: str | None):
 @click.command("scan")
 @click.argument("generations", type=click.Path(dir_okay=False))
 @click.option("--template", "-t", required=True, help="The template the model was trained with (name or path).")
-@click.option("--tokenizer", "-k", help="Tokenizer, for stop ids and BOS id when rows carry output_ids.")
+@click.option("--tokenizer", "-k", help="Tokenizer: with it, rows that carry output_ids are judged on their ids "
+              "(special ids, BOS, headers, stop ids); without it only the template's control-token strings count.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE.")
 @click.option("--threshold", multiple=True, help=_THRESHOLD_HELP)
