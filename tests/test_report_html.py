@@ -188,3 +188,4 @@ def test_report_decides_on_the_runs_ids(tmp_path):
     assert 1 not in by_line and 2 not in by_line            # the literal look-alike, kept and skipped
     assert {"A003", "A005"} <= by_line[3] and {"A003", "A005"} <= by_line[4]   # real ids, kept and skipped
     assert rep.data["scan"]["basis"] == {"ids": 4, "text": 0}
+    assert 'id="basis" data-ids="4" data-text="0"' in rep.html_path.read_text()

@@ -97,7 +97,7 @@ def _kv(d: dict | None, keys: list[str] | None = None) -> str:
 def render_html(data: dict[str, Any]) -> str:
     scan = data["scan"]
     groups = sorted(scan.get("groups", {}))
-    verdict = scan["verdict"]
+    verdict = data.get("verdict") or scan["verdict"]   # the scan's, or fail when the stop-id check failed
     run = data.get("run") or {}
     tmpl = run.get("template") if isinstance(run.get("template"), dict) else {"name": run.get("template")}
     h: list[str] = []
@@ -114,7 +114,21 @@ def render_html(data: dict[str, Any]) -> str:
              f'from {gen.get("generations", "?")} generations on {gen.get("prompts", "?")} held-out prompts '
              f'(greedy + {gen.get("samples", 0)} sampled each, at most {gen.get("max_new_tokens")} new tokens, '
              f'stop ids {escape(str(gen.get("stop_ids")))}); each is scanned with special tokens kept and skipped.</p>')
+    basis = scan.get("basis") or {}
+    if basis:
+        h.append(f'<p class="meta" id="basis" data-ids="{basis.get("ids", 0)}" data-text="{basis.get("text", 0)}">'
+                 f'Judged on their token ids: {basis.get("ids", 0)}; from text alone: {basis.get("text", 0)} (only '
+                 "the template's control-token strings count there; the run's tokenizer could not be used).</p>"
+                 if basis.get("text") else
+                 f'<p class="meta" id="basis" data-ids="{basis.get("ids", 0)}" data-text="0">Every scanned text '
+                 "was judged on its token ids: a control token is a special id, never a look-alike string.</p>")
 
+    stop = data.get("stop_check")
+    if stop:
+        cls = "pass" if stop["passed"] else "fail"
+        h.append(f'<p id="stop-check" data-passed="{str(bool(stop["passed"])).lower()}">Stop ids: '
+                 f'<span class="verdict {cls}">{"OK" if stop["passed"] else "MISSING"}</span> '
+                 f'{escape(stop.get("message", ""))}</p>')
     h.append("<h2>Artifact rates</h2><table id=\"rates\"><thead><tr><th>code</th><th>artifact</th>")
     h.extend(f'<th class="num">{escape(g)}</th>' for g in groups)
     h.append('<th class="num">overall</th><th class="num">count</th><th class="num">threshold</th></tr></thead><tbody>')
