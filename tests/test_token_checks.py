@@ -22,7 +22,9 @@ def km(path: Path, template: str | None, tokenizer: str, max_length: int | None 
        add_special_tokens="auto"):
     stages = build_stages(StageConfig(template=template, tokenizer=tokenizer, max_length=max_length,
                                       extra={"jobs": jobs, "add_special_tokens": add_special_tokens}))
-    res = run_gate(path, GateOptions(stages=stages), display_path=path.name)
+    # every row's own finding (per-file codes unfolded): these tests locate each check; tests/test_per_file.py
+    # tests the folding the reports use
+    res = run_gate(path, GateOptions(stages=stages, fold_per_file=False), display_path=path.name)
     return res, {(f.line, f.code, f.pointer) for f in res.findings if f.code[0] in "KM"}
 
 

@@ -16,6 +16,7 @@ do not depend on where they ran.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from array import array
@@ -161,6 +162,11 @@ class GateOptions:
     jobs: int | None = None
     chunk_rows: int = 512
     progress: Callable[[int], None] | None = None  # called with the number of rows read so far
+    #: report each per-file code (``Rule.per_file``) once per file with its row count (False: once per row)
+    fold_per_file: bool = True
+    #: code -> (severity, note): findings of that code get this severity and the note appended to their message,
+    #: before select/ignore and folding (``check --for-train`` makes K005 an info this way)
+    severity: dict[str, tuple[Severity, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,6 +190,58 @@ class GateResult:
         return 0 if self.passed else 1
 
 
+class PerFileFolder:
+    """Findings of per-file codes (``Rule.per_file``: a property of the template/tokenizer pair, such as X001 or
+    K005) folded into one finding per code and severity, carrying the number of rows it applies to and the first
+    line numbers; the lines of folded errors are kept (an array, 8 bytes a row) so that ``rows_with_errors`` still
+    counts every row. Findings without a line (template-level ones) pass through unchanged."""
+
+    SHOW_LINES = 5
+    _MAX_MESSAGES = 64
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, Severity], list] = {}   # (first finding, rows, lines shown, messages)
+        self.error_lines = array("Q")
+
+    @staticmethod
+    def applies(f: Finding) -> bool:
+        from tmplcheck.validator.codes import RULES
+
+        rule = RULES.get(f.code)
+        return bool(f.line) and rule is not None and rule.per_file
+
+    def add(self, f: Finding) -> None:
+        g = self._groups.get((f.code, f.severity))
+        if g is None:
+            g = self._groups[(f.code, f.severity)] = [f, 0, [], set()]
+        g[1] += 1
+        if len(g[2]) < self.SHOW_LINES and f.line not in g[2]:
+            g[2].append(f.line)
+        if len(g[3]) < self._MAX_MESSAGES:
+            g[3].add(f.message)
+        if f.severity is Severity.ERROR:
+            self.error_lines.append(f.line)
+
+    def findings(self) -> list[Finding]:
+        out = []
+        for first, n, lines, messages in self._groups.values():
+            shown = ", ".join(map(str, lines)) + (", …" if n > len(lines) else "")
+            other = len(messages) - 1
+            more = (f"; {other}{'+' if len(messages) >= self._MAX_MESSAGES else ''} other wording"
+                    f"{'s' if other != 1 else ''} (first shown)") if other > 0 else ""
+            rows = f"{n} row{'s' if n != 1 else ''}"
+            out.append(dataclasses.replace(
+                first, message=f"{first.message} [per file: {rows}, line{'s' if len(lines) > 1 else ''} {shown}{more}]",
+                data={**first.data, "rows": n, "lines": list(lines)}))
+        return out
+
+    def rows(self) -> dict[str, int]:
+        by: dict[str, int] = {}
+        for (code, _sev), g in self._groups.items():
+            by[code] = by.get(code, 0) + g[1]
+        return dict(sorted(by.items()))
+
+
 def keep(f: Finding, opts: GateOptions) -> bool:
     if opts.select and not matches(f.code, opts.select):
         return False
@@ -192,14 +250,22 @@ def keep(f: Finding, opts: GateOptions) -> bool:
     return True
 
 
-def _rows_with_errors(findings: Iterable[Finding]) -> int:
-    """Distinct lines with an error, in one streaming pass over the (sorted) findings."""
+def _rows_with_errors(findings: Iterable[Finding], folded_lines: Sequence[int] = ()) -> int:
+    """Distinct lines with an error, in one streaming pass over the (sorted) findings, plus the lines of folded
+    per-file errors (``PerFileFolder.error_lines``)."""
     n, last = 0, None
+    lines = array("Q")
     for f in findings:
         if f.severity is Severity.ERROR and f.line and (f.path, f.line) != last:
             n += 1
             last = (f.path, f.line)
-    return n
+            if folded_lines:
+                lines.append(f.line)
+    if not folded_lines:
+        return n
+    import numpy as np
+
+    return int(np.union1d(np.asarray(lines, dtype=np.uint64), np.asarray(folded_lines, dtype=np.uint64)).size)
 
 
 class _ChunkWork:
@@ -268,9 +334,23 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
     stages: list[Stage] = [dataset] + [make(shown) for make in opts.stages]
     split = [all(hasattr(st, a) for a in ("prepare", "chunk_worker", "take")) for st in stages]
     out = FindingStore(spill_at=opts.spill_at)
+    folder = PerFileFolder()
+
+    def add(found: Iterable[Finding]) -> None:
+        for f in found:
+            if opts.severity and f.code in opts.severity:
+                sev, note = opts.severity[f.code]
+                f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
+            if not keep(f, opts):
+                continue
+            if opts.fold_per_file and folder.applies(f):
+                folder.add(f)
+            else:
+                out.append(f)
+
     for st, sp in zip(stages, split):
         if sp:
-            out.extend(f for f in st.prepare() if keep(f, opts))
+            add(st.prepare())
     workers = [st.chunk_worker() if sp else None for st, sp in zip(stages, split)]
     jobs = opts.jobs if opts.jobs is not None else max([getattr(st, "jobs", 1) or 1 for st in stages])
     rows_with_conv = 0
@@ -279,26 +359,24 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
         is_array, records = open_records(fh, path, max_line_bytes=opts.max_line_bytes, display_path=shown)
         work = _ChunkWork(shown, is_array, opts.input_format, workers, keep_conv=not all(split))
         for found, info, payloads, conv in _results(_chunks(records, max(1, opts.chunk_rows)), work, jobs):
-            out.extend(f for f in found if keep(f, opts))
+            add(found)
             if info is None:
                 if any(f.code != "D005" for f in found):
                     bad_rows += 1
                 continue
             rows_with_conv += 1
             for st, sp, payload in zip(stages, split, payloads):
-                got = st.take(info, payload) if sp else st.check(conv)
-                out.extend(f for f in got if keep(f, opts))
+                add(st.take(info, payload) if sp else st.check(conv))
             if opts.progress and rows_with_conv % 256 == 0:
                 opts.progress(rows_with_conv)
     for st in stages:
-        out.extend(f for f in st.finish() if keep(f, opts))
+        add(st.finish())
     if rows_with_conv == 0 and bad_rows == 0:
-        empty = finding("D023", "the dataset holds no rows", path=shown)
-        if keep(empty, opts):
-            out.append(empty)
+        add([finding("D023", "the dataset holds no rows", path=shown)])
+    out.extend(folder.findings())
     by_sev = out.by_severity
     by_code = out.by_code
-    rows_failed = _rows_with_errors(out)
+    rows_failed = _rows_with_errors(out, folder.error_lines)
     summary: dict[str, Any] = {
         "path": shown,
         "tmplcheck_version": __version__,
@@ -310,6 +388,7 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
         "warnings": by_sev.get("warning", 0),
         "infos": by_sev.get("info", 0),
         "by_code": dict(sorted(by_code.items())),
+        "per_file_rows": folder.rows(),
         "passed": by_sev.get("error", 0) == 0,
     }
     for st in stages:

@@ -20,19 +20,24 @@ class Rule:
     summary: str         # one line
     explanation: str     # what, why it hurts training, example, fix
     fixture: str = ""    # fixture under fixtures/ that triggers it (relative path)
+    #: a property of the template/tokenizer pair, not of a row: the gate reports it once per file, with the number
+    #: of rows it applies to and the first few line numbers (``validator/gate.py: PerFileFolder``)
+    per_file: bool = False
 
     def render(self) -> str:
         return (
             f"{self.code} ({self.name}) [{self.severity.value}]\n\n{self.summary}\n\n{self.explanation.strip()}\n"
+            + (f"\nReported once per file (a property of the template/tokenizer pair), with the number of rows "
+               f"it applies to and the first line numbers.\n" if self.per_file else "")
             + (f"\nFixture: fixtures/{self.fixture}\n" if self.fixture else "")
         )
 
 
 def _load() -> dict[str, Rule]:
-    from tmplcheck.validator.codes import artifacts, cross, dataset, masks, template, tokens
+    from tmplcheck.validator.codes import artifacts, bounds, cross, dataset, masks, template, tokens
 
     table: dict[str, Rule] = {}
-    for mod in (dataset, template, cross, tokens, masks, artifacts):
+    for mod in (dataset, bounds, template, cross, tokens, masks, artifacts):
         for rule in mod.RULES:
             if rule.code in table:
                 raise RuntimeError(f"finding code {rule.code} defined twice")

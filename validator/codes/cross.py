@@ -23,7 +23,7 @@ one (two BOS tokens in training, one at serving); the K codes check that.
 Example: Llama 3 — template `<|begin_of_text|><|start_header_id|>user...`, llama.cpp `<|start_header_id|>user...`.
 Fix: nothing for the cross check; make sure the training tokenizer is called with `add_special_tokens=False`
 when the template writes BOS itself.
-""", "cross/bos_one_side.jsonl"),
+""", "cross/bos_one_side.jsonl", per_file=True),
     Rule("X002", "eos-one-side", I, "The text ends with an EOS token written by one renderer only.",
          """
 What: the template appends `eos_token` after the last turn (Phi-3.5 writes `<|endoftext|>` after the final
@@ -31,7 +31,7 @@ What: the template appends `eos_token` after the last turn (Phi-3.5 writes `<|en
 Why it matters: a served prompt never ends with EOS, so this only changes training: the model learns to emit EOS
 after its end-of-turn token. Harmless when EOS is a stop token at inference, confusing when it is not.
 Fix: usually nothing; make sure the inference stop set contains both the end-of-turn and the EOS ids.
-""", "cross/eos_one_side.jsonl"),
+""", "cross/eos_one_side.jsonl", per_file=True),
     Rule("X003", "content-trimmed", W, "One renderer strips whitespace around message content, the other keeps it.",
          """
 What: llama.cpp's llama3, llama4, gemma, command-r, exaone, minicpm, rwkv-world and llama2-sys-strip formats (and
@@ -73,7 +73,7 @@ does not, e.g. bailing2's "detailed thinking off".)
 Why it hurts training: training conditions every answer on a preamble (and a date) that a server using llama.cpp's
 built-in format never sends.
 Fix: serve with the Jinja template (llama-server `--jinja`), or pin/remove the preamble in the training template.
-""", "cross/preamble_one_side.jsonl"),
+""", "cross/preamble_one_side.jsonl", per_file=True),
     Rule("X007", "format-redetected", W, "llama.cpp's detection picks a different format than the template's own.",
          """
 What: llama.cpp chooses its built-in format by substring tests on the template text. Every template containing
@@ -83,7 +83,7 @@ template-only markup (`<think></think>`, `<|channel|>final`, `<|START_TEXT|>`) i
 The message names the built-in that would match, or the template text that the built-in leaves out.
 Why it hurts training: the served prompt is tokenized differently from every training example.
 Fix: serve with `--chat-template NAME` (the matching built-in the message names) or with `--jinja`.
-""", "cross/format_redetected.jsonl"),
+""", "cross/format_redetected.jsonl", per_file=True),
     Rule("X008", "generation-prompt-ignored", I, "The assistant cue at the end differs because a renderer ignores add_generation_prompt.",
          """
 What: llama.cpp's mistral, llama2, orion, minicpm and hunyuan formats ignore `add_ass` (their user turn already
@@ -91,7 +91,7 @@ ends with the cue), and rwkv-world appends `Assistant:` whenever the last messag
 adds or omits the generation prompt as asked.
 Why it matters: only for prompts (evaluation, generation), not for training rows that end with an assistant turn.
 Fix: nothing, unless the prompts you evaluate with depend on it.
-""", "cross/generation_prompt_ignored.jsonl"),
+""", "cross/generation_prompt_ignored.jsonl", per_file=True),
     Rule("X009", "nul-truncates-content", W, "A NUL character cuts the message short in llama.cpp.",
          """
 What: llama.cpp receives message content as C strings, so everything after a U+0000 in a role or content is lost
@@ -109,7 +109,7 @@ Jinja template itself.
 Example: Gemma 4, MiniMax, Apertus, Kimi-K3 templates.
 Fix: serve with llama-server `--jinja` (or give the matching built-in with `--chat-template NAME`), and record the
 serving format next to the model.
-""", "cross/template_unknown.jsonl"),
+""", "cross/template_unknown.jsonl", per_file=True),
     Rule("X011", "unexplained-render-difference", E, "The training render and llama.cpp's render differ in a way nothing explains.",
          """
 What: after removing every known, explained difference (BOS/EOS, trimming, system placement, preambles, format

@@ -15,7 +15,7 @@ Why it hurts: transformers raises on the first `apply_chat_template` call, so tr
 a data pipeline catches the error and falls back to a default template the model was never trained on.
 Example: `{% for m in messages %}{{ m.content }}` (no `{% endfor %}`).
 Fix: repair the template at the given line; `tmplcheck render --template T --messages m.json` shows the output.
-""", "templates/syntax_error.jinja"),
+""", "templates/syntax_error.jinja", per_file=True),
     Rule("T002", "undefined-variable", W, "The template prints a variable that nobody defines.",
          """
 What: the template uses a name (often `bos_token` or a custom variable) that is neither passed by
@@ -80,7 +80,7 @@ or answers in the wrong role.
 Example: `{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\\n{% endif %}` (one newline)
 while turns use two.
 Fix: make the generation prompt the exact assistant header of the turns.
-""", "templates/generation_prompt_mismatch.jinja"),
+""", "templates/generation_prompt_mismatch.jinja", per_file=True),
     Rule("T008", "sandbox-violation", E, "The template tried something the sandbox refuses.",
          """
 What: the template reached for Python internals (`__class__`, `__globals__`, `__subclasses__`, `cycler.__init__`,

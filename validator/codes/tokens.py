@@ -18,7 +18,7 @@ paired with another family's tokenizer (a ChatML template on the Llama 3 vocabul
 added to the vocabulary.
 Example: `--template chatml --tokenizer llama-3`: `<|im_start|>` becomes 6 ids.
 Fix: use the template that belongs to the tokenizer, or add the strings as special tokens (and resize embeddings).
-""", "tokens/special_not_single.jsonl"),
+""", "tokens/special_not_single.jsonl", per_file=True),
     Rule("K002", "double-bos", E, "The encoded row starts with two BOS tokens.",
          """
 What: the template writes the BOS string (`<|begin_of_text|>`, `<s>`, `<bos>`) and the tokenizer's post-processor
@@ -27,7 +27,7 @@ Why it hurts: every training row starts with a sequence the model never sees at 
 Llama 3's early fine-tunes had exactly this. Loss on the first tokens is wasted and the model drifts.
 Example: a Llama 3 template with `{{ bos_token }}` encoded by Meta's tokenizer (which adds `<|begin_of_text|>`).
 Fix: encode the rendered text with `add_special_tokens=False`, or drop `{{ bos_token }}` from the template — not both.
-""", "tokens/double_bos.jsonl"),
+""", "tokens/double_bos.jsonl", per_file=True),
     Rule("K003", "missing-bos", E, "The encoded row does not start with the BOS token the model expects.",
          """
 What: the tokenizer has a BOS token and the template family uses one, but neither the template nor the tokenizer's
@@ -36,7 +36,7 @@ Why it hurts: pretraining always started with BOS; a fine-tune without it trains
 and the served model (which gets BOS from llama.cpp or the tokenizer) sees a different start than training did.
 Example: rendering the Llama 3 template without `bos_token` and encoding with `add_special_tokens=False`.
 Fix: let the tokenizer add BOS, or write `{{ bos_token }}` at the start of the template (once).
-""", "tokens/missing_bos.jsonl"),
+""", "tokens/missing_bos.jsonl", per_file=True),
     Rule("K004", "assistant-without-end-of-turn", E, "An assistant turn is not followed by its end-of-turn token.",
          """
 What: after the content of an assistant turn there is no end-of-turn token (`<|eot_id|>`, `<|im_end|>`,
@@ -55,7 +55,7 @@ answer runs on into an invented user turn. Llama 3 base (eos `<|end_of_text|>`) 
 (`<|eot_id|>`) is the classic case.
 Fix: pass the model directory (with its generation_config.json) as `--tokenizer`, or set the generation config's
 `eos_token_id` to include the end-of-turn id (tmplcheck's trainer writes every stop id there).
-""", "tokens/eot_not_stop.jsonl"),
+""", "tokens/eot_not_stop.jsonl", per_file=True),
     Rule("K006", "control-token-in-content", E, "Message content holds a control-token string that encodes as the real token.",
          """
 What: a user (or assistant, system, tool) message contains the literal text of a special token such as

@@ -114,8 +114,11 @@ def iter_sarif(results: Sequence[GateResult], *, max_findings: int | None = None
             "message": {"text": f.message + (f" (hint: {f.hint})" if f.hint else "")},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": f.path or "."}, "region": region}}],
         }
-        if f.pointer:
-            item["properties"] = {"pointer": f.pointer}
+        props = {"pointer": f.pointer} if f.pointer else {}
+        if "rows" in f.data:   # a per-file finding: how many rows it applies to, and the first of them
+            props.update(rows=f.data["rows"], lines=f.data.get("lines", []))
+        if props:
+            item["properties"] = props
         return item
 
     doc = {

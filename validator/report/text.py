@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tmplcheck.validator.codes import RULES
+from tmplcheck.validator.textshow import escape_controls
 from tmplcheck.validator.findings import Finding, Severity
 from tmplcheck.validator.gate import GateResult
 
@@ -18,8 +19,7 @@ _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO:
 
 def visible(s: str, limit: int = 80) -> str:
     """Show control characters and edges of a snippet the way a reviewer needs to see them."""
-    s = s.encode("unicode_escape", "backslashreplace").decode("ascii", "backslashreplace") if any(
-        ord(c) < 32 for c in s) else s
+    s = escape_controls(s)   # only control characters: "…" and "é" stay themselves
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
@@ -96,9 +96,11 @@ def iter_text(results: Sequence[GateResult], *, max_findings: int | None = None,
         table.add_column("name")
         table.add_column("severity")
         table.add_column("count", justify="right")
+        per_file = s.get("per_file_rows") or {}
         for code, n in s["by_code"].items():
             rule = RULES[code]
-            table.add_row(code, rule.name, Text(rule.severity.value, style=_STYLE[rule.severity]), str(n))
+            count = f"once, {per_file[code]} rows" if code in per_file else str(n)
+            table.add_row(code, rule.name, Text(rule.severity.value, style=_STYLE[rule.severity]), count)
         if s["by_code"]:
             console.print(table)
         verdict = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
