@@ -254,6 +254,8 @@ def test_generations_are_framed_like_datasets(pats, tmp_path):
     ("llama-3", "Strike it: <s>old</s> new.", set()),
     ("mistral-v3", 'const char* kOpen = "<s>";', set()),
     ("mistral-v3", "Strike it: <s>old</s> new.", set()),
+    ("mistral-v3", "Nested: <b><s>old</s></b> new.", set()),
+    ("mistral-v3", "Here it is.</s><s>[INST] Next? [/INST] Yes.</s>", {"A003", "A007", "A005"}),
     ("vicuna", "USER: Hi\nAGENT: Hello", set()),
     ("llama-3", "The `<|eot_id|>` token ends a turn.", set()),
     ("llama-3", "A kernel subsystem\nand its ecosystem", set()),

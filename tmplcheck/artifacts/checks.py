@@ -33,7 +33,7 @@ _TICKS = re.compile(r"(`+)[^`\n]+?\1")
 _QUOTES = re.compile(r'"[^"\n]{1,200}"|“[^”\n]{1,200}”|(?<![A-Za-z0-9])\'[^\'\n]{1,200}\'(?![A-Za-z0-9])')
 _SPEAKER = re.compile(r"(?m)^[ \t]*([A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)?):")
 # an HTML-style pair (<s>struck</s>), on one line or around a block; the opening tag not glued to another tag
-_TAG_PAIR = re.compile(r"(?<![>\]])<([A-Za-z][A-Za-z0-9]*)>(?!<)(?:(?!</?\1>).){1,2000}?</\1>", re.S)
+_TAG_PAIR = re.compile(r"<([A-Za-z][A-Za-z0-9]*)>(?!<)(?:(?!</?\1>).){1,2000}?</\1>", re.S)
 
 
 @dataclass
@@ -92,15 +92,24 @@ class Context:
         self.code = [m.span() for m in _FENCE.finditer(text)]
         self.code += [m.span() for m in _TICKS.finditer(text) if not self._inside(m.start(), m.end(), self.code)]
         self.quotes = [m.span() for m in _QUOTES.finditer(text)]
-        # a pair around chat markup is not HTML ("<s>[INST] ... [/INST] answer</s>")
-        self.pairs = [m.span() for m in _TAG_PAIR.finditer(text)
-                      if not (pats.control_re and pats.control_re.search(text, m.start() + 3, m.end() - 4))]
+        self.pairs = [m.span() for m in _TAG_PAIR.finditer(text) if self._html_pair(m)]
         self.by_ids = bool(pats.special_ids) and gen.output_ids is not None
         self.basis = "ids" if self.by_ids else "text"
         self.shielded: list[tuple[int, int, str, str]] = []   # (start, end, what, where) in code or quotes
         self.view, self.s, self.o = pats.strip_controls(text)
         self.prompt = gen.prompt_text
         self._header_hits: dict[str, int] | None = None
+
+    def _html_pair(self, m: re.Match) -> bool:
+        """A tag pair is HTML unless it wraps chat markup ("<s>[INST] ... [/INST] answer</s>") or opens right
+        after another control token ("</s><s>...")."""
+        rx = self.pats.control_re
+        if rx is None:
+            return True
+        a, b, n = m.start(), m.end(), len(m.group(1))
+        if rx.search(self.text, a + n + 2, b - n - 3):
+            return False
+        return not any(x.end() == a for x in rx.finditer(self.text, max(0, a - 40), a))
 
     @staticmethod
     def _inside(a: int, b: int, spans: list[tuple[int, int]]) -> bool:
@@ -161,9 +170,9 @@ class Context:
         return self._header_hits
 
     def requested(self, header: str) -> bool:
-        """The prompt asks for this label itself (a script with a USER: speaker)."""
-        body = header.strip().rstrip(":").lstrip("#").strip()
-        return bool(body) and body in self.prompt
+        """The prompt asks for this label itself (a script with a USER: speaker, a "### Response:" format)."""
+        body = header.strip().rstrip(":").strip()
+        return bool(body) and re.search(rf"(?<![A-Za-z]){re.escape(body)}(?![a-z])", self.prompt) is not None
 
     def script(self, header: str) -> bool:
         """The output is a script: speaker labels at line starts, some of them no template's header."""
