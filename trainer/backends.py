@@ -3,7 +3,12 @@ the same SFTTrainer; CPU or CUDA). ``auto`` picks Unsloth only when CUDA is avai
 
 Both get the same pre-tokenised dataset (labels = the validator's verified masks) and our own collator, so neither
 library builds labels, picks a pad token or enables padding-free batching on its own; whatever they change on the
-model's config (pad, eos) is overwritten afterwards by ``own_special_tokens``.
+model's config (pad, eos) is overwritten afterwards by ``own_special_tokens``. Both train with the same optimiser
+(``OPTIM``; Unsloth's own config would pick ``adamw_8bit``) and the same gradient checkpointing choice (on with CUDA,
+off on the CPU, unless set): a speed or memory comparison of the two is like for like.
+
+``--backend unsloth`` without CUDA runs on Unsloth's own CPU backend (Unsloth 2026.10+ falls back to it when it finds
+no GPU: stock transformers + PEFT + TRL with its CPU defaults); ``auto`` only picks Unsloth with CUDA.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+#: the optimiser of both backends (fused AdamW has CUDA and, from torch 2.4, CPU kernels)
+OPTIM = "adamw_torch_fused"
 
 
 class BackendError(RuntimeError):
@@ -49,25 +56,35 @@ def unsloth_importable() -> bool:
 
 
 def resolve_backend(name: str) -> str:
-    """``auto`` → ``unsloth`` when CUDA and Unsloth are present, else ``hf``; explicit names are checked."""
+    """``auto`` → ``unsloth`` when CUDA and Unsloth are present, else ``hf``; explicit names are checked.
+    ``unsloth`` without CUDA is accepted where Unsloth itself runs on the CPU (its CPU backend)."""
     if name == "auto":
         return "unsloth" if cuda_available() and unsloth_importable() else "hf"
     if name == "unsloth":
-        if not cuda_available():
-            raise BackendError("--backend unsloth needs an NVIDIA GPU with CUDA; none is available "
-                               "(use --backend hf, which runs on the CPU)")
         if importlib.util.find_spec("unsloth") is None:
             raise MissingBackend("--backend unsloth needs Unsloth: pip install unsloth", extra="unsloth")
-        import_unsloth()
+        unsloth = import_unsloth()
+        if not cuda_available() and getattr(unsloth, "DEVICE_TYPE", None) != "cpu":
+            raise BackendError("--backend unsloth needs an NVIDIA GPU with CUDA, or Unsloth's CPU backend; neither "
+                               "is available here (use --backend hf, which runs on the CPU)")
         return "unsloth"
     if name == "hf":
         return "hf"
     raise BackendError(f"unknown backend {name!r} (auto, unsloth, hf)")
 
 
+def unsloth_compile_dir() -> str:
+    """Where Unsloth writes the trainer and model code it generates (``UNSLOTH_COMPILE_LOCATION``; Unsloth's own
+    default is ``unsloth_compiled_cache/`` in the working directory, e.g. a repository's root)."""
+    from tmplcheck.assets import cache_root
+
+    return str(cache_root() / "unsloth_compiled_cache")
+
+
 def import_unsloth():
     """Import Unsloth — before transformers/peft/trl whenever possible, so that its patches apply."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network calls from the training machine
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", unsloth_compile_dir())
     try:
         return importlib.import_module("unsloth")
     except ImportError as e:
@@ -97,7 +114,8 @@ class TrainArgs:
     weight_decay: float = 0.0
     max_length: int = 2048
     seed: int = 42
-    gradient_checkpointing: bool | None = None  # default: on for CUDA, off on CPU
+    gradient_checkpointing: bool | None = None  # default: on for CUDA, off on CPU (both backends)
+    optim: str = OPTIM
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,10 +125,17 @@ def _dtype(torch):
     return torch.float32
 
 
-def load_model(backend: str, model_path: str, args: TrainArgs):
-    """Load the base model ready for training (LoRA adapters attached in ``lora`` mode)."""
+def use_gradient_checkpointing(args: TrainArgs) -> bool:
+    if args.gradient_checkpointing is not None:
+        return bool(args.gradient_checkpointing)
+    return cuda_available()
+
+
+def load_model(backend: str, model_path: str, args: TrainArgs, *, tokenizer_dir: str | None = None):
+    """Load the base model ready for training (no adapter yet). ``tokenizer_dir``: the validated tokenizer's
+    directory (Unsloth loads a tokenizer with the model; it must not look for one in a weights-only model dir)."""
     if backend == "unsloth":
-        return _load_unsloth(model_path, args)
+        return _load_unsloth(model_path, args, tokenizer_dir=tokenizer_dir)
     return _load_hf(model_path, args)
 
 
@@ -139,20 +164,26 @@ def attach_lora(model, args: TrainArgs, *, save_embeddings: bool = False):
     if args.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.gradient_checkpointing))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gradient_checkpointing(args))
     cfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha or args.lora_r, lora_dropout=args.lora_dropout,
                      target_modules=LORA_TARGETS, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
-def _load_unsloth(model_path: str, args: TrainArgs):
+def _load_unsloth(model_path: str, args: TrainArgs, *, tokenizer_dir: str | None = None):
     unsloth = import_unsloth()
+    kw: dict[str, Any] = {"tokenizer_name": tokenizer_dir} if tokenizer_dir else {}
     model, _their_tokenizer = unsloth.FastLanguageModel.from_pretrained(
         model_name=model_path,
+        # never above the model's max_position_embeddings (the recipe refuses that): Unsloth would rescale RoPE
         max_seq_length=args.max_length,
         dtype=None,
         load_in_4bit=args.load_in_4bit,
         full_finetuning=args.mode == "full",
+        # this model, as named: no swap to an ``unsloth/...`` (pre-quantised) repo, no name-mapper lookup online
+        use_exact_model_name=True,
+        use_gradient_checkpointing="unsloth" if use_gradient_checkpointing(args) else False,
+        **kw,
     )
     # their tokenizer is discarded: Unsloth "fixes" pad/BOS on it; ours is the validated one
     return model
@@ -162,7 +193,26 @@ def attach_lora_unsloth(model, args: TrainArgs):
     unsloth = import_unsloth()
     return unsloth.FastLanguageModel.get_peft_model(
         model, r=args.lora_r, lora_alpha=args.lora_alpha or args.lora_r, lora_dropout=args.lora_dropout,
-        target_modules=LORA_TARGETS, bias="none", use_gradient_checkpointing="unsloth", random_state=args.seed)
+        target_modules=LORA_TARGETS, bias="none",
+        use_gradient_checkpointing="unsloth" if use_gradient_checkpointing(args) else False, random_state=args.seed)
+
+
+def merge_16bit(base_path: str, adapter_dir: str, out_dir: str, *, vocab_size: int | None = None):
+    """The LoRA adapter in ``adapter_dir`` merged into the base model loaded afresh in 16 bits (bf16 with CUDA,
+    float32 on the CPU), saved to ``out_dir``: what Unsloth's ``save_pretrained_merged(save_method="merged_16bit")``
+    does. Merging into a 4-bit base would round the merged weights to 4 bits (or fail); merging outside the
+    training process's (possibly Unsloth-patched) model keeps the result plain transformers weights."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    if vocab_size and base.get_input_embeddings().weight.shape[0] != vocab_size:
+        base.resize_token_embeddings(vocab_size)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    return merged
 
 
 def own_special_tokens(model, *, pad_id: int, bos_id: int | None, stop_ids: list[int]) -> None:
@@ -218,7 +268,7 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
     from trl import SFTConfig, SFTTrainer
 
     cuda = torch.cuda.is_available()
-    gc = args.gradient_checkpointing if args.gradient_checkpointing is not None else cuda
+    gc = use_gradient_checkpointing(args)
     bf16 = cuda and torch.cuda.is_bf16_supported()
     conf = SFTConfig(
         output_dir=work_dir,
@@ -245,12 +295,24 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not cuda,
-        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
-           if gc and backend == "hf" else {}),  # Unsloth does its own ("unsloth" checkpointing)
+        # the same optimiser on both backends (Unsloth's SFTConfig defaults to adamw_8bit)
+        optim=args.optim,
+        # always explicit: TRL's default is True (also on the CPU), Unsloth's too. Under Unsloth the choice was
+        # also made at load time ("unsloth" checkpointing, see _load_unsloth); the flag here must agree with it
+        gradient_checkpointing=gc,
+        **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if gc and backend == "hf" else {}),
         **args.extra,
     )
-    trainer = SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
-                         processing_class=hf_tok, callbacks=callbacks)
+    try:
+        trainer = SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
+                             processing_class=hf_tok, callbacks=callbacks)
+    except ValueError as e:
+        if "ntrained tokens" not in str(e):
+            raise
+        # Unsloth's trainer runs fix_untrained_tokens at init and raises for zero embedding rows it cannot fix
+        # (LoRA: embeddings frozen). The recipe checks this first (special.untrained_token_ids); this is the net.
+        raise BackendError("Unsloth refused to train: the model has untrained (all-zero) embedding rows for "
+                           f"tokens in the data (a base model's chat tokens?). Unsloth said: {e}") from None
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):  # our own display replaces them

@@ -263,7 +263,7 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
         stops = S.stop_ids(template, tok)
     except S.TokenSetupError as e:
         raise TrainError(str(e)) from None
-    block = max_length or DEFAULT_MAX_LENGTH
+    block = _sequence_length(max_length, model_path, hooks)
 
     rows = D.read_conversations(cfg.data, cfg.input_format)
     if not rows.convs:
@@ -320,7 +320,7 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
     try:
         result = _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad, pad_id, stops, targs,
                                  features, trained_per_row, eval_convs, rows, train_convs, stamp, tok_spec, block,
-                                 revalidated, tmp)
+                                 revalidated, tmp, examples=examples)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -337,6 +337,65 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
     return result
 
 
+def _max_positions(model_path: str) -> int | None:
+    """The model's ``max_position_embeddings`` (its text config's), when its config can be read here."""
+    try:
+        from transformers import AutoConfig
+
+        conf = AutoConfig.from_pretrained(model_path)
+    except Exception:  # noqa: BLE001 - an unreadable config is reported where the model is loaded
+        return None
+    conf = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    n = getattr(conf, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def _sequence_length(max_length: int | None, model_path: str, hooks: Hooks) -> int:
+    """Tokens per sequence: the given/approved ``max_length``, else the default capped at the model's context.
+    More than the model's ``max_position_embeddings`` is refused: the hf backend would run positions the model
+    never saw, and Unsloth would silently rescale RoPE (which ``load_run`` and every server would not)."""
+    max_pos = _max_positions(model_path)
+    if max_length is None:
+        if max_pos is not None and max_pos < DEFAULT_MAX_LENGTH:
+            hooks.info(f"max length: {max_pos} (the model's max_position_embeddings)")
+            return max_pos
+        return DEFAULT_MAX_LENGTH
+    if max_pos is not None and max_length > max_pos:
+        raise TrainError(f"--max-length {max_length} is more than the model's max_position_embeddings ({max_pos}): "
+                         f"the model has no positions past {max_pos} (Unsloth would rescale RoPE for it silently, "
+                         f"and nothing that loads the result would). Use --max-length {max_pos} or less (approve "
+                         "the data again with it), or a model with a longer context")
+    return max_length
+
+
+def _check_untrained(model, cfg, hooks: Hooks, examples, stops: list[int], pad_id: int, names: Any) -> list[int]:
+    """Refuse (LoRA) or fix (full: the mean row) untrained embedding rows of tokens the data uses; see
+    ``trainer/embeddings.py``. Returns the ids that were reset."""
+    from tmplcheck.trainer import embeddings as E
+
+    used: set[int] = set(stops)
+    for ex in examples:
+        used.update(ex.ids)
+    bad = E.untrained_in_use(model, used, ignore={pad_id})
+    if not bad:
+        return []
+    where: dict[int, int] = {}
+    for ex in examples:
+        for i in set(ex.ids) & set(bad):
+            where.setdefault(i, ex.line)
+    desc = ", ".join(f"{names(i)} ({i}{', first in line ' + str(where[i]) if i in where else ', a stop id'})"
+                     for i in bad)
+    if cfg.mode == "lora":
+        raise TrainError(
+            f"{cfg.model}: the embedding rows of tokens this data trains on are all zero, never trained: {desc}. "
+            f"This is a base model's untrained chat tokens; LoRA leaves embeddings frozen, so the model could not "
+            f"learn to read or end a turn (Unsloth refuses it too). Train the instruct/chat variant of the model, or "
+            f"--mode full (these rows are then set to the mean embedding before training, as Unsloth does)")
+    E.reset_to_mean(model, bad)
+    hooks.warn(f"untrained embedding rows set to the mean of the trained rows before training: {desc}")
+    return bad
+
+
 def _check_same_ids(hf_tok, tok, template, conv) -> None:
     """The HF tokenizer the model is trained and served with must give the ids the validator checked."""
     text = template.render(conv.dicts())
@@ -350,7 +409,7 @@ def _check_same_ids(hf_tok, tok, template, conv) -> None:
 
 def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad, pad_id, stops, targs, features,
                     trained_per_row, eval_convs, rows, train_convs, stamp, tok_spec, block, revalidated,
-                    tmp: Path) -> RunResult:
+                    tmp: Path, examples=()) -> RunResult:
     from tmplcheck.trainer import backends as B
     from tmplcheck.trainer import data as D
     from tmplcheck.validator.approval import sha256_file, sha256_text
@@ -359,7 +418,7 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
 
     hooks.info(f"loading {model_path}")
     try:
-        model = B.load_model(backend, model_path, targs)
+        model = B.load_model(backend, model_path, targs, tokenizer_dir=str(tok.hf_dir))
     except OSError as e:
         raise TrainError(f"--model {cfg.model}: cannot load it ({e})") from None
     emb = model.get_input_embeddings().weight.shape[0]
@@ -369,6 +428,7 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
             raise TrainError(f"the model's vocabulary ({emb}) is smaller than the tokenizer's ids need ({needed}): "
                              "model and tokenizer do not belong together")
         model.resize_token_embeddings(len(hf_tok))
+    reset = _check_untrained(model, cfg, hooks, examples, stops, pad_id, hf_tok.convert_ids_to_tokens)
     B.own_special_tokens(model, pad_id=pad_id, bos_id=tok.bos_id, stop_ids=stops)
     if cfg.mode == "lora":
         model = B.attach_lora_unsloth(model, targs) if backend == "unsloth" else B.attach_lora(model, targs)
@@ -407,7 +467,14 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
     _check_saved_tokenizer(tmp / "tokenizer", template.source, pad_id)
     merged = False
     if cfg.merge:
-        if cfg.mode == "lora" and hasattr(model, "merge_and_unload"):
+        if cfg.mode == "lora" and (cfg.load_in_4bit or backend == "unsloth"):
+            # never into a 4-bit base, nor into Unsloth's patched model: the base reloaded in 16 bits + the adapter
+            hooks.info("merging the adapter into the base weights, reloaded in 16 bits")
+            B.merge_16bit(model_path, str(tmp / "model"), str(tmp / "merged"), vocab_size=_vocab_size(model))
+            hf_tok.save_pretrained(str(tmp / "merged"))
+            write_generation_config(tmp / "merged", stop_ids=stops, pad_id=pad_id, bos_id=tok.bos_id)
+            merged = True
+        elif cfg.mode == "lora" and hasattr(model, "merge_and_unload"):
             hooks.info("merging the adapter into the base weights")
             m = model.merge_and_unload()
             m.save_pretrained(str(tmp / "merged"))
@@ -459,8 +526,8 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
         "pad_token_id": pad_id,
         "pad_token_added": pad.added,
         "bos_token_id": tok.bos_id,
-        "vocab_size": model.get_input_embeddings().weight.shape[0] if not hasattr(model, "get_base_model")
-        else model.get_base_model().get_input_embeddings().weight.shape[0],
+        "vocab_size": _vocab_size(model),
+        "untrained_tokens_reset": reset,
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
@@ -479,6 +546,11 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
     }
     _json(tmp / "run.json", run_config)
     return RunResult(tmp, metrics, run_config, forced=cfg.force)
+
+
+def _vocab_size(model) -> int:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(base.get_input_embeddings().weight.shape[0])
 
 
 def _check_saved_tokenizer(path: Path, chat_template: str, pad_id: int) -> None:
