@@ -174,10 +174,9 @@ def test_report_decides_on_the_runs_ids(tmp_path):
     literal = enc("The string <|") + enc("eot_id|> is text here.") + [128009]
     real = enc("Hi!") + [128009] + enc("<|start_header_id|>user<|end_header_id|>\n\nmore")
     rows = [
-        {"prompt": prompt, "output": tok.decode(literal), "output_skipped": tok.decode(literal, skip_special_tokens=True),
-         "output_ids": literal, "finish_reason": "stop", "mode": "greedy", "eval_line": 1},
-        {"prompt": prompt, "output": tok.decode(real), "output_skipped": tok.decode(real, skip_special_tokens=True),
-         "output_ids": real, "finish_reason": "stop", "mode": "greedy", "eval_line": 2},
+        {"prompt": prompt, "output": tok.decode(ids), "output_skipped": tok.decode(ids, skip_special_tokens=True),
+         "output_ids": ids, "finish_reason": "stop", "mode": "greedy", "eval_line": k}
+        for k, ids in ((1, literal), (2, real))
     ]
     gens = tmp_path / "gens.jsonl"
     gens.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -122,7 +122,8 @@ Why it hurts: the row's generation is not scanned, so the rates are computed wit
 Example: `{"prompt": "hi", "output": null}`.
 Fix: write rows as `{"prompt": ..., "output": "...", "output_ids": [...], "finish_reason": "stop"}`.
 """, "generations/invalid_rows.jsonl"),
-    Rule("A011", "reasoning-markup-leak", E, "Reasoning markup (think tags, harmony channels) appears in a final answer.",
+    Rule("A011", "reasoning-markup-leak", E,
+         "Reasoning markup (think tags, harmony channels) appears in a final answer.",
          """
 What: `<think>` / `</think>`, `[THINK]`, GPT-OSS harmony channel headers (`<|channel|>analysis<|message|>`,
 `<|start|>assistant<|channel|>final`) or their skipped-token remains (`analysisThe user asks...assistantfinal4`) in
