@@ -268,3 +268,19 @@ def test_issue_16_classes(template, text, want):
     prompt = "Write a chat script with USER: and AGENT: lines." if "AGENT" in text else "Answer."
     got = {f.code for f in scan_generation(Generation(1, text, prompt=prompt), p) if f.severity is Severity.ERROR}
     assert want <= got if want else got == set(), (text, got)
+
+
+def test_prompts_in_the_hf_chat_schema(pats):
+    """Prompts of tool-use rows (content null with tool_calls, typed parts) are scanned, not A010; a row's tools
+    make a tool call in the output legitimate."""
+    prompt = [{"role": "system", "content": [{"type": "text", "text": "Write a tweet in all capital letters."}]},
+              {"role": "user", "content": "Weather?"},
+              {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+                  "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+              {"role": "tool", "content": "22 C"}]
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    res = scan_rows([{"prompt": prompt, "output": "IT IS 22 C. Write a tweet in all capital letters."},
+                     {"prompt": prompt, "output": call},
+                     {"prompt": prompt, "output": call, "tools": tools}], pats)
+    assert {(f.line, f.code) for f in res.findings} == {(1, "A008"), (2, "A012")}

@@ -52,8 +52,8 @@ class Generation:
     def system(self) -> str | None:
         if isinstance(self.prompt, list):
             for m in self.prompt:
-                if isinstance(m, dict) and m.get("role") == "system" and isinstance(m.get("content"), str):
-                    return m["content"]
+                if isinstance(m, dict) and m.get("role") == "system":
+                    return _content_text(m.get("content")) or None
         return None
 
     @property
@@ -61,13 +61,21 @@ class Generation:
         if isinstance(self.prompt, str):
             return self.prompt
         if isinstance(self.prompt, list):
-            return "\n".join(m["content"] for m in self.prompt if isinstance(m, dict)
-                             and isinstance(m.get("content"), str))
+            return "\n".join(_content_text(m.get("content")) for m in self.prompt if isinstance(m, dict))
         return ""
 
     @property
     def has_tools(self) -> bool:
         return bool(self.extra.get("tools"))
+
+
+def _content_text(c: Any) -> str:
+    """A message's text: the string, or the text parts of a typed content list."""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return "\n".join(p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
 
 
 def _snip(text: str, start: int, end: int) -> str:

@@ -167,7 +167,8 @@ def scan_views(rows: Sequence[dict], pats: ArtifactPatterns, *, thresholds: dict
                 continue
             scanned.append({"prompt": r.get("prompt"), "output": r[key], "output_ids": r.get("output_ids"),
                             "finish_reason": r.get("finish_reason"), "mode": r.get("mode", "given"),
-                            "view": view, "eval_line": r.get("eval_line")})
+                            "view": view, "eval_line": r.get("eval_line")}
+                           | ({"tools": r["tools"]} if r.get("tools") else {}))
     res = scan_rows(scanned, pats, path=path, thresholds=thresholds, warn_only=warn_only,
                     group=lambda g: f"{g.extra.get('mode')}/{g.extra.get('view')}")
     return res, scanned

@@ -53,8 +53,9 @@ def parse_generation(obj: Any, *, path: str, line: int) -> tuple[Generation | No
             prompt = None
         else:
             for i, m in enumerate(prompt):
-                if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-                    invalid(f"prompt message {i} is not a {{'role': str, 'content': str}} object", f"/prompt/{i}")
+                if not _message(m):
+                    invalid(f"prompt message {i} is not a chat message (a 'role' string and a 'content' string, list "
+                            "of parts or null, or 'tool_calls')", f"/prompt/{i}")
                     prompt = None
                     break
     ids = obj.get("output_ids")
@@ -73,6 +74,14 @@ def parse_generation(obj: Any, *, path: str, line: int) -> tuple[Generation | No
     extra = {k: v for k, v in obj.items() if k not in ("prompt", "output", "output_ids", "finish_reason")}
     return Generation(line=line, output=out, prompt=prompt, output_ids=ids, finish_reason=fr, path=path,
                       extra=extra), bad
+
+
+def _message(m: Any) -> bool:
+    """A message of the HF chat schema: a role, and content (a string, typed parts or null) or tool calls."""
+    if not (isinstance(m, dict) and isinstance(m.get("role"), str)):
+        return False
+    c = m.get("content")
+    return ("content" in m or "tool_calls" in m) and (c is None or isinstance(c, (str, list)))
 
 
 def _kind(v: Any) -> str:
