@@ -353,7 +353,10 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
             # a header's role word with the answer after it; a role word that is the whole output is an answer
             if re.match(r"[ \t]*(?:\n|:)\s*\S|[A-Z]", after):
                 a, b = ctx.span(i, j)
-                if ctx.keep(a, b, word) or ctx.by_ids and role_of.get(word) in ids_roles:
+                confirmed = ctx.by_ids and role_of.get(word) in ids_roles
+                if ctx.by_ids and pats.header_ids and not confirmed:
+                    continue  # the ids hold no such header: the model wrote the word
+                if ctx.keep(a, b, word) or confirmed:
                     yield _at(gen, "A002", f"output starts with the role word {word!r}: {_snip(gen.output, a, b)}",
                               a, b, word=word, basis=ctx.basis)
             continue
