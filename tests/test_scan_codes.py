@@ -284,3 +284,14 @@ def test_prompts_in_the_hf_chat_schema(pats):
                      {"prompt": prompt, "output": call},
                      {"prompt": prompt, "output": call, "tools": tools}], pats)
     assert {(f.line, f.code) for f in res.findings} == {(1, "A008"), (2, "A012")}
+
+
+def test_the_summary_says_what_was_judged_from_text(pats):
+    res = scan_file(FIX / "generations" / "clean.jsonl", pats)   # one row of six carries output_ids
+    art = res.summary["artifacts"]
+    assert art["basis"] == {"ids": 1, "text": 5}
+    assert "5 of 6 judged from text alone" in art["headline"]
+    from tmplcheck.templates import registry
+
+    no_tok = scan_file(FIX / "generations" / "clean.jsonl", patterns_for(registry()["llama-3"]))
+    assert no_tok.summary["artifacts"]["basis"] == {"ids": 0, "text": 6}
