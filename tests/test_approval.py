@@ -10,7 +10,7 @@ import pytest
 
 from tmplcheck.validator import approval as A
 from tmplcheck.validator.gate import GateOptions, run_gate
-from tmplcheck.validator.stages import StageConfig
+from tmplcheck.validator.stages import StageConfig, build_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 TWEETS = ROOT / "fixtures" / "train" / "tweets.jsonl"
@@ -24,12 +24,17 @@ def llama3_dir() -> Path:
     return load_tokenizer("llama-3").hf_dir
 
 
+def gate(data: Path, cfg: StageConfig):
+    """The real gate with the stages ``cfg`` names (stamps vouch only for what was checked)."""
+    return run_gate(data, GateOptions(stages=build_stages(cfg), jobs=1))
+
+
 @pytest.fixture
 def stamped(tmp_path):
     data = tmp_path / "tweets.jsonl"
     shutil.copy(TWEETS, data)
     cfg = StageConfig(template="llama-3", tokenizer="llama-3", max_length=256, extra={"jobs": 1})
-    res = run_gate(data)  # the stamp's contents don't depend on which stages ran; the gate's stages have own tests
+    res = gate(data, cfg)
     assert res.passed
     return data, cfg, A.write_stamps(res, cfg)
 
@@ -158,7 +163,7 @@ def test_stamp_write_is_atomic(stamped, monkeypatch):
 
     monkeypatch.setattr(tmplcheck.fsutil.os, "fsync", boom)  # fail after the bytes were written, before the rename
     with pytest.raises(OSError):
-        A.write_stamps(run_gate(data), cfg)
+        A.write_stamps(gate(data, cfg), cfg)
     assert path.read_bytes() == before
     assert sorted(p.name for p in data.parent.iterdir()) == ["tweets.jsonl", "tweets.jsonl.tmplcheck.json"]
 
@@ -168,7 +173,27 @@ def test_approved_without_tokenizer_check(tmp_path):
     data = tmp_path / "d.jsonl"
     shutil.copy(TWEETS, data)
     cfg = StageConfig(template="llama-3")
-    A.write_stamps(run_gate(data), cfg)
+    A.write_stamps(gate(data, cfg), cfg)
     assert json.loads(A.stamp_path(data).read_text())["tokenizer"] is None
     msgs = A.verify_stamp(data, "llama-3", "llama-3", cfg)
     assert kinds(msgs) == ["tokenizer"] and "without a tokenizer check" in msgs[0]
+
+
+def test_stamps_only_what_was_checked(tmp_path):
+    """A passed result whose summary lacks a stage its configuration names is not stamped: not the D checks
+    alone, not a token configuration checked without its token stage, not another template than the one named."""
+    data = tmp_path / "d.jsonl"
+    shutil.copy(TWEETS, data)
+    d_only = run_gate(data)
+    assert d_only.passed
+    with pytest.raises(A.StampError, match="only the dataset checks ran"):
+        A.write_stamps(d_only, StageConfig())
+    with pytest.raises(A.StampError, match="did not run the template stage"):
+        A.write_stamps(d_only, StageConfig(template="llama-3"))
+    templ_only = gate(data, StageConfig(template="llama-3"))
+    with pytest.raises(A.StampError, match="did not run the token stage"):
+        A.write_stamps(templ_only, StageConfig(template="llama-3", tokenizer="llama-3"))
+    with pytest.raises(A.StampError, match="another template"):
+        A.write_stamps(templ_only, StageConfig(template="chatml"))
+    assert not A.stamp_path(data).exists()
+    assert A.write_stamps(templ_only, StageConfig(template="llama-3")).is_file()

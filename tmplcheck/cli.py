@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from tmplcheck import __version__
+from tmplcheck.config import check_options, resolve_or_exit
 
 FORMATS = ["text", "json", "jsonl", "junit", "sarif", "github"]
 
@@ -39,6 +40,37 @@ def cli():
     """
 
 
+class Refusal(click.ClickException):
+    """The data, or the template on this data, fails a check (the template's own ``raise_exception``, a row that
+    cannot be read): exit 1, as the gate exits on error findings. Usage errors and tool failures exit 2."""
+
+    exit_code = 1
+
+
+class ToolFailure(click.ClickException):
+    """The tool itself could not do the job (not a finding about the data): exit 2."""
+
+    exit_code = 2
+
+
+#: what each kind of ``TemplateRenderError`` is as a finding (the gate's template stage reports the same codes)
+_RENDER_ERROR_CODES = {"raise": "T003", "undefined": "T003", "error": "T003", "security": "T008",
+                       "timeout": "T009", "size": "T009"}
+
+
+def template_refusal(err, where: str = "") -> click.ClickException:
+    """A ``TemplateRenderError`` as a command's exit: the template refusing (or failing on) this conversation is
+    a finding, exit 1 (T003/T008/T009, as the gate reports it); a mask asked of a template without
+    ``{% generation %}`` markers is a usage problem, exit 2."""
+    code = _RENDER_ERROR_CODES.get(getattr(err, "kind", ""))
+    prefix = f"{where}: " if where else ""
+    if code is None:
+        return ToolFailure(f"{prefix}cannot render this conversation: {err}")
+    what = "refused" if err.kind == "raise" else "failed on"
+    line = f" (template line {err.lineno})" if getattr(err, "lineno", None) else ""
+    return Refusal(f"{prefix}the template {what} this conversation{line}: {err} [{code}]")
+
+
 def write_output(text, output: str | None) -> None:
     """Write a report (a string or an iterator of chunks) to FILE atomically, or to stdout as it comes."""
     chunks = [text] if isinstance(text, str) else text
@@ -50,10 +82,6 @@ def write_output(text, output: str | None) -> None:
         for chunk in chunks:
             if chunk:
                 click.echo(chunk, nl=False)
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    return [s.strip() for v in values for s in v.split(",") if s.strip()]
 
 
 def missing_extra(extra: str, what: str, err: ImportError) -> click.ClickException:
@@ -90,61 +118,37 @@ def load_tokenizer_option(spec: str):
 @click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--template", "-t", help="Template: a built-in name, a .jinja file, a model dir, a GGUF, a hub id.")
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
-@click.option("--max-length", type=int, help="Flag rows longer than N tokens and the turn that loses its end-of-turn.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format (default text).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically).")
-@click.option("--select", multiple=True, help="Only these codes, families (D, K) or names; comma-separated.")
-@click.option("--ignore", multiple=True, help="Drop these codes, families or names; comma-separated.")
 @click.option("--exit-zero", is_flag=True, default=None, help="Exit 0 even when errors are found.")
 @click.option("--max-findings", type=int, help="Show at most N findings (all are still counted).")
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
 @click.option("--max-line-bytes", type=int, help="Skip (and report) lines larger than this (default 10 MiB).")
 @click.option("--group", type=click.Choice(["line", "code"]), help="Group text output by line or by code.")
-@click.option("--add-special-tokens", "add_special", type=click.Choice(["auto", "yes", "no"]),
-              help="How your training pipeline tokenizes the render: auto = like apply_chat_template and "
-                   "`tmplcheck train` (no tokenizer BOS when the template writes one); yes = tokenizer(text), "
-                   "e.g. a trainer fed pre-rendered text; no = never add special tokens.")
-@click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset.")
+@click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset "
+                                              "(needs a template and a tokenizer).")
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="Read settings from this TOML file instead of searching for one.")
+@check_options()
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
-              input_format, max_line_bytes, group, add_special, approve, jobs, config_path):
+              input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train):
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
-    from tmplcheck.config import ConfigError, settings_for
-    from tmplcheck.validator.gate import GateOptions, run_gate
+    from tmplcheck.validator.gate import run_gate
     from tmplcheck.validator.report import report_chunks
-    from tmplcheck.validator.stages import StageConfig, build_stages
+    from tmplcheck.validator.stages import build_stages
     from tmplcheck.validator.render import TemplateLoadError
     from tmplcheck.validator.tokenizer import TokenizerLoadError
 
-    try:
-        conf = settings_for(data[0], config_path)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-    def pick(flag, key, default=None):
-        return flag if flag not in (None, (), []) else conf.get(key, default)
-
-    template = pick(template, "template")
-    tokenizer = pick(tokenizer, "tokenizer")
-    max_length = pick(max_length, "max_length")
-    fmt = pick(fmt, "format", "text")
-    sel = _split(select) or list(conf.get("select", []))
-    ign = _split(ignore) or list(conf.get("ignore", []))
-    exit_zero = pick(exit_zero, "exit_zero", False)
-    max_findings = pick(max_findings, "max_findings")
-    group = pick(group, "group", "line")
-    from tmplcheck.validator.codes import RULES, matches
-
-    for s in sel + ign:
-        if s.upper() != "ALL" and not any(matches(c, [s]) for c in RULES):
-            raise click.UsageError(f"--select/--ignore: {s!r} matches no finding code")
-    extra = {"jobs": pick(jobs, "jobs"), "select": sel, "ignore": ign}
-    add_special = pick(add_special, "add_special_tokens", "auto")
-    if add_special != "auto":  # part of the stamped configuration only when it differs from the default
-        extra["add_special_tokens"] = {"yes": True, "no": False}[add_special]
-    stage_cfg = StageConfig(template=template, tokenizer=tokenizer, max_length=max_length, extra=extra)
+    st = resolve_or_exit(data[0], config_path, template=template, tokenizer=tokenizer, max_length=max_length,
+                         format=fmt, select=select, ignore=ignore, exit_zero=exit_zero, max_findings=max_findings,
+                         input_format=input_format, max_line_bytes=max_line_bytes, group=group,
+                         add_special_tokens=add_special, jobs=jobs, for_train=for_train)
+    if approve and (st.template is None or st.tokenizer is None):
+        raise click.UsageError("--approve needs --template and --tokenizer (or both in the settings file): a stamp "
+                               "vouches for the template and mask checks, which need both")
+    for d in data:
+        if not Path(d).exists():
+            raise click.UsageError(f"{d}: no such file")
+    stage_cfg = st.stage_config()
     try:
         stages = build_stages(stage_cfg)
     except ImportError as e:
@@ -153,26 +157,26 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         raise click.UsageError(f"--template: {e}") from None
     except TokenizerLoadError as e:
         raise click.UsageError(f"--tokenizer: {e}") from None
-    opts = GateOptions(input_format=pick(input_format, "input_format"), select=sel, ignore=ign, stages=stages)
-    if pick(max_line_bytes, "max_line_bytes"):
-        opts.max_line_bytes = pick(max_line_bytes, "max_line_bytes")
+    opts = st.gate_options(stages=stages)
     results = []
     for d in data:
         p = Path(d)
-        if not p.exists():
-            raise click.UsageError(f"{d}: no such file")
         with _progress(p) as opts.progress:
             results.append(run_gate(p, opts, display_path=d))
-    color = fmt == "text" and output is None and sys.stdout.isatty()
-    write_output(report_chunks(fmt, results, max_findings=max_findings, group=group, color=color), output)
+    color = st.format == "text" and output is None and sys.stdout.isatty()
+    write_output(report_chunks(st.format, results, max_findings=st.max_findings, group=st.group, color=color),
+                 output)
     if approve:
-        from tmplcheck.validator.approval import write_stamps
+        from tmplcheck.validator.approval import StampError, write_stamps
 
         for r in results:
             if r.passed:
-                stamp = write_stamps(r, stage_cfg)
+                try:
+                    stamp = write_stamps(r, stage_cfg)
+                except StampError as e:
+                    raise click.ClickException(str(e)) from None
                 click.echo(f"approved: {stamp}", err=True)
-    code = 0 if exit_zero else max(r.exit_code for r in results)
+    code = 0 if st.exit_zero else max(r.exit_code for r in results)
     sys.exit(code)
 
 
@@ -266,7 +270,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, Refusal) else 2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(2)

@@ -1,7 +1,8 @@
 """``tmplcheck render``: print exactly the rendered text of one conversation, with either renderer.
 
 Contract: stdout holds the rendered text and nothing else (no trailing newline is added); every problem is one
-clear sentence on stderr with exit status 2.
+clear sentence on stderr: exit 1 when the template refuses the conversation (its own ``raise_exception``, or a
+sandbox/size bound: the codes the gate reports, T003/T008/T009), exit 2 for usage errors and tool failures.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ RENDERERS = ["hf", "llamacpp"]
 
 
 class RenderError(click.ClickException):
-    """The render itself failed (unknown template, template refused the conversation): exit 2, like usage errors."""
+    """The render cannot be made (llama.cpp does not know the template): exit 2, like usage errors."""
 
     exit_code = 2
 
@@ -146,7 +147,9 @@ def render_text(template: str, messages: list[dict], *, renderer: str = "hf", ad
     try:
         return t.render(messages, add_generation_prompt=add_generation_prompt)
     except TemplateRenderError as e:
-        raise RenderError(f"the template refused this conversation: {e}") from None
+        from tmplcheck.cli import template_refusal
+
+        raise template_refusal(e) from None
 
 
 @click.command("render")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import click
+
+from tmplcheck.config import check_options, resolve_or_exit
 
 
 def _load_pair(template: str | None, tokenizer: str | None):
@@ -22,23 +25,29 @@ def _load_pair(template: str | None, tokenizer: str | None):
     return tmpl, tok
 
 
-def _conf(data: str | None) -> dict:
-    from tmplcheck.config import ConfigError, settings_for
+def _pipeline_kw(settings) -> dict:
+    """The token pipeline's arguments from the check settings (as the gate's token stage gets them)."""
+    kw: dict = {"max_length": settings.max_length}
+    if settings.add_special_tokens != "auto":
+        kw["add_special_tokens"] = {"yes": True, "no": False}[settings.add_special_tokens]
+    return kw
 
-    try:
-        return settings_for(data)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+
+def _probe_kw(settings) -> dict:
+    def keep(code: str) -> bool:   # --for-train makes K005 an info: not a violation of the mask property
+        return settings.keeps(code) and not (settings.for_train and code == "K005")
+
+    return {"pipeline_kw": _pipeline_kw(settings), "keep": keep}
 
 
-def token_table(tmpl, tok, conv) -> dict:
+def token_table(tmpl, tok, conv, settings=None) -> dict:
     """The row's tokens with strings, offsets, mask, special flags and the message each belongs to, plus findings."""
     from tmplcheck.validator.checks.tokens import IGNORE
     from tmplcheck.validator.token_stage import TokenPipeline, row_in
     from tmplcheck.validator.tokens import encode_conversation
 
     messages = conv.dicts()
-    pipe = TokenPipeline(tmpl, tok, path=conv.path)
+    pipe = TokenPipeline(tmpl, tok, path=conv.path, **(_pipeline_kw(settings) if settings is not None else {}))
     enc = encode_conversation(tmpl, tok, messages, add_special_tokens=pipe.add_special_tokens)
     turns, _ = pipe.turns_of(row_in(conv), messages, enc)
     found = sorted((t for t in turns if t.found), key=lambda t: t.start)
@@ -57,10 +66,44 @@ def token_table(tmpl, tok, conv) -> dict:
                      "token": tok.id_to_token(tid), "offset": [s, e], "trained": lab != IGNORE,
                      "special": tid in specials, "message": owner, "part": part})
     res = pipe.process_row(row_in(conv))
+    findings = list(res.findings)
+    if settings is not None:
+        from tmplcheck.config import severity_overrides
+
+        over = severity_overrides(settings.for_train)
+        findings = [dataclasses.replace(f, severity=over[f.code][0], message=f"{f.message} ({over[f.code][1]})")
+                    if f.code in over else f for f in findings if settings.keeps(f.code)]
     return {"path": conv.path, "line": conv.line, "template": tmpl.meta.name, "tokenizer": getattr(tok, "name", ""),
             "text": enc.text, "ids": list(enc.ids), "labels": list(enc.labels),
             "turns": [{"message": t.index, "role": t.role, "start": t.start, "end": t.end} for t in turns],
-            "tokens": rows, "findings": [f.to_dict() for f in res.findings]}
+            "trained": trained_runs(enc), "tokens": rows, "findings": [f.to_dict() for f in findings]}
+
+
+def trained_runs(enc) -> list[dict]:
+    """Each run of consecutive trained tokens, as the text it covers, with the message whose turn it is in (the
+    last message whose located start is at or before the run)."""
+    from tmplcheck.validator.checks.tokens import IGNORE
+
+    starts = sorted((s.content_start, s.index) for s in enc.spans if s.content_start is not None)
+    out: list[dict] = []
+    k = 0
+    n = len(enc.labels)
+    while k < n:
+        if enc.labels[k] == IGNORE:
+            k += 1
+            continue
+        j = k
+        while j < n and enc.labels[j] != IGNORE:
+            j += 1
+        a, b = enc.offsets[k][0], max(e for _s, e in enc.offsets[k:j])
+        owner = None
+        for p, i in starts:
+            if p > a:
+                break
+            owner = i
+        out.append({"message": owner, "start": a, "end": b, "text": enc.text[a:b], "tokens": j - k})
+        k = j
+    return out
 
 
 def render_rich(table: dict, console) -> None:
@@ -110,37 +153,48 @@ def render_rich(table: dict, console) -> None:
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
-def show_cmd(data, line_no, template, tokenizer, fmt, input_format):
-    """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries."""
+@check_options()
+def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
+             max_length, for_train):
+    """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
+
+    Exit 0 shown; 1 the row cannot be read or the template refuses it (as the gate reports it); 2 usage error.
+    """
+    from tmplcheck.cli import Refusal, ToolFailure, template_refusal
+    from tmplcheck.templates import TemplateRenderError
     from tmplcheck.validator.ingest import read_rows
 
-    conf = _conf(data)
-    template = template or conf.get("template")
-    tokenizer = tokenizer or conf.get("tokenizer")
-    tmpl, tok = _load_pair(template, tokenizer)
+    st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, input_format=input_format,
+                         select=select, ignore=ignore, add_special_tokens=add_special, max_length=max_length,
+                         for_train=for_train)
+    tmpl, tok = _load_pair(st.template, st.tokenizer)
     conv = None
-    for row in read_rows(data, input_format=input_format or conf.get("input_format")):
+    for row in read_rows(data, input_format=st.input_format):
         if row.line == line_no:
             conv = row.conversation
             if conv is None:
                 msgs = "; ".join(f"{f.code} {f.message}" for f in row.findings)
-                raise click.ClickException(f"{data}:{line_no} holds no readable conversation ({msgs})")
+                raise Refusal(f"{data}:{line_no} holds no readable conversation ({msgs})")
             break
         if row.line > line_no:
             break
     if conv is None:
-        raise click.ClickException(f"{data} has no row at line {line_no}")
+        raise click.UsageError(f"{data} has no row at line {line_no}")
     for m in conv.messages:
         try:
             m.content.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise click.ClickException(f"{data}:{line_no}: {m.pointer} holds a lone surrogate "
-                                       f"({m.content[e.start:e.end]!r} at character {e.start}), which no tokenizer "
-                                       "can encode (D027)") from None
+            raise Refusal(f"{data}:{line_no}: {m.pointer} holds a lone surrogate "
+                          f"({m.content[e.start:e.end]!r} at character {e.start}), which no tokenizer "
+                          "can encode (D027)") from None
+        except AttributeError:   # typed content (a list of parts): the encoder reports it
+            pass
     try:
-        table = token_table(tmpl, tok, conv)
-    except Exception as e:  # a template that raises on this row
-        raise click.ClickException(f"{data}:{line_no}: cannot render/encode this row: {e}") from None
+        table = token_table(tmpl, tok, conv, st)
+    except TemplateRenderError as e:
+        raise template_refusal(e, f"{data}:{line_no}") from None
+    except Exception as e:  # noqa: BLE001 - the tool could not encode this row
+        raise ToolFailure(f"{data}:{line_no}: cannot render/encode this row: {type(e).__name__}: {e}") from None
     if fmt == "json":
         click.echo(json.dumps(table, ensure_ascii=False, indent=1))
         return
@@ -156,17 +210,22 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--property", "only", multiple=True, help="Only this property (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def probe_cmd(template, tokenizer, examples, seed, only, fmt):
+@check_options()
+def probe_cmd(template, tokenizer, examples, seed, only, fmt, config_path, select, ignore, add_special, max_length,
+              for_train):
     """Generate conversations with hypothesis and check the template/tokenizer pair's properties.
 
-    Prints each violated property with its shrunk counterexample; exit 1 on any.
+    Prints each violated property with its shrunk counterexample; exit 1 on any. Settings come from the same
+    file and flags as `tmplcheck check` (searched from the working directory); --add-special-tokens sets how the
+    probed pipeline tokenizes.
     """
     from tmplcheck.validator.probe import run_probe
 
-    conf = _conf(None)
-    tmpl, tok = _load_pair(template or conf.get("template"), tokenizer or conf.get("tokenizer"))
+    st = resolve_or_exit(None, config_path, template=template, tokenizer=tokenizer, select=select, ignore=ignore,
+                         add_special_tokens=add_special, max_length=max_length, for_train=for_train)
+    tmpl, tok = _load_pair(st.template, st.tokenizer)
     res = run_probe(tmpl, tok, examples=examples, seed=seed, only=list(only) or None,
-                    tokenizer_name=tokenizer or conf.get("tokenizer") or "")
+                    tokenizer_name=st.tokenizer or "", **_probe_kw(st))
     if fmt == "json":
         click.echo(json.dumps({"template": res.template, "tokenizer": res.tokenizer, "examples": res.examples,
                                "seed": res.seed, "passed": res.passed, "skipped": res.skipped,

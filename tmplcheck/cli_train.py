@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from tmplcheck.config import check_options, resolve_or_exit
+
 FORCE_WARNING = (
     "--force: training on data the gate has NOT approved. The template/token checks were skipped; a broken "
     "template trains a broken model. run.json records forced=true and the report shows it.")
@@ -77,8 +79,9 @@ class _Display:
 @click.command("train")
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--model", "-m", required=True, help="Base model: a local directory or a hub id (org/name).")
-@click.option("--template", "-t", required=True, help="The template the dataset was approved with.")
-@click.option("--tokenizer", "-k", help="Tokenizer (default: the one in the approval stamp, else the template's).")
+@click.option("--template", "-t", help="The template the dataset was approved with (default: the settings file's).")
+@click.option("--tokenizer", "-k", help="Tokenizer (default: the settings file's, else the one in the approval "
+                                        "stamp, else the template's).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), help="Run directory (default runs/DATA-TIME).")
 @click.option("--epochs", type=float, default=1.0, show_default=True, help="Training epochs.")
 @click.option("--max-steps", type=int, help="Stop after N optimiser steps (overrides --epochs).")
@@ -89,7 +92,8 @@ class _Display:
               help="LoRA adapter or full fine-tune.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: load the base model in 4 bits (CUDA).")
 @click.option("--packing", is_flag=True, help="Concatenate rows into blocks of --max-length tokens.")
-@click.option("--max-length", type=int, help="Tokens per sequence (default: the approved one, else 2048).")
+@click.option("--max-length", type=int, help="Tokens per sequence (default: the settings file's, else the approved "
+                                              "one, else 2048).")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -104,11 +108,23 @@ class _Display:
 @click.option("--loss-on", type=click.Choice(["assistant", "all"]), default="assistant", show_default=True,
               help="assistant: loss on the verified assistant masks; all: on every token (the naive pipeline, "
                    "for reproducing failures; recorded in run.json).")
+@check_options(max_length=False, for_train=False)
 def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, lora_r, lora_alpha, mode,
               load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, eval_split, revalidate,
-              force, merge, input_format, loss_on):
-    """Fine-tune MODEL on DATA, which `tmplcheck check --approve` must have approved for TEMPLATE."""
+              force, merge, input_format, loss_on, config_path, select, ignore, add_special):
+    """Fine-tune MODEL on DATA, which `tmplcheck check --approve` must have approved for TEMPLATE.
+
+    The check settings (--config, --select, --ignore, --max-length, --add-special-tokens, template, tokenizer)
+    are read exactly as `tmplcheck check` reads them, from the same settings file, so the approval stamp's
+    configuration is recomputed without repeating flags.
+    """
     import importlib.util
+
+    st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, max_length=max_length,
+                         select=select, ignore=ignore, add_special_tokens=add_special, input_format=input_format)
+    if not st.template:
+        raise click.UsageError("--template is required (or template in tmplcheck.toml / [tool.tmplcheck])")
+    template, tokenizer, max_length, input_format = st.template, st.tokenizer, st.max_length, st.input_format
 
     missing = [m for m in ("torch", "transformers", "peft", "trl", "datasets", "accelerate")
                if importlib.util.find_spec(m) is None]
@@ -134,7 +150,7 @@ def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, l
                           load_in_4bit=load_in_4bit, packing=packing, max_length=max_length, batch_size=batch_size,
                           grad_accum=grad_accum, seed=seed, eval_split=eval_split, revalidate=revalidate,
                           force=force, merge=merge, input_format=input_format,
-                          loss_on=loss_on)
+                          loss_on=loss_on, settings=st)
         hooks = Hooks(info=disp.info, warn=disp.warn, progress=disp.step, loss=disp.loss)
         try:
             res = run_training(cfg, hooks)

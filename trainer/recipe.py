@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import json
@@ -61,6 +62,7 @@ class TrainConfig:
     merge: bool = False
     input_format: str | None = None
     loss_on: str = "assistant"         # "assistant": the verified masks; "all": every token (the naive pipeline)
+    settings: Any = None               # tmplcheck.config.Settings: the check settings (select/ignore/...) to verify
 
     def __post_init__(self):
         self.data = Path(self.data)
@@ -138,7 +140,6 @@ def approve(cfg: TrainConfig, hooks: Hooks) -> tuple[dict[str, Any] | None, str 
     - ``--force``: skip the gate; the run records forced=true (the caller prints the loud warning).
     """
     from tmplcheck.validator.approval import read_stamp, stamp_path, verify_stamp, write_stamps
-    from tmplcheck.validator.stages import StageConfig
 
     if cfg.force:
         return None, cfg.tokenizer, cfg.max_length, False
@@ -147,17 +148,25 @@ def approve(cfg: TrainConfig, hooks: Hooks) -> tuple[dict[str, Any] | None, str 
     except Exception:  # noqa: BLE001 - an unreadable stamp is simply not a match
         old = None
     tok_spec = cfg.tokenizer or ((old or {}).get("tokenizer") or {}).get("spec") or _default_tokenizer(cfg.template)
-    old_len = ((old or {}).get("config") or {}).get("settings", {}).get("max_length")
-    max_length = cfg.max_length if cfg.max_length is not None else old_len
-    stage_cfg = StageConfig(template=cfg.template, tokenizer=tok_spec, max_length=max_length)
+    old_settings = ((old or {}).get("config") or {}).get("settings", {})
+    max_length = cfg.max_length if cfg.max_length is not None else old_settings.get("max_length")
+    # the same check settings `check` stamps (tmplcheck/config.py); this run writes the stop set itself, so an
+    # approval made with or without --for-train fits it (--revalidate checks with it)
+    from tmplcheck.config import Settings
+
+    base = cfg.settings or Settings()
+    settings = dataclasses.replace(base, template=cfg.template, tokenizer=tok_spec, max_length=max_length,
+                                   for_train=True if cfg.revalidate else bool(old_settings.get("for_train")))
+    stage_cfg = settings.stage_config()
     if cfg.revalidate:
-        from tmplcheck.validator.gate import GateOptions, run_gate
+        from tmplcheck.validator.gate import run_gate
         from tmplcheck.validator.stages import build_stages
 
         hooks.info(f"revalidating {cfg.data} with template {cfg.template}"
                    + (f" and tokenizer {tok_spec}" if tok_spec else ""))
-        result = run_gate(cfg.data, GateOptions(input_format=cfg.input_format, stages=build_stages(stage_cfg)),
-                          display_path=str(cfg.data))
+        opts = settings.gate_options(stages=build_stages(stage_cfg))
+        opts.input_format = cfg.input_format or opts.input_format
+        result = run_gate(cfg.data, opts, display_path=str(cfg.data))
         if not result.passed:
             worst = list(itertools.islice((f for f in result.findings if f.severity.value == "error"), 5))
             lines = [f"{f.path}:{f.line}: {f.code} {f.message}" for f in worst]

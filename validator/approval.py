@@ -159,10 +159,43 @@ def build_stamp(data_path: str | os.PathLike, summary: dict[str, Any], cfg: Any)
     }
 
 
+def checked_stages(summary: dict[str, Any], cfg: Any) -> list[str]:
+    """Why a gate summary does not prove what ``cfg`` names (empty when it does): the template stage must have run
+    on the template ``cfg`` names, the token stage on its tokenizer, and at least one of them at all (a stamp on
+    the D checks alone would let the trainer skip every template and mask check)."""
+    template, tokenizer = getattr(cfg, "template", None), getattr(cfg, "tokenizer", None)
+    out = []
+    if template is None and tokenizer is None:
+        out.append("only the dataset checks ran (no --template, no --tokenizer): nothing about the template or "
+                   "the training masks was checked")
+    read = summary.get("rows_read")
+    if template is not None:
+        ts = summary.get("template")
+        if not isinstance(ts, dict):
+            out.append(f"the configuration names template {template!r} but the gate did not run the template stage")
+        elif read is not None and ts.get("rows") != read:
+            out.append(f"the template stage saw {ts.get('rows')} of {read} readable rows")
+        else:
+            fp = template_fingerprint(template)
+            if fp and ts.get("sha256") and ts["sha256"] != fp["sha256"]:
+                out.append(f"the template stage ran on another template ({ts.get('template')}) than {template!r}")
+    if tokenizer is not None:
+        ks = summary.get("tokens")
+        if not isinstance(ks, dict):
+            out.append(f"the configuration names tokenizer {tokenizer!r} but the gate did not run the token stage")
+    return out
+
+
 def write_stamps(result: Any, cfg: Any) -> Path:
-    """Write the approval stamp for a passed ``GateResult`` next to its dataset, atomically; return its path."""
+    """Write the approval stamp for a passed ``GateResult`` next to its dataset, atomically; return its path.
+
+    Refuses (``StampError``) a result that failed, or one whose summary does not show the template and token
+    stages that ``cfg`` names (see :func:`checked_stages`): a stamp only vouches for what was checked."""
     if not result.passed:
         raise StampError(f"{result.path}: the gate found {result.errors} error(s); nothing to approve")
+    gaps = checked_stages(result.summary, cfg)
+    if gaps:
+        raise StampError(f"{result.path}: not stamped: " + "; ".join(gaps))
     data = Path(result.path)
     stamp = build_stamp(data, result.summary, cfg)
     out = stamp_path(data)

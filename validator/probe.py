@@ -77,12 +77,14 @@ class ProbeResult:
 class Probe:
     """The properties of one template/tokenizer pair."""
 
-    def __init__(self, template, tokenizer):
+    def __init__(self, template, tokenizer, *, pipeline_kw: dict | None = None,
+                 keep: Callable[[str], bool] | None = None):
         from tmplcheck.validator.token_stage import TokenPipeline, template_control_strings
 
         self.template = template
         self.tokenizer = tokenizer
-        self.pipeline = TokenPipeline(template, tokenizer)
+        self.pipeline = TokenPipeline(template, tokenizer, **(pipeline_kw or {}))
+        self.keep = keep or (lambda code: True)   # the check settings' select/ignore (and --for-train)
         self.specials = tuple(dict.fromkeys(template_control_strings(template) + list(self.pipeline.ctx.special_strings[:40])))
 
     # -- helpers
@@ -163,7 +165,8 @@ class Probe:
         row = (line, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role")
                       for i, m in enumerate(conv)])
         out = p.process_row(row)
-        bad = [f for f in out.findings if f.code in ("M001", "M002", "M003", "M004", "M006", "K004", "K005", "K012")]
+        bad = [f for f in out.findings if f.code in ("M001", "M002", "M003", "M004", "M006", "K004", "K005", "K012")
+               and self.keep(f.code)]
         if bad:
             f = bad[0]
             return f"{f.code} at {f.pointer or 'row'}: {f.message}"
@@ -227,9 +230,11 @@ class Probe:
 
 
 def run_probe(template, tokenizer, *, examples: int = 100, seed: int = 0, only: list[str] | None = None,
-              template_name: str = "", tokenizer_name: str = "") -> ProbeResult:
-    """Run every property (or ``only`` those) with ``examples`` generated conversations each."""
-    probe = Probe(template, tokenizer)
+              template_name: str = "", tokenizer_name: str = "", pipeline_kw: dict | None = None,
+              keep: Callable[[str], bool] | None = None) -> ProbeResult:
+    """Run every property (or ``only`` those) with ``examples`` generated conversations each. ``pipeline_kw``
+    (add_special_tokens, max_length) and ``keep`` (which codes count) carry the check settings."""
+    probe = Probe(template, tokenizer, pipeline_kw=pipeline_kw, keep=keep)
     res = ProbeResult(template_name or template.meta.name, tokenizer_name or getattr(tokenizer, "name", ""),
                       examples, seed)
     if not only or "audit" in only:
