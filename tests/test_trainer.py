@@ -299,7 +299,10 @@ def test_revalidate_stamps_passing_data(tmp_path):
     stamp, tok_spec, max_length, revalidated = approve(
         TrainConfig(data=data, model="x/y", template="llama-3", revalidate=True), Hooks())
     assert revalidated and tok_spec == "llama-3" and stamp["summary"]["passed"]
-    assert verify_stamp(data, "llama-3", "llama-3", StageConfig(template="llama-3", tokenizer="llama-3")) == []
+    # --revalidate checks for training (K005 an info: the run writes the stop set) and stamps that setting
+    assert stamp["config"]["settings"]["for_train"] is True
+    assert verify_stamp(data, "llama-3", "llama-3", StageConfig(template="llama-3", tokenizer="llama-3",
+                                                                extra={"for_train": True})) == []
 
 
 # ---------------------------------------------------------------------------- forced full fine-tune with packing
