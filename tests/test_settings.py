@@ -124,3 +124,17 @@ def test_bad_settings_are_usage_errors(tmp_path):
         assert r.exit_code == 2 and needle in r.output
     r = invoke("check", TWEETS, "--approve")
     assert r.exit_code == 2 and "--approve needs --template and --tokenizer" in r.output
+
+
+def test_scan_and_report_take_the_same_select_ignore(tmp_path):
+    gen = tmp_path / "gen.jsonl"
+    shutil.copy(FIX / "generations" / "trailing_role_word.jsonl", gen)
+    assert invoke("scan", gen, "-t", "llama-3").exit_code == 1
+    assert invoke("scan", gen, "-t", "llama-3", "--ignore", "trailing-role-word").exit_code == 0
+    assert invoke("scan", gen, "-t", "llama-3", "--select", "A002").exit_code == 0
+    (tmp_path / "tmplcheck.toml").write_text('select = ["D", "K"]\n')   # written for the gate: A codes stay in
+    assert invoke("scan", gen, "-t", "llama-3").exit_code == 1
+    (tmp_path / "tmplcheck.toml").write_text('ignore = ["A001"]\n')
+    assert invoke("scan", gen, "-t", "llama-3").exit_code == 0
+    assert invoke("scan", gen, "-t", "llama-3", "--threshold", "A001=0").exit_code == 1   # named: it counts again
+    assert "--select" in invoke("report", "--help").output

@@ -12,18 +12,35 @@ from pathlib import Path
 import click
 
 from tmplcheck.cli import FORMATS, write_output
+from tmplcheck.config import check_options
 
 _THRESHOLD_HELP = ("Allowed share of generations for a code, CODE=RATE (A001=0.05, A=1%, all=0.1); repeatable. "
                    "Default 0: any artifact fails.")
 
 
-def _thresholds(values: tuple[str, ...]) -> dict[str, float]:
-    from tmplcheck.artifacts.scan import parse_thresholds
+def _thresholds(values: tuple[str, ...], settings=None) -> dict[str, float]:
+    """``--threshold`` specs; with the check settings, an A code that --ignore names, or that a --select naming
+    A codes leaves out (flags or the settings file), never fails (threshold 100 %, unless --threshold names it).
+    A --select of other families only (a settings file written for the gate) leaves every A code in."""
+    from tmplcheck.artifacts.scan import A_CODES, parse_thresholds
+    from tmplcheck.validator.codes import matches
 
     try:
-        return parse_thresholds(values)
+        th = parse_thresholds(values)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if settings is not None:
+        sel = settings.select if any(matches(c, settings.select) for c in A_CODES) else []
+        for c in A_CODES:
+            if c not in th and ((sel and not matches(c, sel)) or matches(c, settings.ignore)):
+                th[c] = 1.0
+    return th
+
+
+def _settings(path, config_path, select, ignore):
+    from tmplcheck.config import resolve_or_exit
+
+    return resolve_or_exit(path, config_path, select=select, ignore=ignore)
 
 
 def _load_patterns(template: str, tokenizer: str | None):
@@ -46,12 +63,16 @@ def _load_patterns(template: str, tokenizer: str | None):
 @click.option("--warn-only", is_flag=True, help="Report artifacts as warnings and exit 0.")
 @click.option("--max-findings", type=int, help="Show at most N findings (all are still counted).")
 @click.option("--group", type=click.Choice(["line", "code"]), default="code", show_default=True)
-def scan_cmd(generations, template, tokenizer, fmt, output, threshold, warn_only, max_findings, group):
-    """Scan GENERATIONS (JSONL rows {"prompt", "output", "output_ids"?, "finish_reason"?}) for template artifacts."""
+@check_options(max_length=False, for_train=False, add_special_tokens=False)
+def scan_cmd(generations, template, tokenizer, fmt, output, threshold, warn_only, max_findings, group, config_path,
+             select, ignore):
+    """Scan GENERATIONS (JSONL rows {"prompt", "output", "output_ids"?, "finish_reason"?}) for template artifacts.
+
+    --select/--ignore (or the settings file's) decide which A codes can fail the scan."""
     from tmplcheck.artifacts.scan import scan_file
     from tmplcheck.validator.report import report
 
-    th = _thresholds(threshold)
+    th = _thresholds(threshold, _settings(generations, config_path, select, ignore))
     p = Path(generations)
     if not p.exists():
         raise click.UsageError(f"{generations}: no such file")
@@ -75,12 +96,18 @@ def scan_cmd(generations, template, tokenizer, fmt, output, threshold, warn_only
 @click.option("--generations", "gen_file", type=click.Path(dir_okay=False, exists=True),
               help="Re-scan these generations (written by an earlier report) instead of generating.")
 @click.option("--warn-only", is_flag=True, help="Report artifacts as warnings and exit 0.")
+@check_options(max_length=False, for_train=False, add_special_tokens=False)
 def report_cmd(run_dir, threshold, samples, max_prompts, max_new_tokens, temperature, seed, out_dir, gen_file,
-               warn_only):
-    """Generate on RUN_DIR's held-out prompts, scan the outputs, write report.json and report.html."""
+               warn_only, config_path, select, ignore):
+    """Generate on RUN_DIR's held-out prompts, scan the outputs, write report.json and report.html.
+
+    Exit 1 when an artifact rate passes its threshold or a saved generation config misses an end-of-turn id of the
+    run's template (the stop-id check). --select/--ignore (or the settings file's, searched from RUN_DIR) decide
+    which A codes can fail the report.
+    """
     from tmplcheck.artifacts.report import ReportError, build_report
 
-    th = _thresholds(threshold)
+    th = _thresholds(threshold, _settings(Path(run_dir) / "run.json", config_path, select, ignore))
     try:
         rep = build_report(Path(run_dir), out_dir=Path(out_dir) if out_dir else None, thresholds=th,
                            samples=samples, max_prompts=max_prompts, max_new_tokens=max_new_tokens,

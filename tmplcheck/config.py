@@ -214,7 +214,7 @@ def severity_overrides(for_train: bool) -> dict:
     return {"K005": (Severity.INFO, FOR_TRAIN_NOTE)} if for_train else {}
 
 
-def check_options(*, max_length: bool = True, for_train: bool = True):
+def check_options(*, max_length: bool = True, for_train: bool = True, add_special_tokens: bool = True):
     """The check flags every command takes, the same names and meanings: --config, --select, --ignore,
     --max-length, --add-special-tokens (and --for-train where the command runs the gate)."""
     import click
@@ -227,12 +227,13 @@ def check_options(*, max_length: bool = True, for_train: bool = True):
             click.option("--select", multiple=True, help="Only these codes, families (D, K) or names; "
                                                          "comma-separated."),
             click.option("--ignore", multiple=True, help="Drop these codes, families or names; comma-separated."),
-            click.option("--add-special-tokens", "add_special", type=click.Choice(["auto", "yes", "no"]),
+        ]
+        if add_special_tokens:
+            opts.append(click.option("--add-special-tokens", "add_special", type=click.Choice(["auto", "yes", "no"]),
                          help="How your training pipeline tokenizes the render: auto = like apply_chat_template and "
                               "`tmplcheck train` (no tokenizer BOS when the template writes one); yes = "
                               "tokenizer(text), e.g. a trainer fed pre-rendered text; no = never add special "
-                              "tokens."),
-        ]
+                              "tokens."))
         if max_length:
             opts.append(click.option("--max-length", type=int, help="Flag rows longer than N tokens and the turn "
                                                                     "that loses its end-of-turn."))
