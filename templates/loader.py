@@ -2,8 +2,8 @@
 
 Sources: a registry name; a ``.jinja`` (or any text) file; a model directory (``chat_template.jinja``, else
 ``chat_template.json``, else ``tokenizer_config.json``'s ``chat_template``, a string or the named-templates list
-form); a ``tokenizer_config.json`` file; a GGUF file (``tokenizer.chat_template`` metadata, read with the ``gguf``
-package); a hub id (``org/name`` or ``org/name@revision``) through ``huggingface_hub``, which honours
+form); a ``tokenizer_config.json`` file; a GGUF file (``tokenizer.chat_template`` metadata, read from the header
+only by ``validator/gguf_header.py``); a hub id (``org/name`` or ``org/name@revision``) through ``huggingface_hub``, which honours
 ``HF_HUB_OFFLINE`` and its cache. ``SPEC::NAME`` picks a named template.
 
 A loaded template gets its special tokens from the tokenizer config (or the GGUF vocabulary). If it renders
@@ -119,41 +119,27 @@ def _from_dir(d: Path, name: str | None) -> tuple[str, dict[str, str], list[str]
                             f"chat_template", "missing")
 
 
-def _gguf_str(field) -> str:
-    try:
-        v = field.contents()
-    except Exception:  # noqa: BLE001 - older gguf: decode the raw parts
-        v = bytes(field.parts[field.data[0]]).decode("utf-8")
-    if isinstance(v, (bytes, bytearray)):
-        v = bytes(v).decode("utf-8")
-    return v
-
-
 def _from_gguf(p: Path, name: str | None) -> tuple[str, dict[str, str]]:
-    try:
-        from gguf import GGUFReader
+    """The chat template (and BOS/EOS text) from a GGUF's metadata, read by ``validator/gguf_header.py``: the header
+    and key/values only, never the tensors (a template from a multi-GB model loads in well under a second)."""
+    from tmplcheck.validator.gguf_header import GGUFHeaderError, cached_header, token_text
 
-        reader = GGUFReader(str(p))
-    except Exception as e:  # noqa: BLE001 - a corrupt file is the user's input, say so
+    try:
+        h = cached_header(p)
+    except (GGUFHeaderError, OSError) as e:  # a corrupt file is the user's input, say so
         raise TemplateLoadError(f"{p}: not a readable GGUF file: {e}", "load") from None
     key = f"tokenizer.chat_template.{name}" if name and name != "default" else "tokenizer.chat_template"
-    field = reader.get_field(key)
-    if field is None:
-        names = [f[len("tokenizer.chat_template."):] for f in reader.fields if f.startswith("tokenizer.chat_template.")]
+    src = h.get(key)
+    if not isinstance(src, str):
+        names = [f[len("tokenizer.chat_template."):] for f in h.fields if f.startswith("tokenizer.chat_template.")]
         raise TemplateLoadError(f"{p}: no {key} in the GGUF metadata"
                                 + (f" (named templates: {', '.join(names)})" if names else ""), "missing")
-    src = _gguf_str(field)
     tokens: dict[str, str] = {}
-    toks = reader.get_field("tokenizer.ggml.tokens")
-    if toks is not None:
-        for key_name, fname in (("bos_token", "tokenizer.ggml.bos_token_id"),
-                                ("eos_token", "tokenizer.ggml.eos_token_id")):
-            f = reader.get_field(fname)
-            if f is None:
-                continue
-            idx = int(f.contents()) if hasattr(f, "contents") else int(f.parts[f.data[0]][0])
-            if 0 <= idx < len(toks.data):
-                tokens[key_name] = bytes(toks.parts[toks.data[idx]]).decode("utf-8", "replace")
+    for key_name, fname in (("bos_token", "tokenizer.ggml.bos_token_id"),
+                            ("eos_token", "tokenizer.ggml.eos_token_id")):
+        t = token_text(h, fname)
+        if t is not None:
+            tokens[key_name] = t
     return src, tokens
 
 

@@ -72,12 +72,12 @@ def test_convert_is_atomic_and_unsupported_vocab_fails_clearly(tmp_path):
     assert failed.status == "failed" and "bert" in failed.reason
 
 
-def test_gguf_files_are_cached_by_sha256(tmp_path, monkeypatch):
+def test_gguf_files_are_cached_by_their_header_fingerprint(tmp_path, monkeypatch):
     g = tmp_path / "model.gguf"
     shutil.copy(assets.vocab_gguf("phi-3"), g)
     monkeypatch.setenv("TMPLCHECK_CACHE", str(tmp_path / "cache"))
     d1 = assets.gguf_tokenizer_dir(g)
-    assert d1.name == f"gguf-{assets.file_sha256(g)[:24]}"
+    assert d1.name == f"gguf-{assets.gguf_fingerprint(g)[:24]}"   # sha256 of header + key/values (gguf_header.py)
     mtime = (d1 / "tokenizer.json").stat().st_mtime_ns
     assert assets.gguf_tokenizer_dir(g) == d1
     assert (d1 / "tokenizer.json").stat().st_mtime_ns == mtime     # not converted twice

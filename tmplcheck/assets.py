@@ -115,9 +115,11 @@ def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
 #   * The stop set (generation_config.json ``eos_token_id``) is llama.cpp's end-of-generation set for the vocabulary
 #     plus known generation-config ids (Meta's Llama 3.1: 128001, 128008, 128009).
 
+import contextlib
 import hashlib
 import json
 import time
+import types
 from dataclasses import dataclass, field
 
 # built-in tokenizer name -> vocabulary name (ggml-vocab-<vocab>.gguf)
@@ -223,21 +225,62 @@ class GGUFVocabInfo:
 
 
 def gguf_vocab_info(gguf_path: str | os.PathLike) -> GGUFVocabInfo:
-    import gguf
-
+    from tmplcheck.validator.gguf_header import cached_header
     from tmplcheck.validator.tokenizer import LlamaCppTokenizer
 
-    reader = gguf.GGUFReader(str(gguf_path))
-
-    def get(key):
-        fld = reader.fields.get(key)
-        return fld.contents() if fld is not None else None
-
+    h = cached_header(gguf_path)   # the header and key/values only (validator/gguf_header.py)
     with LlamaCppTokenizer(gguf_path) as lc:
         return GGUFVocabInfo(n_tokens=lc.n_tokens, bos_id=lc.bos_id, eos_id=lc.eos_id, eot_id=lc.eot_id,
                              add_bos=lc.add_bos, add_eos=lc.add_eos, eog_ids=sorted(lc.eog_ids),
-                             pre=get("tokenizer.ggml.pre"), model=get("tokenizer.ggml.model"),
+                             pre=h.get("tokenizer.ggml.pre"), model=h.get("tokenizer.ggml.model"),
                              strip=lc.strip_attrs())
+
+
+@contextlib.contextmanager
+def header_only_transformers(gguf_path: str | os.PathLike):
+    """While transformers builds a tokenizer from ``gguf_path``, it reads the file's metadata from our header-only
+    reader (``validator/gguf_header.py``) instead of its own: no memory map of the file, no walk over the tensor
+    table, no torch import. transformers 5 reads GGUF metadata through ``transformers.integrations.gguf.reader``'s
+    ``read_gguf_metadata`` (a stand-in module is put in its place, returning what it returns: requested string
+    arrays as lists, other string arrays as their count, numbers as lists); transformers 4 through
+    ``gguf.GGUFReader`` (a metadata-only stand-in with no tensors is put in its place). Both are restored after."""
+    from tmplcheck.validator.gguf_header import HeaderReader, cached_header
+
+    header = cached_header(gguf_path)
+    target = os.path.realpath(gguf_path)
+
+    def read_gguf_metadata(path, string_arrays=()):
+        h = header if os.path.realpath(path) == target else cached_header(path)
+        meta = {}
+        for k, v in h.fields.items():
+            if h.types[k][0] == 9 and h.types[k][-1] == 8 and k not in string_arrays:
+                v = len(v)
+            meta[k] = v
+        if "general.architecture" not in meta:
+            raise ValueError(f"{path} has no `general.architecture` in its metadata.")
+        return meta, ()
+
+    name = "transformers.integrations.gguf.reader"
+    saved_mod = sys.modules.get(name)
+    stand_in = types.ModuleType(name)
+    stand_in.read_gguf_metadata = read_gguf_metadata
+    sys.modules[name] = stand_in
+    try:
+        import gguf
+    except ImportError:  # pragma: no cover - a dependency
+        gguf = None
+    saved_reader = getattr(gguf, "GGUFReader", None)
+    if gguf is not None:
+        gguf.GGUFReader = lambda path, *a, **k: HeaderReader(path)
+    try:
+        yield header
+    finally:
+        if saved_mod is not None:
+            sys.modules[name] = saved_mod
+        else:
+            sys.modules.pop(name, None)
+        if gguf is not None:
+            gguf.GGUFReader = saved_reader
 
 
 def _template_processing(bos: tuple[str, int] | None, eos: tuple[str, int] | None) -> dict:
@@ -354,7 +397,8 @@ def convert_gguf(gguf_path: str | os.PathLike, dest: str | os.PathLike, *, label
     import logging
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        hf = PreTrainedTokenizerFast.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        with header_only_transformers(gguf_path):
+            hf = PreTrainedTokenizerFast.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as e:  # transformers raises ValueError/KeyError/... for unsupported vocabularies
         raise AssetError(f"transformers cannot build a tokenizer from {gguf_path.name}: {e}") from e
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -393,7 +437,7 @@ def convert_gguf(gguf_path: str | os.PathLike, dest: str | os.PathLike, *, label
         (staging / "generation_config.json").write_text(json.dumps(gen, indent=2), encoding="utf-8")
         cases, bad = verify_tokenizer_json(tj_path, gguf_path)
         exact = None if cases == 0 else not bad
-        meta = {"converter_version": _CONVERTER_VERSION, "source": str(gguf_path), "sha256": file_sha256(gguf_path),
+        meta = {"converter_version": _CONVERTER_VERSION, "source": str(gguf_path), "fingerprint": gguf_fingerprint(gguf_path),
                 "label": label, "pre": info.pre, "model": info.model, "n_tokens": info.n_tokens,
                 "add_bos": info.add_bos, "add_eos": info.add_eos, "stop_ids": stop, "notes": notes,
                 "verified": {"cases": cases, "mismatches": bad[:20], "exact": exact}}
@@ -456,9 +500,58 @@ def builtin_tokenizer_dir(name: str) -> Path:
     return res.path
 
 
+_GGUF_INDEX = "gguf-index.json"
+
+
+def _stat_key(p: Path) -> str:
+    """The file's identity for the fingerprint index: real path, size, mtime, and the sha256 of its first MiB."""
+    st = p.stat()
+    with open(p, "rb") as f:
+        head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+    return f"{os.path.realpath(p)}|{st.st_size}|{st.st_mtime_ns}|{head}"
+
+
+def gguf_fingerprint(gguf_path: str | os.PathLike) -> str:
+    """What a GGUF's converted tokenizer is cached by: the sha256 of the file's header and key/values (every byte the
+    conversion reads: vocabulary, merges, scores, token types, special ids and flags). The tensor section is never
+    read. Computing it walks the metadata (~0.2 s for a 128k vocabulary), so it is remembered in
+    ``tokenizers/gguf-index.json`` under the file's real path, size, mtime and the sha256 of its first MiB: a file
+    seen before costs a stat and a 1 MiB read."""
+    from tmplcheck.fsutil import write_atomic
+    from tmplcheck.validator.gguf_header import GGUFHeaderError, fingerprint
+
+    p = Path(gguf_path)
+    index_path = tokenizers_root() / _GGUF_INDEX
+    try:
+        key = _stat_key(p)
+    except OSError as e:
+        raise AssetError(f"{gguf_path}: cannot read: {e}") from None
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    if not isinstance(index, dict):
+        index = {}
+    fp = index.get(key)
+    if isinstance(fp, str) and len(fp) == 64:
+        return fp
+    try:
+        fp = fingerprint(p)
+    except (GGUFHeaderError, OSError) as e:
+        raise AssetError(f"{gguf_path}: not a readable GGUF file: {e}") from None
+    index = {k: v for k, v in index.items() if not k.startswith(key.split("|", 1)[0] + "|")}   # one entry a path
+    index[key] = fp
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(index_path, [json.dumps(index, indent=0, sort_keys=True)])
+    except OSError:
+        pass   # a read-only cache: the fingerprint is computed again next time
+    return fp
+
+
 def gguf_tokenizer_dir(gguf_path: str | os.PathLike) -> Path:
-    """Convert any GGUF file's tokenizer once, cached by the file's sha256."""
-    sha = file_sha256(gguf_path)
+    """Convert any GGUF file's tokenizer once, cached by :func:`gguf_fingerprint` (header and key/values only)."""
+    sha = gguf_fingerprint(gguf_path)
     dest = tokenizers_root() / f"gguf-{sha[:24]}"
     if _is_current(dest):
         return dest
