@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"d = assets.tokenizers_root() / ('gguf-' + assets.gguf_fingerprint({g})[:24]); "
                         f"k = _from_dir(d, name={g}, gguf_path=Path({g})); t = time.perf_counter() - t0\n"
                         f"out = f'{{k.vocab_size}} tokens'", repeat=1)
-        row("tokenizer, built-in llama-3 (no GGUF at all)",
+        t_floor = row("tokenizer, built-in llama-3 (no GGUF at all)",
             "from tmplcheck.validator.tokenizer import load_tokenizer\n"
             "t0 = time.perf_counter(); k = load_tokenizer('llama-3'); t = time.perf_counter() - t0\n"
             "out = f'{k.vocab_size} tokens (the same tokenizer.json parse: the floor)'")
@@ -167,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             if r.returncode != 0:
                 raise SystemExit(f"tmplcheck render failed: {r.stderr[-2000:]}")
         print(f"  {'tmplcheck render -t big.gguf (whole command)':<44} {best:8.3f} s  {len(r.stdout)} chars rendered")
-        print(f"template: {t_new:.3f} s vs {t_old:.3f} s before ({t_old / t_new:.0f}x); "
-              f"tokenizer: {t_tok:.3f} s cached vs {t_tok_old:.3f} s before ({t_tok_old / t_tok:.1f}x), "
-              f"{t_first:.1f} s for the one-time conversion; target < 1 s: "
-              f"{'met' if max(t_new, t_tok) < 1 else 'MISSED'}")
+        print(f"template: {t_new:.3f} s vs {t_old:.3f} s before ({t_old / t_new:.0f}x), target < 1 s "
+              f"{'met' if t_new < 1 else 'MISSED'}")
+        print(f"tokenizer: {t_tok:.3f} s cached vs {t_tok_old:.3f} s before ({t_tok_old / t_tok:.1f}x); the GGUF adds "
+              f"{t_tok - t_floor:+.3f} s to the {t_floor:.3f} s that loading the same vocabulary's tokenizer.json costs "
+              f"anyway, target < 1 s {'met' if t_tok < 1 else 'MISSED (the tokenizer.json parse alone is ' + format(t_floor, '.2f') + ' s here)'}; "
+              f"{t_first:.1f} s for the one-time conversion")
+        print(f"load average while measuring: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     return 0
 
 

@@ -3,8 +3,9 @@
 A chat template or a tokenizer lives in a GGUF's metadata (``tokenizer.chat_template``, ``tokenizer.ggml.*``),
 which sits at the start of the file before the tensor infos and the tensor data (4-70 GB for real models).
 ``gguf.GGUFReader`` maps the whole file and builds a numpy view for every array element and every tensor; this
-reader reads the file front to back with plain buffered reads and stops after the last key/value: it never reads,
-maps or seeks into the tensor section. Arrays of numbers come back as lists (one ``frombuffer`` each), arrays of
+reader reads the file front to back in blocks of 1 MiB (more when one value is larger) and stops with the block that
+holds the last key/value: no memory map, no seek, nothing of the tensor infos or data is parsed, and at most one block
+past the metadata is read. Arrays of numbers come back as lists (one ``frombuffer`` each), arrays of
 strings as lists of ``str``, the way ``ReaderField.contents()`` gives them (``tests/test_gguf_header.py`` proves it
 on every vocabulary GGUF of the llama-cpp-python sdist).
 
