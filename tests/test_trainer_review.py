@@ -47,18 +47,9 @@ def tiny(tmp_path_factory, tokdir):
 @pytest.fixture(scope="module")
 def base_like(tmp_path_factory, tokdir):
     """The tiny model with a base model's zero rows (input and output embeddings) for the chat tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from tmplcheck.trainer.tiny import build_tiny_model
 
-    d = build_tiny_model(tmp_path_factory.mktemp("base") / "model", tokdir, shape="tiny")
-    m = AutoModelForCausalLM.from_pretrained(d)
-    with torch.no_grad():
-        m.get_input_embeddings().weight[UNTRAINED] = 0
-        m.get_output_embeddings().weight[UNTRAINED] = 0
-    m.save_pretrained(d)
-    return d
+    return build_tiny_model(tmp_path_factory.mktemp("base") / "model", tokdir, shape="tiny", untrained=UNTRAINED)
 
 
 def data(tmp_path):

@@ -303,6 +303,8 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
         **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if gc and backend == "hf" else {}),
         **args.extra,
     )
+    if backend == "hf" and not cuda and not trl_loss_runs_on_cpu():
+        SFTTrainer = _with_model_loss(SFTTrainer)
     try:
         trainer = SFTTrainer(model=model, args=conf, train_dataset=train_ds, data_collator=collator,
                              processing_class=hf_tok, callbacks=callbacks)
@@ -318,6 +320,37 @@ def build_trainer(backend: str, model, hf_tok, train_ds, collator, args: TrainAr
     for cb in (PrinterCallback, ProgressCallback):  # our own display replaces them
         trainer.remove_callback(cb)
     return trainer
+
+
+def trl_loss_runs_on_cpu() -> bool:
+    """Whether TRL's SFT loss (a fused, chunked LM head) can run on the CPU. TRL 1.x computes it with a Triton
+    kernel; from 1.16 it falls back to torch off CUDA/XPU, before that it fails there (no Triton driver, or no Triton
+    at all)."""
+    try:
+        from trl.trainer import utils as tu
+    except ImportError:
+        return True
+    if not hasattr(tu, "_ChunkedLogProbFunction"):
+        return True          # a TRL without the fused head computes the model's own loss
+    if tu._ChunkedLogProbFunction is None:
+        return False
+    import sys
+
+    kernels = sys.modules.get("trl.kernels.chunked_logprob")
+    return kernels is not None and hasattr(kernels, "_use_triton")
+
+
+def _with_model_loss(trainer_cls):
+    """``trainer_cls`` with the loss the model computes itself from the labels (the mean over the non-masked labels,
+    the same quantity TRL's fused head computes), for a TRL whose fused loss cannot run on the CPU."""
+    from transformers import Trainer
+
+    class SFTTrainerModelLoss(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return SFTTrainerModelLoss
 
 
 def peak_memory(start_rss: int | None = None) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 #: shapes by name; ``llama-3-1b`` and ``llama-3-8b`` are the ones the throughput comparison was measured at
@@ -26,12 +27,13 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 def build_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, *, shape: str | dict[str, Any] = "tiny",
                      seed: int = 0, max_position_embeddings: int = 2048, dtype: str = "float32",
-                     tie_word_embeddings: bool = False) -> Path:
+                     tie_word_embeddings: bool = False, untrained: Iterable[int] = ()) -> Path:
     """Write a random-init ``LlamaForCausalLM`` (``shape`` a name from ``SHAPES`` or a dict of config fields) and
     the tokenizer from ``tokenizer_dir`` into ``out_dir``; the vocabulary size is the tokenizer's.
 
     ``generation_config.json`` is left as transformers writes it (bos/eos of the tokenizer only), like a real base
-    model: the trainer must set the stop ids itself.
+    model: the trainer must set the stop ids itself. ``untrained``: token ids whose input and output embedding rows
+    are set to zero, as a base model ships its never-trained chat tokens (Llama 3's ``<|eot_id|>``, ...).
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -53,11 +55,17 @@ def build_tiny_model(out_dir: str | Path, tokenizer_dir: str | Path, *, shape: s
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
+    zero = sorted(set(untrained))
+    if zero:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[zero] = 0
+            model.get_output_embeddings().weight[zero] = 0
     model = model.to(getattr(torch, dtype))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "tmplcheck-tiny.json").write_text(json.dumps({"shape": fields, "seed": seed, "vocab_size": len(tok),
-                                                         "tokenizer": str(tokenizer_dir)}, indent=2) + "\n")
+                                                         "tokenizer": str(tokenizer_dir), "untrained": zero},
+                                                        indent=2) + "\n")
     return out
 
 
