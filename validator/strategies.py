@@ -95,3 +95,54 @@ def dataset_rows(specials: Sequence[str] = (), *, fmt: str = "sharegpt") -> st.S
         return conv.map(lambda ms: {"messages": ms})
     alias = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}
     return conv.map(lambda ms: {"conversations": [{"from": alias[m["role"]], "value": m["content"]} for m in ms]})
+
+
+# ------------------------------------------------------------------------------------------------ hostile lines
+def _good_row(i: int) -> bytes:
+    import json
+
+    return json.dumps({"conversations": [{"from": "human", "value": f"Question number {i}?"},
+                                         {"from": "gpt", "value": f"Answer number {i}."}]}).encode()
+
+
+def hostile_lines(max_big: int = 10_000_000) -> st.SearchStrategy[bytes]:
+    """One JSONL line that no reader should die on: deep nesting, huge numbers, NaN/Infinity, lone surrogates,
+    duplicate keys, NUL (escaped and raw), invalid UTF-8, and lines up to ``max_big`` bytes (the gate must report
+    each as located D findings and go on). The line has no newline of its own."""
+    import json
+
+    def conv(value: str) -> bytes:
+        return json.dumps({"conversations": [{"from": "human", "value": "Hi"},
+                                             {"from": "gpt", "value": value}]}).encode()
+
+    deep = st.integers(65, 200_000).flatmap(lambda n: st.sampled_from([
+        b"[" * n, b"[" * n + b"]" * n, b'{"conversations": ' + b"[" * n + b"]" * n + b"}",
+        b'{"a":' * n + b"1" + b"}" * n]))
+    digits = st.integers(4_001, 50_000).map(
+        lambda n: b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "x", "w": '
+                  + b"9" * n + b"}]}")
+    odd_numbers = st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"]).map(
+        lambda v: b'{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "x", "w": '
+                  + v + b"}]}")
+    surrogate = st.sampled_from([b'"\\ud800"', b'"a\\udfffb"', b'"\\ud83d"']).map(
+        lambda s: b'{"conversations": [{"from": "human", "value": ' + s + b'}, {"from": "gpt", "value": "x"}]}')
+    dup = st.just(b'{"conversations": [{"from": "human", "value": "a", "value": "b"}, '
+                  b'{"from": "gpt", "value": "x"}], "conversations": []}')
+    nul = st.sampled_from([conv("a\x00b"), b'{"conversations": [{"from": "human", "value": "a\x00b"}]}',
+                           b"\x00\x00\x00", b'{"conversations": \x00}'])
+    bad_utf8 = st.sampled_from([b"\xff\xfe\xfd", conv("caf\u00e9").replace(b"\\u00e9", b"\xe9"),
+                                b'{"conversations": [{"from": "human", "value": "\xc3"}]}'])
+    big = st.integers(1_000_001, max_big).flatmap(lambda n: st.sampled_from([
+        conv("x" * n), b'{"conversations": [' + b'{"from": "human", "value": "a"},' * (n // 34) + b"{}]}",
+        b'"' + b"y" * n + b'"', b"[" + b"1," * (n // 2) + b"1]"]))
+    garbage = st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b and b"\r" not in b)
+    return st.one_of(deep, digits, odd_numbers, surrogate, dup, nul, bad_utf8, big, garbage).map(
+        lambda b: b.replace(b"\n", b" ").replace(b"\r", b" "))
+
+
+def hostile_files(max_lines: int = 6, max_big: int = 10_000_000) -> st.SearchStrategy[list[tuple[bool, bytes]]]:
+    """A file's lines as (is_good, bytes): good rows (each different) mixed with hostile lines."""
+    good = st.integers(0, 10**9).map(lambda i: (True, _good_row(i)))
+    bad = hostile_lines(max_big).map(lambda b: (False, b))
+    return st.lists(st.one_of(good, bad), min_size=1, max_size=max_lines).filter(
+        lambda ls: len({x for ok, x in ls if ok}) == sum(ok for ok, _ in ls))
