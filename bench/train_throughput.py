@@ -1,14 +1,18 @@
 """Throughput of the two training backends on the same model and data, in one run: Unsloth vs transformers+PEFT.
 
 Builds a random-init Llama-architecture model (default: the 1.24B ``llama-3-1b`` shape) with the real Llama 3
-vocabulary, writes a synthetic dataset in the tweet style with long rows (about ``--row-tokens`` tokens each),
-approves it with the gate, then trains the same LoRA run with ``--backend unsloth`` and ``--backend hf``, each in its
-own process (Unsloth patches transformers for the whole process, so the baseline must not share it), and prints
-tokens/s, the median step time, peak GPU memory and the ratios, as a table and as JSON (``--json FILE``).
+vocabulary, writes a synthetic dataset in the tweet style whose rows are ``--row-tokens`` tokens long on average
+(the word counts are calibrated with the tokenizer and the llama-3 template, and the measured mean is reported as
+``row_tokens_measured``: the upper-case replies take more than one token a word, so uncalibrated rows of "700 words"
+were ~927 tokens), approves it with the gate, then trains the same LoRA run with ``--backend unsloth`` and
+``--backend hf``, each in its own process (Unsloth patches transformers for the whole process, so the baseline must
+not share it), and prints tokens/s, the median step time, peak GPU memory and the ratios, as a table and as JSON
+(``--json FILE``). Both runs use the same optimiser (fused AdamW) and gradient checkpointing (on with CUDA).
 
     python -P bench/train_throughput.py --tokenizer DIR [--shape llama-3-1b] [--steps 40] [--batch-size 8]
 
-Measured before, outside the project (H200, batch 8, ~703 tokens/row, bf16): 1.65x, 3.10 vs 4.23 GB at 1.24B.
+Measured before, outside the project (H200, batch 8, ~703 tokens/row, bf16, Unsloth with its default adamw_8bit):
+1.65x, 3.10 vs 4.23 GB at 1.24B.
 """
 
 from __future__ import annotations
@@ -27,19 +31,46 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven bright stars wat
          "every river finds its way to the sea through valleys hills and ancient forests full of song").split()
 
 
-def make_dataset(path: Path, rows: int, row_tokens: int, seed: int) -> None:
-    """Rows in the seed's style (system/user/assistant), each about ``row_tokens`` tokens long (~1 token/word)."""
+def _rows(n: int, words: int, seed: int) -> list[dict]:
+    """``n`` rows in the seed's style (system/user/assistant) of about ``words`` words."""
     rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        user_words = words // 3
+        reply_words = max(1, words - user_words - 30)
+        user = "The topic is: " + " ".join(rng.choice(WORDS) for _ in range(user_words))
+        reply = " ".join(rng.choice(WORDS) for _ in range(reply_words)).upper() + f" #{i}"
+        out.append({"conversations": [
+            {"from": "system", "value": "Write a tweet in all capital letters."},
+            {"from": "human", "value": user},
+            {"from": "gpt", "value": reply}]})
+    return out
+
+
+def row_tokens_of(rows: list[dict], tokenizer: str) -> float:
+    """Mean tokens a row: the llama-3 template's render, tokenized (with BOS) as the trainer trains it."""
+    from tmplcheck.templates import load_template
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    template, tok = load_template("llama-3"), load_tokenizer(tokenizer)
+    role = {"system": "system", "human": "user", "gpt": "assistant"}
+    n = [len(tok.encode(template.render([{"role": role[m["from"]], "content": m["value"]}
+                                          for m in r["conversations"]]), add_special_tokens=False).ids)
+         for r in rows]
+    return sum(n) / len(n)
+
+
+def make_dataset(path: Path, rows: int, row_tokens: int, seed: int, tokenizer: str | None = None) -> float | None:
+    """Write ``rows`` rows of about ``row_tokens`` tokens each; with ``tokenizer``, the word count is calibrated
+    on a sample first and the measured mean tokens a row is returned."""
+    words = row_tokens
+    if tokenizer is not None:
+        words = max(40, round(row_tokens * row_tokens / row_tokens_of(_rows(32, row_tokens, seed + 1), tokenizer)))
+    data = _rows(rows, words, seed)
     with open(path, "w", encoding="utf-8") as fh:
-        for i in range(rows):
-            user_words = row_tokens // 3
-            reply_words = row_tokens - user_words - 30
-            user = "The topic is: " + " ".join(rng.choice(WORDS) for _ in range(user_words))
-            reply = " ".join(rng.choice(WORDS) for _ in range(reply_words)).upper() + f" #{i}"
-            fh.write(json.dumps({"conversations": [
-                {"from": "system", "value": "Write a tweet in all capital letters."},
-                {"from": "human", "value": user},
-                {"from": "gpt", "value": reply}]}) + "\n")
+        for r in data:
+            fh.write(json.dumps(r) + "\n")
+    return row_tokens_of(data, tokenizer) if tokenizer is not None else None
 
 
 def tmplcheck(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -108,7 +139,8 @@ def main(argv=None) -> int:
         build_tiny_model(model, tdir, shape=a.shape, dtype="bfloat16", max_position_embeddings=4096)
     data = work / "bench.jsonl"
     rows = a.steps * a.batch_size + 8
-    make_dataset(data, rows, a.row_tokens, seed=0)
+    measured = make_dataset(data, rows, a.row_tokens, seed=0, tokenizer=a.tokenizer)
+    print(f"rows: {rows}, {measured:.0f} tokens each on average (asked for {a.row_tokens})", flush=True)
     r = tmplcheck("check", str(data), "--template", "llama-3", "--tokenizer", a.tokenizer,
                   "--max-length", str(a.max_length), "--approve")
     approved = r.returncode == 0
@@ -130,7 +162,8 @@ def main(argv=None) -> int:
               f"{x['median_step_s']:>11.3f}s {x['peak_memory_bytes'] / 2**30:>9.2f} {x['final_loss'] or 0:>10.4f}"
               f"  {x['stop_ids']}")
     by = {x["backend"]: x for x in results}
-    summary = {"shape": a.shape, "batch_size": a.batch_size, "row_tokens": a.row_tokens, "steps": a.steps,
+    summary = {"shape": a.shape, "batch_size": a.batch_size, "row_tokens": a.row_tokens,
+               "row_tokens_measured": measured, "steps": a.steps, "optim": "adamw_torch_fused (both)",
                "device": torch.cuda.get_device_name(0), "results": results}
     if "unsloth" in by and "hf" in by:
         u, h = by["unsloth"], by["hf"]

@@ -199,3 +199,17 @@ def test_unsloth_loader_arguments(monkeypatch, tmp_path):
     assert seen["use_exact_model_name"] is True and seen["model_name"] == "meta-llama/Meta-Llama-3-8B"
     assert seen["tokenizer_name"] == str(tmp_path) and seen["max_seq_length"] == 1024
     assert seen["use_gradient_checkpointing"] is False
+
+
+# ------------------------------------------------------------------------------------- the throughput benchmark
+def test_bench_rows_are_as_long_as_it_says(tmp_path):
+    """bench/train_throughput.py: --row-tokens 700 gives rows of ~700 tokens (they were ~927), and says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    measured = bench.make_dataset(tmp_path / "b.jsonl", 48, 700, seed=0, tokenizer="llama-3")
+    assert abs(measured - 700) < 0.05 * 700, measured
+    assert len((tmp_path / "b.jsonl").read_text().splitlines()) == 48
+    assert "~927 tokens" in bench.__doc__ and "row_tokens_measured" in bench.__doc__
