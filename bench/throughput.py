@@ -201,7 +201,8 @@ def main() -> None:
     line("(c) tokenizers encode_batch (floor)", tc, n_c)
     print(f"  all runs (s): a {[round(r[0], 2) for r in ra]}  b {[round(r[0], 2) for r in rb]}  "
           f"c {[round(r[0], 2) for r in rc]}; (a) without loading the tokenizer: {ta_loop:.2f} s")
-    print(f"  tokens: a={n_a} b={n_b} c={n_c}; findings: {res['findings']}; rows checked as regular rows: "
+    print(f"  tokens: a={n_a} b={n_b} c={n_c} ({n_b / a.rows:.0f} a row); findings: {res['findings']}; rows checked "
+          f"as regular rows: "
           f"{tk.get('regular_rows')}, with the full checks: {tk['rows_encoded'] - tk.get('regular_rows', 0)} "
           f"(llama.cpp ids compared on {tk.get('llamacpp_rows_compared')}, prompts rendered on "
           f"{tk.get('prefix_rows_rendered')})")
