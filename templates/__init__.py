@@ -55,6 +55,8 @@ class TemplateMeta:
     same_as: str | None = None                 # a loaded template that renders exactly like this built-in
     origin: str = ""                           # where it was loaded from (path, hub id, "builtin")
     notes: tuple[str, ...] = ()                # how the metadata was found (borrowed tokens, inferred turns)
+    tokens_undefined: tuple[str, ...] = ()     # bos_token/eos_token the template reads that its config leaves null
+    tokens_borrowed: tuple[str, ...] = ()      # ... that a bare template file borrowed from its built-in family
 
 
 class Template:

@@ -237,10 +237,23 @@ def load(spec: str, *, tokenizer_config: dict | None = None) -> Template:
     if tokenizer_config:
         for k, v in _tokens_from_config(tokenizer_config).items():
             tokens.setdefault(k, v)
-    return _finish(src, tokens, added, stem, origin)
+    # a tokenizer config (or GGUF metadata) was read: its special tokens are the truth, a null one included
+    known = bool(tokenizer_config) or p.is_dir() or p.suffix in (".gguf", ".json") or not p.exists()
+    return _finish(src, tokens, added, stem, origin, config_known=known)
 
 
-def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origin: str) -> Template:
+def _missing_tokens(src: str, bos: str | None, eos: str | None) -> tuple[str, ...]:
+    """The special-token variables the template reads (outside comments) that have no value."""
+    code = _JINJA_COMMENT.sub("", src)
+    return tuple(k for k, v in (("bos_token", bos), ("eos_token", eos)) if v is None and k in code)
+
+
+def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origin: str, *,
+            config_known: bool = False) -> Template:
+    """The loaded template with its metadata. With ``config_known`` (a tokenizer config or GGUF metadata was read)
+    a special token the config leaves null or missing stays undefined, as transformers renders it (recorded in
+    ``meta.tokens_undefined``; the gate says so, T020); a bare template file borrows it from the built-in family
+    whose control tokens it writes (``meta.tokens_borrowed``, also T020, as an info)."""
     from tmplcheck.validator.checks.template import infer_structure
     from tmplcheck.validator.render import compile_template
 
@@ -254,26 +267,35 @@ def _finish(src: str, tokens: dict[str, str], added: list[str], stem: str, origi
     same_as, family = _identify(src, tokens) if compiles else (None, None)
     same_as = _audited(src, same_as, notes)
     bos, eos = tokens.get("bos_token"), tokens.get("eos_token")
+    undefined = _missing_tokens(src, bos, eos) if config_known else ()
+    borrowed: list[str] = []
     if same_as:
         b = registry()[same_as]
+        if not config_known:
+            borrowed = [k for k, v, w in (("bos_token", bos, b.bos_token), ("eos_token", eos, b.eos_token))
+                        if v is None and w and k in src]
+            bos, eos = bos or b.bos_token, eos or b.eos_token
         meta = replace(b, name=stem, builtin=False, same_as=same_as, origin=origin, description=b.description,
-                       bos_token=bos or b.bos_token, eos_token=eos or b.eos_token, has_generation_markers=False,
-                       upstream=None, notes=(f"renders exactly like the built-in {same_as!r}",))
+                       bos_token=bos, eos_token=eos, has_generation_markers=False, upstream=None,
+                       notes=(f"renders exactly like the built-in {same_as!r}",), tokens_undefined=undefined,
+                       tokens_borrowed=tuple(borrowed))
         return Template(meta, src, variables=variables)
-    if family:
+    if family and not config_known:
         fam = registry()[family]
         if bos is None and "bos_token" in src and fam.bos_token:
             bos = fam.bos_token
+            borrowed.append("bos_token")
             notes.append(f"bos_token {bos!r} borrowed from the {family} family (it writes the same control tokens)")
         if eos is None and "eos_token" in src and fam.eos_token:
             eos = fam.eos_token
+            borrowed.append("eos_token")
             notes.append(f"eos_token {eos!r} borrowed from the {family} family (it writes the same control tokens)")
     specials = sorted({m.group() for m in _CONTROL.finditer(src)} | {t for t in added if t and t in src}
                       | {t for t in (bos, eos) if t and (t in src)})
     meta = TemplateMeta(name=stem, description=f"loaded from {origin}", bos_token=bos, eos_token=eos,
                         bos_in_template=writes_bos(src, bos),
                         special_tokens=tuple(specials), origin=origin,
-                        llama_cpp=None)
+                        llama_cpp=None, tokens_undefined=undefined, tokens_borrowed=tuple(borrowed))
     tmpl = Template(meta, src, variables=variables)
     if compiles:
         st = infer_structure(tmpl)

@@ -26,7 +26,7 @@ def conv_file(tmp_path):
 
 
 def test_llamacpp_builtin_name_exact_bytes(conv_file):
-    r = run("--template", "llama3", "--messages", conv_file, "--renderer", "llamacpp")
+    r = run("--template", "llama3", "--messages", conv_file, "--renderer", "llamacpp", "--add-generation-prompt")
     assert r.returncode == 0, r.stderr
     assert r.stdout == (b"<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
                         b"<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
@@ -47,11 +47,14 @@ def test_hf_renderer_prints_the_template_text(conv_file):
     from tmplcheck.templates import load_template
 
     expected = load_template("chatml").render(CONV, add_generation_prompt=True)
-    r = run("--template", "chatml", "--messages", conv_file)
+    r = run("--template", "chatml", "--messages", conv_file, "--add-generation-prompt")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode() == expected and expected.endswith("<|im_start|>assistant\n")
-    r = run("--template", "chatml", "--messages", conv_file, "--no-generation-prompt")
-    assert r.stdout.decode() == load_template("chatml").render(CONV)
+    # like apply_chat_template, no generation prompt unless asked (--no-generation-prompt stays accepted)
+    for extra in ((), ("--no-generation-prompt",)):
+        r = run("--template", "chatml", "--messages", conv_file, *extra)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode() == load_template("chatml").render(CONV)
 
 
 def test_hf_bos_token_override(tmp_path, conv_file):

@@ -46,6 +46,21 @@ EXPECTED: dict[str, set[tuple[int, str, str]]] = {
     "duplicate_key.jsonl": {(2, "D028", "/conversations/0/value")},
     "replacement_character.jsonl": {(2, "D029", "/conversations/0/value")},
     "list_rows.json": {(3, "D013", "/conversations/1/value")},
+    # tool use and reasoning (each file's first row is its clean counterpart)
+    "tools_clean.jsonl": set(),
+    "tools_sharegpt_clean.jsonl": set(),   # function_call / observation turns, tools as a JSON string
+    "openai_unknown_role.jsonl": {(2, "D012", "/messages/1/role"), (2, "D019", "/messages")},
+    "tool_calls_not_list.jsonl": {(2, "D040", "/messages/1/tool_calls")},
+    "tool_call_without_name.jsonl": {(2, "D041", "/messages/1/tool_calls/0/function")},
+    "tool_arguments_invalid.jsonl": {(2, "D043", "/messages/1/tool_calls/0/function/arguments")},
+    "tool_call_undefined.jsonl": {(2, "D044", "/messages/1/tool_calls/0/function/name")},
+    "tool_result_without_call.jsonl": {(2, "D045", "/messages/1")},
+    "tool_schema_invalid.jsonl": {(2, "D046", "/tools/1")},
+    "row_field_wrong_type.jsonl": {(2, "D047", "/tools")},
+    "template_kwargs_invalid.jsonl": {(2, "D048", "/chat_template_kwargs")},
+    "mixed_role_conventions.jsonl": {(2, "D049", "/conversations")},
+    "reasoning_mixed.jsonl": {(0, "D050", "")},
+    "tool_arguments_string.jsonl": set(),   # D042 needs a template that double-encodes (tests/test_tool_rows.py)
 }
 
 ALL_CODES = [
@@ -80,7 +95,8 @@ def test_line_too_long_is_skipped_without_loading():
 
 
 def test_every_d_code_has_a_fixture_that_triggers_it():
-    triggered = {code for exp in EXPECTED.values() for _, code, _ in exp} | {"D022"}
+    # D022: test_line_too_long_is_skipped_without_loading; D042 (needs a template): tests/test_tool_rows.py
+    triggered = {code for exp in EXPECTED.values() for _, code, _ in exp} | {"D022", "D042"}
     d_codes = {c for c in RULES if c.startswith("D")}
     assert d_codes <= triggered
     for code in d_codes:
@@ -92,7 +108,9 @@ def test_every_d_code_has_a_fixture_that_triggers_it():
 def test_all_codes_fixture_reports_each_at_its_line():
     res = run_gate(FIX / "all_codes.jsonl", GateOptions(max_line_bytes=2048))
     assert [(f.line, f.code, f.pointer) for f in res.findings] == ALL_CODES
-    assert {c for c in RULES if c.startswith("D")} - {c for _, c, _ in ALL_CODES} == {"D023"}
+    # D023 (empty file) cannot share a file; tool-use and reasoning codes have their own fixtures (EXPECTED)
+    tool_codes = {f"D{n:03d}" for n in range(40, 51)}
+    assert {c for c in RULES if c.startswith("D")} - {c for _, c, _ in ALL_CODES} - tool_codes == {"D023"}
     assert res.exit_code == 1
 
 

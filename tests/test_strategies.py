@@ -73,7 +73,7 @@ def test_any_order_never_crashes_the_token_stage(conv):
     except NameError:
         tok = load_tokenizer("qwen2")
         pipe = _PIPE = TokenPipeline(load_template("chatml"), tok, max_length=64)
-    row = (1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role")
+    row = (1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role", ())
                for i, m in enumerate(conv)])
     out = pipe.process_row(row)
     assert out.line == 1

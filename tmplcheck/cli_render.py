@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-RENDERERS = ["hf", "llamacpp"]
+RENDERERS = ["hf", "llamacpp", "llamacpp-jinja"]
 
 
 class RenderError(click.ClickException):
@@ -23,13 +23,52 @@ class RenderError(click.ClickException):
     exit_code = 2
 
 
-def read_messages(source: str, stdin_text: str | None = None) -> list[dict[str, Any]]:
-    """Read ``FILE.json`` (``-`` = stdin): a list of ``{role, content}`` or ``{"messages": [...]}``.
+def read_json_arg(value: str, what: str, want: type) -> Any:
+    """``--tools FILE`` / ``--documents FILE`` (a JSON file, ``-`` for stdin) or ``--template-kwargs JSON`` (inline
+    JSON, or ``@FILE``) → the value; a usage error in one sentence otherwise."""
+    src = value
+    if what != "--template-kwargs" or value.startswith("@"):
+        p = Path(value[1:] if value.startswith("@") else value)
+        if value == "-":
+            src = sys.stdin.read()
+        elif not p.is_file():
+            raise click.UsageError(f"{what} {value}: no such file")
+        else:
+            src = p.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(src)
+    except json.JSONDecodeError as e:
+        raise click.UsageError(f"{what}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if want is list and isinstance(data, dict) and what == "--tools" and isinstance(data.get("tools"), list):
+        data = data["tools"]
+    if not isinstance(data, want):
+        raise click.UsageError(f"{what}: expected a JSON {'list' if want is list else 'object'}, got "
+                               f"{type(data).__name__}")
+    return data
 
-    ShareGPT ``{"from", "value"}`` messages (and a ``{"conversations": [...]}`` wrapper) are accepted and mapped to
-    roles the way the dataset reader does. Raises ``click.UsageError`` with one sentence on bad input.
+
+def template_args(tools: str | None, documents: str | None, template_kwargs: str | None) -> dict[str, Any]:
+    """The template arguments every row gets from ``--tools``, ``--documents`` and ``--template-kwargs`` (a row's
+    own ``tools``/``documents``/``chat_template_kwargs`` win over them)."""
+    kw: dict[str, Any] = {}
+    if template_kwargs:
+        kw.update(read_json_arg(template_kwargs, "--template-kwargs", dict))
+    if tools:
+        kw["tools"] = read_json_arg(tools, "--tools", list)
+    if documents:
+        kw["documents"] = read_json_arg(documents, "--documents", list)
+    return kw
+
+
+def read_messages(source: str, stdin_text: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read ``FILE.json`` (``-`` = stdin): a list of messages, or a row ``{"messages": [...], "tools": [...], ...}``.
+
+    Returns the messages as ``apply_chat_template`` gets them (every field kept: tool calls, reasoning...) and the
+    row's template arguments (``tools``, ``documents``, ``chat_template_kwargs``). ShareGPT ``{"from", "value"}``
+    messages (and a ``{"conversations": [...]}`` row) are mapped to roles by the dataset reader's table. Raises
+    ``click.UsageError`` with one sentence on bad input.
     """
-    from tmplcheck.validator.ingest import ROLE_ALIASES
+    from tmplcheck.validator.ingest import parse_row
 
     name = "stdin" if source == "-" else source
     if source == "-":
@@ -47,40 +86,36 @@ def read_messages(source: str, stdin_text: str | None = None) -> list[dict[str, 
     except json.JSONDecodeError as e:
         raise click.UsageError(f"--messages {name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") \
             from None
+    row = data
     if isinstance(data, dict):
-        for key in ("messages", "conversations"):
-            if key in data:
-                data = data[key]
-                break
-        else:
+        if not any(k in data for k in ("messages", "conversations")):
             raise click.UsageError(f"--messages {name}: expected a list of messages or an object with a "
                                    "\"messages\" list")
-    if not isinstance(data, list):
+    elif isinstance(data, list):
+        sharegpt = any(isinstance(m, dict) and ("from" in m or "value" in m) and "role" not in m for m in data)
+        row = {"conversations" if sharegpt else "messages": data}
+    else:
         raise click.UsageError(f"--messages {name}: expected a list of messages, got {type(data).__name__}")
-    if not data:
+    turns = row.get("messages", row.get("conversations"))
+    if isinstance(turns, list) and not turns:
         raise click.UsageError(f"--messages {name}: the conversation is empty")
-    out = []
-    for i, m in enumerate(data):
-        if not isinstance(m, dict):
-            raise click.UsageError(f"--messages {name}: message {i} is not an object")
-        if "role" in m or "content" in m:
-            role, content = m.get("role"), m.get("content")
-            rest = {k: v for k, v in m.items() if k not in ("role", "content")}
-        elif "from" in m or "value" in m:
-            role, content = m.get("from"), m.get("value")
-            role = ROLE_ALIASES.get(role.lower(), role) if isinstance(role, str) else role
-            rest = {}
-        else:
-            raise click.UsageError(f"--messages {name}: message {i} has no \"role\"/\"content\" fields")
-        if not isinstance(role, str) or not role:
-            raise click.UsageError(f"--messages {name}: message {i} has no role string")
-        if content is None and not rest.get("tool_calls"):
-            raise click.UsageError(f"--messages {name}: message {i} has no content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise click.UsageError(f"--messages {name}: message {i} content must be a string or a list of parts, "
-                                   f"got {type(content).__name__}")
-        out.append({"role": role, "content": content, **rest})
-    return out
+    if isinstance(turns, list):
+        for i, m in enumerate(turns):
+            if not isinstance(m, dict):
+                raise click.UsageError(f"--messages {name}: message {i} is not an object")
+            role = m.get("role", m.get("from"))
+            if not isinstance(role, str) or not role:
+                raise click.UsageError(f"--messages {name}: message {i} has no role string")
+            c = m.get("content", m.get("value"))
+            if c is not None and not isinstance(c, (str, list)):
+                raise click.UsageError(f"--messages {name}: message {i} content must be a string or a list of "
+                                       f"parts, got {type(c).__name__}")
+    conv, found = parse_row(row, path=name, line=1)
+    bad = [f for f in found if f.severity.value == "error" and f.code != "D012"]
+    if conv is None or not conv.usable or bad:
+        f = (bad or found)[0]
+        raise click.UsageError(f"--messages {name}: {f.message}" + (f" (at {f.pointer})" if f.pointer else ""))
+    return conv.dicts(), conv.render_kw()
 
 
 def _builtin_names() -> list[str]:
@@ -107,6 +142,19 @@ def llama_cpp_target(spec: str) -> str:
     return t.meta.llama_cpp or t.source
 
 
+def render_llamacpp_jinja(t, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """The render of llama.cpp's own Jinja engine (``validator/llamacpp_jinja.py``) with llama-server's variables."""
+    from tmplcheck.cli import Refusal
+    from tmplcheck.validator.llamacpp_jinja import EngineError, EngineUnavailable, LlamaCppJinjaRenderer
+
+    try:
+        return LlamaCppJinjaRenderer.of(t).render(messages, add_generation_prompt=add_generation_prompt)
+    except EngineUnavailable as e:
+        raise RenderError(str(e)) from None
+    except EngineError as e:
+        raise Refusal(f"llama.cpp's Jinja engine refused this conversation: {e}") from None
+
+
 def warn_audit(t) -> None:
     """The static audit's findings (T010-T017, ``validator/audit.py``) as warnings on stderr; stdout stays the render."""
     from tmplcheck.validator.audit import audit_template
@@ -115,9 +163,17 @@ def warn_audit(t) -> None:
         click.echo(f"tmplcheck render: {f.severity.value}: {f.code} {f.message}", err=True)
 
 
-def render_text(template: str, messages: list[dict], *, renderer: str = "hf", add_generation_prompt: bool = True,
-                bos_token: str | None = None, eos_token: str | None = None) -> str:
+def render_text(template: str, messages: list[dict], *, renderer: str = "hf", add_generation_prompt: bool = False,
+                bos_token: str | None = None, eos_token: str | None = None,
+                template_kwargs: dict[str, Any] | None = None) -> str:
+    kw = dict(template_kwargs or {})
     if renderer == "llamacpp":
+        from tmplcheck.validator.llamacpp import row_features
+
+        dropped = row_features(messages, kw)
+        if dropped:
+            click.echo(f"tmplcheck render: note: llama.cpp's built-in formats render role and content only; "
+                       f"{', '.join(dropped)} are not in this render (X020)", err=True)
         from tmplcheck.validator.llamacpp import LlamaCppRenderer, UnsupportedTemplate
 
         if bos_token is not None or eos_token is not None:
@@ -144,8 +200,10 @@ def render_text(template: str, messages: list[dict], *, renderer: str = "hf", ad
     warn_audit(t)
     if bos_token is not None or eos_token is not None:
         t = t.with_tokens(bos_token=bos_token, eos_token=eos_token)
+    if renderer == "llamacpp-jinja":
+        return render_llamacpp_jinja(t, messages, add_generation_prompt=add_generation_prompt)
     try:
-        return t.render(messages, add_generation_prompt=add_generation_prompt)
+        return t.render(messages, add_generation_prompt=add_generation_prompt, **kw)
     except TemplateRenderError as e:
         from tmplcheck.cli import template_refusal
 
@@ -158,12 +216,21 @@ def render_text(template: str, messages: list[dict], *, renderer: str = "hf", ad
 @click.option("--messages", "-m", "messages", help="JSON file: a list of {role, content} or {\"messages\": [...]}; "
                                                    "- reads stdin.")
 @click.option("--renderer", type=click.Choice(RENDERERS), default="hf", show_default=True,
-              help="hf: the Jinja template as transformers renders it; llamacpp: llama.cpp's built-in format.")
-@click.option("--no-generation-prompt", is_flag=True, help="Do not append the assistant cue at the end.")
+              help="hf: the Jinja template as transformers renders it; llamacpp: llama.cpp's built-in format; "
+                   "llamacpp-jinja: llama.cpp's own Jinja engine, as llama-server --jinja renders it.")
+@click.option("--add-generation-prompt", "add_gen", is_flag=True,
+              help="Append the assistant cue at the end (as apply_chat_template(add_generation_prompt=True)).")
+@click.option("--no-generation-prompt", is_flag=True, hidden=True, help="The default; kept for old scripts.")
+@click.option("--tools", "tools", metavar="FILE", help="JSON file with a list of tool schemas (the template's "
+                                                      "`tools`); a row's own tools win.")
+@click.option("--documents", "documents", metavar="FILE", help="JSON file with a list of documents.")
+@click.option("--template-kwargs", "template_kwargs", metavar="JSON",
+              help="Extra template arguments as a JSON object (or @FILE), e.g. '{\"enable_thinking\": false}'.")
 @click.option("--bos-token", help="bos_token for the template (hf renderer).")
 @click.option("--eos-token", help="eos_token for the template (hf renderer).")
 @click.option("--list-llamacpp", is_flag=True, help="List llama.cpp's built-in format names and exit.")
-def render_cmd(template, messages, renderer, no_generation_prompt, bos_token, eos_token, list_llamacpp):
+def render_cmd(template, messages, renderer, add_gen, no_generation_prompt, tools, documents, template_kwargs,
+               bos_token, eos_token, list_llamacpp):
     """Print exactly the rendered text of one conversation (nothing else on stdout)."""
     if list_llamacpp:
         click.echo("\n".join(_builtin_names()))
@@ -172,9 +239,12 @@ def render_cmd(template, messages, renderer, no_generation_prompt, bos_token, eo
         raise click.UsageError("--template is required")
     if not messages:
         raise click.UsageError("--messages is required (a JSON file, or - for stdin)")
-    msgs = read_messages(messages)
-    text = render_text(template, msgs, renderer=renderer, add_generation_prompt=not no_generation_prompt,
-                       bos_token=bos_token, eos_token=eos_token)
+    if add_gen and no_generation_prompt:
+        raise click.UsageError("--add-generation-prompt and --no-generation-prompt contradict each other")
+    msgs, row_kw = read_messages(messages)
+    kw = {**template_args(tools, documents, template_kwargs), **row_kw}
+    text = render_text(template, msgs, renderer=renderer, add_generation_prompt=add_gen,
+                       bos_token=bos_token, eos_token=eos_token, template_kwargs=kw)
     out = sys.stdout
     out.flush()
     out.buffer.write(text.encode("utf-8")) if hasattr(out, "buffer") else out.write(text)

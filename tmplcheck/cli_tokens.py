@@ -48,7 +48,8 @@ def token_table(tmpl, tok, conv, settings=None) -> dict:
 
     messages = conv.dicts()
     pipe = TokenPipeline(tmpl, tok, path=conv.path, **(_pipeline_kw(settings) if settings is not None else {}))
-    enc = encode_conversation(tmpl, tok, messages, add_special_tokens=pipe.add_special_tokens)
+    enc = encode_conversation(tmpl, tok, messages, add_special_tokens=pipe.add_special_tokens,
+                              render_kw=conv.render_kw())
     turns, _ = pipe.turns_of(row_in(conv), messages, enc)
     found = sorted((t for t in turns if t.found), key=lambda t: t.start)
     specials = set(getattr(tok, "special_ids", ()))

@@ -71,27 +71,18 @@ def split(convs: list[Any], eval_split: float, seed: int) -> tuple[list[Any], li
 
 
 def write_eval(path: Path, data_path: str | Path, convs: list[Any]) -> int:
-    """Write held-out rows in the dataset's own format: the original lines of a JSONL file, byte for byte;
-    rebuilt rows (same ``conversations``/``messages`` format) for a JSON list file."""
-    lines = sorted(c.line for c in convs)
-    data_path = Path(data_path)
+    """Write held-out rows as JSONL, each the dataset's own row byte for byte (a JSONL line, or the element of a JSON
+    list file, put on one line): every field the row has (tools, tool calls, reasoning...) is kept."""
+    from tmplcheck.validator.ingest import open_records
+
+    want = {c.line for c in convs}
     out: list[str] = []
-    if data_path.suffix.lower() != ".json":
-        want = set(lines)
-        with open(data_path, "rb") as fh:
-            for n, raw in enumerate(fh, 1):
-                if n in want:
-                    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n")
-                    out.append(text + "\n")
-    else:
-        by_line = {c.line: c for c in convs}
-        for n in lines:
-            c = by_line[n]
-            if c.format == "sharegpt":
-                row = {"conversations": [{"from": m.raw_role or m.role, "value": m.content} for m in c.messages]}
-            else:
-                row = {"messages": [{"role": m.raw_role or m.role, "content": m.content} for m in c.messages]}
-            out.append(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(Path(data_path), "rb") as fh:
+        is_array, records = open_records(fh, data_path)
+        for rec in records:
+            if rec.line in want and rec.data is not None:
+                text = rec.data.decode("utf-8", errors="replace")
+                out.append((json.dumps(json.loads(text), ensure_ascii=False) if is_array else text) + "\n")
     path.write_text("".join(out), encoding="utf-8")
     return len(out)
 
@@ -108,7 +99,7 @@ LOSS_ON = ("assistant", "all")
 
 
 def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | None,
-           loss_on: str = "assistant") -> Iterator[Example]:
+           loss_on: str = "assistant", render_defaults: dict | None = None) -> Iterator[Example]:
     """Encode each conversation with the validator's ``encode_conversation``; labels = its verified mask.
 
     ``loss_on="all"`` makes every token of the row a label instead (system prompt, headers, control tokens
@@ -123,7 +114,8 @@ def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | N
     bos = getattr(tok, "bos_id", None)
     add_special = add_special_tokens_for(template, tok)
     for c in convs:
-        enc = encode_conversation(template, tok, c.dicts(), max_length=max_length, add_special_tokens=add_special)
+        enc = encode_conversation(template, tok, c.dicts(), max_length=max_length, add_special_tokens=add_special,
+                                  render_kw=c.render_kw(render_defaults))
         ids = list(enc.ids)
         labels = list(ids) if loss_on == "all" else list(enc.labels)
         if len(ids) != len(labels):

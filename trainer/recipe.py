@@ -407,7 +407,7 @@ def _check_untrained(model, cfg, hooks: Hooks, examples, stops: list[int], pad_i
 
 def _check_same_ids(hf_tok, tok, template, conv) -> None:
     """The HF tokenizer the model is trained and served with must give the ids the validator checked."""
-    text = template.render(conv.dicts())
+    text = template.render(conv.dicts(), **conv.render_kw())
     ours = tok.encode(text, add_special_tokens=False).ids
     theirs = hf_tok(text, add_special_tokens=False)["input_ids"]
     if ours != theirs:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tmplcheck import __version__
-from tmplcheck.validator.checks.dataset import check_conversation
+from tmplcheck.validator.checks.dataset import check_conversation, has_reasoning
 from tmplcheck.validator.codes import matches
 from tmplcheck.validator.findings import Finding, Severity, finding
 from tmplcheck.validator.store import FindingStore
@@ -70,15 +70,20 @@ class RowInfo:
     usable: bool
     roles: tuple[str, ...]
     digest: bytes
+    reasoning: bool = False   # an assistant turn carries reasoning (a reasoning field or a <think> block)
 
     @classmethod
     def of(cls, conv: Conversation) -> "RowInfo":
-        return cls(conv.line, conv.format, conv.key, conv.usable, tuple(m.role for m in conv.messages), conv.digest)
+        return cls(conv.line, conv.format, conv.key, conv.usable, tuple(m.role for m in conv.messages), conv.digest,
+                   has_reasoning(conv))
 
 
 class _DatasetWork:
+    def __init__(self, tools: Any = None):
+        self.tools = tools
+
     def process(self, convs, ordinals):
-        return [None if c is None else list(check_conversation(c)) for c in convs]
+        return [None if c is None else list(check_conversation(c, tools=self.tools)) for c in convs]
 
 
 class DatasetStage:
@@ -86,8 +91,13 @@ class DatasetStage:
 
     name = "dataset"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tools: Any = None):
         self.path = path
+        self.tools = tools   # the tools rows without their own are rendered with (``--tools``)
+        self.reasoning_rows = 0
+        self.first_reasoning: int | None = None
+        self.plain_rows = 0
+        self.first_plain: int | None = None
         # exact duplicates: a 128-bit content digest and the line per row, 20 bytes a row, resolved at the end
         self._digests = array("Q")
         self._lines = array("L")
@@ -97,13 +107,13 @@ class DatasetStage:
         self.turns: Counter[str] = Counter()
 
     def check(self, conv: Conversation) -> Iterator[Finding]:
-        yield from self.take(RowInfo.of(conv), list(check_conversation(conv)))
+        yield from self.take(RowInfo.of(conv), list(check_conversation(conv, tools=self.tools)))
 
     def prepare(self) -> list[Finding]:
         return []
 
     def chunk_worker(self) -> _DatasetWork:
-        return _DatasetWork()
+        return _DatasetWork(self.tools)
 
     def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
         out: list[Finding] = []
@@ -111,6 +121,15 @@ class DatasetStage:
         self.formats[info.format] += 1
         self.first_line_of.setdefault(info.format, info.line)
         self.turns.update(info.roles)
+        if "assistant" in info.roles and info.usable:
+            if info.reasoning:
+                self.reasoning_rows += 1
+                if self.first_reasoning is None:
+                    self.first_reasoning = info.line
+            else:
+                self.plain_rows += 1
+                if self.first_plain is None:
+                    self.first_plain = info.line
         first = next(iter(self.formats))
         if info.format != first:
             out.append(finding("D021", f"row is {info.format} but the file started as {first} "
@@ -125,6 +144,15 @@ class DatasetStage:
         return out
 
     def finish(self) -> Iterator[Finding]:
+        if self.reasoning_rows and self.plain_rows:
+            n = self.reasoning_rows + self.plain_rows
+            yield finding("D050", f"{self.reasoning_rows} of {n} rows ({100 * self.reasoning_rows / n:.1f} %) carry "
+                                  f"reasoning (first: line {self.first_reasoning}), {self.plain_rows} "
+                                  f"({100 * self.plain_rows / n:.1f} %) do not (first: line {self.first_plain})",
+                          path=self.path, data={"reasoning_rows": self.reasoning_rows, "plain_rows": self.plain_rows})
+        yield from self._duplicates()
+
+    def _duplicates(self) -> Iterator[Finding]:
         if len(self._lines) < 2:
             return
         import numpy as np
@@ -145,13 +173,16 @@ class DatasetStage:
                 first = lines[order[k]]
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "formats": dict(self.formats), "turns": dict(self.turns)}
+        return {"rows": self.rows, "formats": dict(self.formats), "turns": dict(self.turns),
+                "reasoning_rows": self.reasoning_rows}
 
 
 @dataclass
 class GateOptions:
     input_format: str | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: template arguments for rows without their own (``--tools``, ``--documents``, ``--template-kwargs``)
+    render_defaults: dict[str, Any] = field(default_factory=dict)
     select: list[str] = field(default_factory=list)
     ignore: list[str] = field(default_factory=list)
     #: factories for the extra stages (template, tokens): each gets the display path and returns a Stage
@@ -330,7 +361,7 @@ def _results(chunks: Iterator[tuple[list, int]], work: _ChunkWork, jobs: int) ->
 def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_path: str | None = None) -> GateResult:
     opts = opts or GateOptions()
     shown = display_path or str(path)
-    dataset = DatasetStage(shown)
+    dataset = DatasetStage(shown, tools=opts.render_defaults.get("tools"))
     stages: list[Stage] = [dataset] + [make(shown) for make in opts.stages]
     split = [all(hasattr(st, a) for a in ("prepare", "chunk_worker", "take")) for st in stages]
     out = FindingStore(spill_at=opts.spill_at)

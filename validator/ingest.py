@@ -19,34 +19,73 @@ from tmplcheck.validator.findings import Finding, finding
 DEFAULT_MAX_LINE_BYTES = 10 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
-#: Role aliases seen in real ShareGPT/OpenAI-style datasets → canonical roles.
-ROLE_ALIASES: dict[str, str] = {
+#: ShareGPT's ``from`` names → the role the template sees. This table is the whole mapping (README "Roles"): a name
+#: that is not in it is an unknown role (D012), never guessed. OpenAI ``role`` values are never mapped: the template
+#: gets them exactly as written, as transformers passes them.
+SHAREGPT_ROLES: dict[str, str] = {
     "system": "system",
     "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
-    "chatgpt": "assistant", "bard": "assistant",
-    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool", "function_response": "tool",
-    "function_call": "assistant",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "bard": "assistant",
+    "function_call": "assistant",   # LLaMA-Factory: an assistant turn that calls a tool (its value is the call)
+    "observation": "tool", "tool": "tool", "function": "tool", "function_response": "tool", "ipython": "ipython",
 }
+#: the ShareGPT conventions a row can follow; a row whose names come from more than one mixes them (D049)
+_SHAREGPT_STYLE = {"human": "sharegpt", "gpt": "sharegpt", "user": "openai", "assistant": "openai"}
+#: roles some chat template knows (OpenAI rows): anything else is rendered as written and reported (D012)
+KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "ipython", "function"})
+#: where reasoning lives in a message: transformers passes the message as written, and templates read one of these
+#: (Qwen3, DeepSeek-R1, GLM: ``reasoning_content``; GPT-OSS: ``thinking``; others ``reasoning``)
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 FORMATS = ("sharegpt", "openai")
 _FIELDS = {"sharegpt": ("conversations", "from", "value"), "openai": ("messages", "role", "content")}
+#: row fields that go to the template (``apply_chat_template(messages, tools=..., documents=..., **kwargs)``)
+ROW_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
 
 class Message(NamedTuple):
-    """One message (immutable; a named tuple: rows are made by the hundred thousand)."""
+    """One message, as the HF chat schema has it (immutable; a named tuple: rows are made by the hundred thousand).
 
-    role: str            # canonical: system, user, assistant, tool
+    ``role`` is what the template sees; ``content`` is the content's text, which the D checks read (``""`` when the
+    message has none; the text parts joined for typed content). ``fields`` holds every other key of the message as
+    written — ``tool_calls``, ``tool_call_id``, ``name``, reasoning, training flags — and ``content`` itself when it
+    is not a plain string (typed parts, ``null``); :meth:`as_dict` gives exactly what ``apply_chat_template`` gets.
+    """
+
+    role: str
     content: str
     pointer: str         # JSON pointer of the content field, e.g. /conversations/2/value
     raw_role: str = ""
+    fields: tuple = ()   # ((key, value), ...) in the row's order
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        d = {"role": self.role, "content": self.content}
+        if self.fields:
+            d.update(self.fields)
+        return d
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, v in self.fields:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def tool_calls(self) -> Any:
+        return self.get("tool_calls")
+
+    @property
+    def reasoning(self) -> str | None:
+        """The message's reasoning text (``reasoning_content``/``thinking``/``reasoning``), else None."""
+        for k, v in self.fields:
+            if k in REASONING_KEYS and isinstance(v, str):
+                return v
+        return None
 
 
 @dataclass
 class Conversation:
-    """One row that could be read: its messages plus where it came from."""
+    """One row that could be read: its messages, the row's template arguments, and where it came from."""
 
     path: str
     line: int
@@ -54,11 +93,33 @@ class Conversation:
     messages: list[Message]
     key: str                         # /conversations or /messages
     usable: bool = True              # False when a message could not be read (the row still gets its findings)
-    digest: bytes = b""             # 16 bytes identifying the messages (roles and contents), for exact duplicates
+    digest: bytes = b""             # 16 bytes identifying the row's messages and template arguments
     replaced_bytes: bool = False     # invalid UTF-8 was replaced by U+FFFD (already reported as D002)
+    tools: Any = None                # the row's ``tools`` (a list of function schemas), as the template gets them
+    documents: Any = None
+    template_kwargs: dict[str, Any] | None = None   # the row's ``chat_template_kwargs``
+    pointers: dict[str, str] | None = None          # JSON pointer of each row field above (tools, documents...)
 
-    def dicts(self) -> list[dict[str, str]]:
+    def dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]
+
+    @property
+    def plain(self) -> bool:
+        """Role and string content only, no template arguments: the row every fast path of the gate handles."""
+        return self.tools is None and self.documents is None and not self.template_kwargs and \
+            all(not m.fields for m in self.messages)
+
+    def render_kw(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keyword arguments ``apply_chat_template`` gets for this row: ``defaults`` (``--tools``,
+        ``--documents``, ``--template-kwargs``), overridden by the row's own fields."""
+        kw = dict(defaults or {})
+        if self.template_kwargs:
+            kw.update(self.template_kwargs)
+        if self.tools is not None:
+            kw["tools"] = self.tools
+        if self.documents is not None:
+            kw["documents"] = self.documents
+        return kw
 
     def role_pointer(self, index: int) -> str:
         return f"{self.key}/{index}/{_FIELDS[self.format][1]}"
@@ -314,29 +375,77 @@ def detect_format(obj: Any) -> str | None:
 
 
 
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
+
+
 def _content_text(value: Any, pointer: str, path: str, line: int, out: list[Finding]) -> str | None:
-    if isinstance(value, str):
-        return value
+    """The text the D checks read of a content that is not a plain string: the text parts of typed content joined
+    (D024 says so); None (with D011) for a content of another type."""
     if isinstance(value, list) and value and all(isinstance(p, dict) and "type" in p for p in value):
-        texts = []
-        for i, part in enumerate(value):
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
+        texts = [p["text"] for p in value if p.get("type") == "text" and isinstance(p.get("text"), str)]
         kinds = sorted({str(p.get("type")) for p in value})
-        out.append(finding("D024", f"content is a list of typed parts ({', '.join(kinds)}); checked as the joined "
-                                   "text parts", path=path, line=line, pointer=pointer))
+        out.append(finding("D024", f"content is a list of typed parts ({', '.join(kinds)}); the template gets the "
+                                   "list, the text checks read the joined text parts", path=path, line=line,
+                           pointer=pointer))
         return "".join(texts)
-    kind = "null" if value is None else type(value).__name__.replace("dict", "object").replace("list", "array")
-    out.append(finding("D011", f"content is {kind}, expected a string", path=path, line=line, pointer=pointer))
+    out.append(finding("D011", f"content is {_kind(value)}, expected a string", path=path, line=line,
+                       pointer=pointer))
     return None
+
+
+def _sharegpt_call(value: str, pointer: str, path: str, line: int, out: list[Finding]) -> list | None:
+    """A ShareGPT ``function_call`` turn's value (a JSON object ``{"name", "arguments"}``, or a list of them) → the
+    HF ``tool_calls`` list; None (with D043) when it is not one."""
+    try:
+        call = json.loads(value)
+    except (json.JSONDecodeError, RecursionError) as e:
+        out.append(finding("D043", f"function_call value is not JSON ({getattr(e, 'msg', type(e).__name__)}); "
+                                   "expected {\"name\": ..., \"arguments\": {...}}", path=path, line=line,
+                           pointer=pointer))
+        return None
+    calls = call if isinstance(call, list) else [call]
+    if not calls or not all(isinstance(c, dict) for c in calls):
+        out.append(finding("D043", "function_call value is not a call object {\"name\": ..., \"arguments\": ...}",
+                           path=path, line=line, pointer=pointer))
+        return None
+    return [{"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}}
+            for c in calls]
+
+
+def _row_fields(obj: dict, path: str, line: int, out: list[Finding]) -> dict[str, Any]:
+    """The row's template arguments: ``tools`` (a list, or a JSON string holding one as ShareGPT tool datasets
+    write it), ``documents`` (a list) and ``chat_template_kwargs`` (an object)."""
+    got: dict[str, Any] = {}
+    for key in ROW_FIELDS:
+        if key not in obj or obj[key] is None:
+            continue
+        v = obj[key]
+        if key == "tools" and isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else []
+            except (json.JSONDecodeError, RecursionError) as e:
+                out.append(finding("D047", f"'tools' is a string that is not JSON ({getattr(e, 'msg', e)})",
+                                   path=path, line=line, pointer="/tools"))
+                continue
+        want = dict if key == "chat_template_kwargs" else list
+        if not isinstance(v, want):
+            out.append(finding("D047" if key != "chat_template_kwargs" else "D048",
+                               f"{key!r} is {_kind(v)}, expected {'an object' if want is dict else 'a list'}",
+                               path=path, line=line, pointer=f"/{key}"))
+            continue
+        got[key] = v
+    return got
 
 
 def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> tuple[Conversation | None, list[Finding]]:
     """Turn one decoded row into a Conversation; never raises on bad data."""
     out: list[Finding] = []
     if not isinstance(obj, dict):
-        kind = "null" if obj is None else {list: "array", str: "string", bool: "boolean"}.get(type(obj), "number")
-        out.append(finding("D006", f"row is a JSON {kind}, expected an object", path=path, line=line))
+        out.append(finding("D006", f"row is a JSON {_kind(obj)}, expected an object",
+                           path=path, line=line))
         return None, out
     fmt = forced or detect_format(obj)
     if fmt is None:
@@ -350,18 +459,25 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
         return None, out
     turns = obj[key]
     if not isinstance(turns, list):
-        kind = "null" if turns is None else type(turns).__name__.replace("dict", "object").replace("str", "string")
-        out.append(finding("D008", f"{key!r} is {kind}, expected a list of messages", path=path, line=line,
+        out.append(finding("D008", f"{key!r} is {_kind(turns)}, expected a list of messages", path=path, line=line,
                            pointer=f"/{key}"))
         return None, out
+    sharegpt = fmt == "sharegpt"
     messages: list[Message] = []
     usable = True
+    styles: dict[str, str] = {}
+    if sharegpt and isinstance(obj.get("system"), str) and obj["system"] and \
+            not any(isinstance(m, dict) and m.get("from") == "system" for m in turns):
+        # LLaMA-Factory's ShareGPT keeps the system prompt on the row
+        messages.append(Message("system", obj["system"], "/system", "system"))
     for i, m in enumerate(turns):
-        if type(m) is dict:   # the common case first: both fields strings, a known role
+        if type(m) is dict and len(m) == 2:   # the common case first: role and string content only, a known role
             raw_role, c = m.get(role_f), m.get(content_f)
             if type(raw_role) is str and type(c) is str:
-                role = ROLE_ALIASES.get(raw_role) or ROLE_ALIASES.get(raw_role.strip().lower())
-                if role is not None:
+                role = SHAREGPT_ROLES.get(raw_role) if sharegpt else (raw_role if raw_role in KNOWN_ROLES else None)
+                if role is not None and raw_role != "function_call":
+                    if sharegpt and raw_role in _SHAREGPT_STYLE:
+                        styles.setdefault(_SHAREGPT_STYLE[raw_role], raw_role)
                     messages.append(Message(role, c, f"/{key}/{i}/{content_f}", raw_role))
                     continue
         base = f"/{key}/{i}"
@@ -369,9 +485,11 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
             out.append(finding("D009", f"message {i} is not an object", path=path, line=line, pointer=base))
             usable = False
             continue
-        missing = [f for f in (role_f, content_f) if f not in m]
-        if missing:
-            other = _FIELDS["openai" if fmt == "sharegpt" else "sharegpt"]
+        raw_role = m.get(role_f)
+        has_calls = "tool_calls" in m and m["tool_calls"] is not None
+        if role_f not in m or (content_f not in m and not has_calls):
+            missing = [f for f in (role_f, content_f) if f not in m]
+            other = _FIELDS["openai" if sharegpt else "sharegpt"]
             hint = ""
             if any(f in m for f in other[1:]):
                 hint = f"this message uses {other[1]!r}/{other[2]!r}, the other format's field names"
@@ -379,27 +497,65 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
                                line=line, pointer=base, hint=hint))
             usable = False
             continue
-        raw_role = m[role_f]
         if not isinstance(raw_role, str):
-            out.append(finding("D011", f"role is {type(raw_role).__name__}, expected a string", path=path,
-                               line=line, pointer=f"{base}/{role_f}"))
+            out.append(finding("D011", f"role is {_kind(raw_role)}, expected a string", path=path, line=line,
+                               pointer=f"{base}/{role_f}"))
             usable = False
             continue
-        role = ROLE_ALIASES.get(raw_role.strip().lower())
-        if role is None:
-            out.append(finding("D012", f"unknown role {raw_role!r}", path=path, line=line, pointer=f"{base}/{role_f}",
-                               hint="known: system, user/human, assistant/gpt/model, tool"))
-            usable = False
-            continue
+        if sharegpt:
+            role = SHAREGPT_ROLES.get(raw_role) or SHAREGPT_ROLES.get(raw_role.strip().lower())
+            if role is None:
+                out.append(finding("D012", f"unknown ShareGPT role {raw_role!r}", path=path, line=line,
+                                   pointer=f"{base}/{role_f}",
+                                   hint="ShareGPT names: " + ", ".join(sorted(SHAREGPT_ROLES))))
+                usable = False
+                continue
+            low = raw_role.strip().lower()
+            if low in _SHAREGPT_STYLE:
+                styles.setdefault(_SHAREGPT_STYLE[low], raw_role)
+        else:
+            role = raw_role
+            if role not in KNOWN_ROLES:
+                near = SHAREGPT_ROLES.get(role.strip().lower())
+                out.append(finding("D012", f"role {role!r} is rendered as written: no chat template knows it",
+                                   path=path, line=line, pointer=f"{base}/{role_f}",
+                                   hint=(f"did you mean {near!r}? " if near and near != role else "")
+                                   + "known: " + ", ".join(sorted(KNOWN_ROLES))))
         ptr = f"{base}/{content_f}"
-        text = _content_text(m[content_f], ptr, path, line, out)
-        if text is None:
-            usable = False
-            continue
-        messages.append(Message(role=role, content=text, pointer=ptr, raw_role=raw_role))
-    conv = Conversation(path=path, line=line, format=fmt, messages=messages, key=f"/{key}", usable=usable)
+        c = m.get(content_f)
+        fields: list[tuple[str, Any]] = [(k, v) for k, v in m.items() if k not in (role_f, content_f)]
+        if sharegpt and raw_role.strip().lower() == "function_call" and isinstance(c, str):
+            calls = _sharegpt_call(c, ptr, path, line, out)
+            if calls is None:
+                usable = False
+                continue
+            fields.append(("tool_calls", calls))
+            c = ""
+        if type(c) is str:
+            text = c
+        elif c is None and has_calls:
+            text = ""   # a tool call without content: the template sees no content key (null or absent alike)
+            fields.insert(0, ("content", None))
+        else:
+            text = _content_text(c, ptr, path, line, out)
+            if text is None:
+                usable = False
+                continue
+            fields.insert(0, ("content", c))
+        messages.append(Message(role, text, ptr, raw_role, tuple(fields)))
+    if len(styles) > 1:
+        out.append(finding("D049", f"the row mixes ShareGPT role conventions ({styles['sharegpt']!r} and "
+                                   f"{styles['openai']!r}); both are mapped by the same table, but the writer of "
+                                   "this data may have meant something else", path=path, line=line,
+                           pointer=f"/{key}"))
+    extra = _row_fields(obj, path, line, out)
+    conv = Conversation(path=path, line=line, format=fmt, messages=messages, key=f"/{key}", usable=usable,
+                        tools=extra.get("tools"), documents=extra.get("documents"),
+                        template_kwargs=extra.get("chat_template_kwargs"))
     # length-prefixed, so that no two different message lists give the same string
     canon = "".join(f"{len(m.role)}:{m.role}{len(m.content)}:{m.content}" for m in messages)
+    if not conv.plain:
+        canon += json.dumps([[m.fields for m in messages], extra], sort_keys=True, default=repr)
     conv.digest = hashlib.blake2b(canon.encode("utf-8", "surrogatepass"), digest_size=16).digest()
     return conv, out
 

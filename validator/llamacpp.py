@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmplcheck.validator import crossdiff as cd
+from tmplcheck.validator.ingest import REASONING_KEYS
 from tmplcheck.validator.findings import Finding, Severity, finding
 from tmplcheck.validator.skeleton import fill, has_sentinel_chars, sentinel, skeleton
 
@@ -685,7 +686,32 @@ def _short(s: str, n: int = 80) -> str:
     return v if len(v) <= n else v[: n - 1] + "…"
 
 
-def check_cross(conv: Any, template: Any, hf_text: str, *, add_generation_prompt: bool = False) -> Iterator[Finding]:
+def row_features(messages: Iterable[dict], render_kw: dict | None = None) -> list[str]:
+    """What a conversation (message dicts, and its template arguments) holds beyond role and string content that
+    llama.cpp's built-in formats cannot render (X020)."""
+    kw = dict(render_kw or {})
+    msgs = list(messages)
+    out = []
+    if kw.get("tools"):
+        out.append("tool definitions")
+    if any(m.get("tool_calls") for m in msgs):
+        out.append("tool calls")
+    if out and any(m.get("role") in ("tool", "ipython", "function") for m in msgs):
+        out.append("tool results")
+    if any(isinstance(m.get(k), str) and m.get(k) for m in msgs for k in REASONING_KEYS):
+        out.append("reasoning")
+    if any(isinstance(m.get("content"), list) for m in msgs):
+        out.append("typed content")
+    if kw.get("documents"):
+        out.append("documents")
+    other = sorted(k for k in kw if k not in ("tools", "documents"))
+    if other:
+        out.append("template arguments (" + ", ".join(other) + ")")
+    return out
+
+
+def check_cross(conv: Any, template: Any, hf_text: str, *, add_generation_prompt: bool = False,
+                render_kw: dict | None = None) -> Iterator[Finding]:
     """X findings for one row: llama.cpp's render of ``conv`` compared with the training render ``hf_text``.
 
     ``template`` is a ``tmplcheck.templates.Template`` (``.source``, ``.meta.llama_cpp``, ``.meta.bos_token``,
@@ -699,6 +725,14 @@ def check_cross(conv: Any, template: Any, hf_text: str, *, add_generation_prompt
             return ""
         return conv.messages[i].pointer
 
+    features = row_features(conv.dicts(), {**(conv.render_kw() if hasattr(conv, "render_kw") else {}),
+                                           **(render_kw or {})})
+    if features and ctx.builtin is not None:
+        yield finding("X020", f"llama.cpp's {ctx.builtin} format renders role and content only; this row also has "
+                              f"{', '.join(features)}, which a server using it never sends (not compared further)",
+                      path=path, line=line, hint="serve with llama-server --jinja",
+                      data={"format": ctx.builtin, "outcome": "explained", "features": features})
+        return
     if ctx.builtin is None:
         yield finding("X010", "llama.cpp recognises none of its built-in chat formats in this template "
                               "(llama_chat_apply_template returns -1): a server that does not run the Jinja "
@@ -854,9 +888,14 @@ class ShapeCrossCheck:
     def __init__(self) -> None:
         self._shapes: dict[tuple[str, ...], Any] = {}
 
-    def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False) -> list[Finding]:
+    def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False,
+                 render_kw: dict | None = None) -> list[Finding]:
         """``filled``: ``hf_text`` was made by filling the template's sentinel render of this shape with the row's
-        contents (``validator/opaque.py``; the same sentinel render as here), so that need not be checked again."""
+        contents (``validator/opaque.py``; the same sentinel render as here), so that need not be checked again.
+        ``render_kw``: the template arguments every row gets (``--tools`` ...); a row with any, or with fields beyond
+        role and content, is compared on its own."""
+        if render_kw or not getattr(conv, "plain", True):
+            return list(check_cross(conv, template, hf_text, render_kw=render_kw))
         msgs = conv.messages
         contents = [m.content for m in msgs]
         if msgs and all(type(c) is str and c and c == c.strip() and "\x00" not in c and not has_sentinel_chars(c)

@@ -162,7 +162,7 @@ class Probe:
             return None
         p = self.pipeline
         line = 0
-        row = (line, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role")
+        row = (line, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role", ())
                       for i, m in enumerate(conv)])
         out = p.process_row(row)
         bad = [f for f in out.findings if f.code in ("M001", "M002", "M003", "M004", "M006", "K004", "K005", "K012")

@@ -38,6 +38,8 @@ import jinja2.nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tmplcheck.validator.ingest import REASONING_KEYS
+
 DEFAULT_MAX_SECONDS = 2.0
 DEFAULT_MAX_CHARS = 4_000_000
 #: Biggest exponent ``**`` may take, and biggest int a str-padding method or filter may get.
@@ -406,13 +408,25 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+#: the names a message's reasoning is passed under (transformers 5: ``_REASONING_FIELDS``)
+REASONING_FIELDS = REASONING_KEYS
+
+
 def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """transformers' normalisation: each message a plain dict, keys whose value is ``None`` dropped."""
+    """transformers' normalisation (5.x ``_normalize_chat_messages`` and ``_alias_reasoning_fields``): each message
+    a plain dict, keys whose value is ``None`` dropped, and reasoning given under any of ``reasoning_content``,
+    ``thinking``, ``reasoning`` copied to ``reasoning_content`` (the first one given wins) and to ``thinking``
+    (unless the message has its own), the names Qwen3/DeepSeek and GPT-OSS templates read."""
     out = []
     for m in messages:
         if not isinstance(m, Mapping):
             raise TemplateRenderError(f"a message must be a mapping, got {type(m).__name__}", "error")
-        out.append({k: _plain(v) for k, v in m.items() if v is not None})
+        d = {k: _plain(v) for k, v in m.items() if v is not None}
+        if len(d) > 2:
+            reasoning = next((d[k] for k in REASONING_FIELDS if d.get(k) is not None), None)
+            if reasoning is not None:
+                d = {"thinking": reasoning, **d, "reasoning_content": reasoning}
+        out.append(d)
     return out
 
 

@@ -11,6 +11,10 @@ from typing import Any
 
 @dataclass
 class StageConfig:
+    """What the gate's stages are built from. ``extra`` holds the rest: ``jobs``, ``add_special_tokens``, ``fill``,
+    ``share`` and ``render_defaults`` (the template arguments rows without their own get: ``tools``,
+    ``documents`` and any ``--template-kwargs``)."""
+
     template: str | None = None
     tokenizer: str | None = None
     max_length: int | None = None
@@ -107,7 +111,8 @@ def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
                           llamacpp_vocab=str(tokenizer.gguf_path) if llama_cpp and getattr(tokenizer, "gguf_path",
                                                                                           None) else None,
                           tokenizer_name=str(cfg.tokenizer),
-                          add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True))
+                          add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True),
+                          render_defaults=extra.get("render_defaults"))
 
     return make
 
@@ -120,8 +125,9 @@ def template_stage_factory(cfg: StageConfig, *, cross: bool = True):
 
     template = load_template(cfg.template)
     fill = (cfg.extra or {}).get("fill", True)
+    defaults = (cfg.extra or {}).get("render_defaults")
 
     def make(path: str):
-        return TemplateStage(path, template, fill=fill, cross=cross)
+        return TemplateStage(path, template, fill=fill, render_defaults=defaults, cross=cross)
 
     return make

@@ -23,6 +23,7 @@ from tmplcheck.validator.checks.template import (
     check_generation_prompt,
     check_needles,
     check_render_error,
+    check_special_token_values,
     check_syntax,
     check_undefined,
     infer_structure,
@@ -62,11 +63,15 @@ class TemplateRowChecker:
     """The per-row work of the template stage: render, needle probes, end of turn, llama.cpp comparison. Pure per row
     (caches per conversation shape only), so it runs in the gate's process or in worker processes alike."""
 
-    def __init__(self, template: Template, cross=None, *, fill: bool = True):
+    def __init__(self, template: Template, cross=None, *, fill: bool = True,
+                 render_defaults: dict[str, Any] | None = None):
+        from tmplcheck.validator.checks.tools import template_traits
         from tmplcheck.validator.opaque import FillRenderer
 
         self.template = template
         self.cross = cross
+        self.render_defaults = dict(render_defaults or {})   # --tools, --documents, --template-kwargs
+        self.traits = template_traits(template.source)
         # a content-opaque template's rows are its shape renders with the contents put in (same text, same
         # undefined names; ``tests/test_opaque.py``); any other row, or any other template, is rendered
         self.filler = FillRenderer(template) if fill else None
@@ -95,12 +100,14 @@ class TemplateRowChecker:
             return TemplateRowOut("skipped")
         name = self.template.meta.name
         msgs = conv.dicts()
-        got = self.filler.fill(msgs) if self.filler is not None else None
+        plain = conv.plain and not self.render_defaults
+        kw = {} if plain else conv.render_kw(self.render_defaults)
+        got = self.filler.fill(msgs) if self.filler is not None and plain else None
         r, at = got if got is not None else (None, None)
         filled = r is not None
         try:
             if r is None:
-                r = self.template.render_full(msgs)
+                r = self.template.render_full(msgs, **kw)
         except TemplateRenderError as e:
             poison = e.kind if e.kind in ("security", "timeout", "size") else ""
             self.poisoned = poison
@@ -115,7 +122,13 @@ class TemplateRowChecker:
             out.extend(check_end_of_turn(conv, probe, self.template, self.structure))
             if not out:
                 self._clean_shapes.add(roles)
-        xs = list(self.cross(conv, self.template, r.text, filled=filled)) if self.cross is not None else None
+        if not plain:
+            from tmplcheck.validator.checks.tools import check_tool_calls
+
+            out.extend(f for f in check_tool_calls(conv, self.traits, self.render_defaults.get("tools"))
+                       if f.code == "D042")
+        xs = list(self.cross(conv, self.template, r.text, filled=filled, render_kw=kw or None)) \
+            if self.cross is not None else None
         return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at)
 
 
@@ -141,7 +154,7 @@ class TemplateStage:
     name = "template"
 
     def __init__(self, path: str, template: Template, *, cross: bool = True, now: datetime | None = None,
-                 fill: bool = True):
+                 fill: bool = True, render_defaults: dict[str, Any] | None = None):
         self.path = path
         # one clock for the whole run: templates that print today's date render the same for every row
         self.template = template.pinned(now or template.now or datetime.now())
@@ -160,7 +173,7 @@ class TemplateStage:
         self._broken = False      # does not compile
         self._poisoned = ""       # sandbox violation or limit: stop rendering
         self._poison_at: int | None = None   # ordinal of the row that poisoned the template
-        self.checker = TemplateRowChecker(self.template, self.cross, fill=fill)
+        self.checker = TemplateRowChecker(self.template, self.cross, fill=fill, render_defaults=render_defaults)
         self.filled = 0
         self._undefined_seen: set[str] = set()
         #: set by the token stage when it runs this stage's per-row work in its own chunk worker (each row rendered
@@ -193,11 +206,14 @@ class TemplateStage:
             self._broken = True
             yield from syntax
             return
-        yield from check_undefined(self.template, path=self.path)
+        said = set(self.template.meta.tokens_undefined)   # T020 says these, more precisely
+        yield from (f for f in check_undefined(self.template, path=self.path)
+                    if f.data.get("variable") not in said)
         from tmplcheck.validator.checks.template import undefined_names
 
         self._undefined_seen.update(undefined_names(self.template))
         yield from check_generation_prompt(self.template, path=self.path)
+        yield from check_special_token_values(self.template, path=self.path)
         self.checker.structure  # noqa: B018 - inferred once here, before any worker is forked
 
     def _count(self, found: list[Finding]) -> list[Finding]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +39,18 @@ from typing import Any
 from tmplcheck.validator.checks import tokens as K
 from tmplcheck.validator.checks.tokens import TokenContext, TokenIndex, Turn
 from tmplcheck.validator.findings import Finding, Severity, finding
-from tmplcheck.validator.tokens import FilledLocated
+from tmplcheck.validator.ingest import REASONING_KEYS
+from tmplcheck.validator.tokens import FilledLocated, _plain_rows_simple
 
-#: one row as the pipeline sees it: (line, [(role, content, content pointer, role pointer), ...])
-RowIn = tuple[int, list[tuple[str, str, str, str]]]
+#: one row as the pipeline sees it: (line, [(role, content text, content pointer, role pointer, other fields), ...],
+#: template arguments or None) — an ingested message (``ingest.Message``) and the row's ``render_kw``, picklable
+RowIn = tuple[int, list[tuple[str, str, str, str, tuple]], dict | None]
 _SENTINEL = "\u2063TMPLCHECK{}\u2063"
+_EMPTY_THINK = re.compile(r"<(think|thinking|reasoning)>\s*</\1>")
+
+
+def _show(s: str, n: int = 60) -> str:
+    return repr(s if len(s) <= n else s[: n // 2] + "…" + s[-n // 2:])
 
 
 @dataclass
@@ -169,12 +177,14 @@ class TokenPipeline:
                  llamacpp_vocab: str | None = None, llamacpp_all: int = 256, llamacpp_every: int = 50,
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
                  prefix_all: int = 256, prefix_every: int = 50, generation_all: int = 256,
-                 generation_every: int = 50, regular: bool = True, fill: bool = True):
+                 generation_every: int = 50, regular: bool = True, fill: bool = True,
+                 render_defaults: dict | None = None):
         from tmplcheck.validator.tokens import end_of_turn_strings, resolve_add_special_tokens
 
         self.template = template
         self.tokenizer = tokenizer
         self.path = path
+        self.render_defaults = dict(render_defaults or {})   # --tools, --documents, --template-kwargs
         # the trainer's policy: the post-processor runs unless the template writes BOS and the tokenizer adds it too
         # (``True``/``False`` check another pipeline, e.g. a trainer that encodes the render with tokenizer(text))
         self.add_special_tokens = resolve_add_special_tokens(template, tokenizer, add_special_tokens)
@@ -229,6 +239,13 @@ class TokenPipeline:
         self.structure_ok = not self.template_findings()
 
     # -- helpers
+    def render_kw(self, row: RowIn) -> dict:
+        """The template arguments of a row: the gate's defaults (``--tools`` ...), overridden by the row's own."""
+        kw = row[2] if len(row) > 2 else None
+        if not self.render_defaults:
+            return dict(kw) if kw else {}
+        return {**self.render_defaults, **(kw or {})}
+
     def encode_plain(self, s: str) -> list[int]:
         return list(self.tokenizer.encode(s, add_special_tokens=False).ids)
 
@@ -291,20 +308,28 @@ class TokenPipeline:
         (``validator/opaque.py``); rows without a text are filled here when the template allows it, else rendered."""
         from tmplcheck.validator.tokens import locate_messages
 
-        msgs = [[{"role": r, "content": c} for r, c, _p, _rp in m] for _line, m in rows]
+        msgs = [[({"role": r, "content": c, **dict(f)} if f else {"role": r, "content": c})
+                 for r, c, _p, _rp, f in row[1]] for row in rows]
+        eots = [e for e, _ in self.eot_strings]
+        # a template whose plain rows are not simple (an answer generates more than its content: Qwen3's empty
+        # reasoning block) has every row's assistant turns located by what they generate, not by the fill's places
+        simple = _plain_rows_simple(self.template)
         located: list[Any] = []
         for k, m in enumerate(msgs):
             known = texts[k] if texts is not None else None
             at = places[k] if places is not None else None
+            kw = self.render_kw(rows[k])
+            if not simple:
+                at = None
             try:
                 if isinstance(known, BaseException):
                     raise known
-                if known is None and self.filler is not None:
+                if known is None and self.filler is not None and simple and not kw and is_plain_row(rows[k]):
                     got = self.filler.fill(m)
                     if got is not None:
                         known, at = got[0].text, got[1]
                 loc = FilledLocated(known, m, at) if at is not None else \
-                    locate_messages(self.template, m, text=known)
+                    locate_messages(self.template, m, text=known, render_kw=kw, eots=eots)
                 if not loc.text.isascii():
                     loc.text.encode("utf-8")   # a lone surrogate (D027) cannot be tokenized: the row is not encoded
                 located.append(loc)
@@ -331,15 +356,17 @@ class TokenPipeline:
                 out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
             sp = next(spans)
-            gen = self._generation(messages, ordinal)
-            r = self._fast(row, messages, loc, sp, ordinal, gen)
+            gen = self._generation(messages, ordinal, self.render_kw(row))
+            r = self._fast(row, messages, loc, sp, ordinal, gen) \
+                if is_plain_row(row) and not self.render_defaults else None
             if r is None:
-                r = self._check(row, messages, self._full_encoding(loc, sp, messages, gen), ordinal)
+                r = self._check(row, messages, self._full_encoding(loc, sp, messages, gen, self.render_kw(row)),
+                                ordinal)
             r.sampled = self.sampled(ordinal)
             out.append(r)
         return out
 
-    def _generation(self, messages, ordinal: int) -> list[tuple[int, int]] | None:
+    def _generation(self, messages, ordinal: int, kw: dict) -> list[tuple[int, int]] | None:
         """The row's ``{% generation %}`` spans (rendered once, for both the regular and the full path) when the
         regular path cross-checks this row's mask against them: every row when the template carries the markers
         itself, else rows on the sample (a separate training variant is one more render). The full path renders
@@ -350,19 +377,19 @@ class TokenPipeline:
             return None
         from tmplcheck.validator.tokens import generation_spans
 
-        return generation_spans(self.template, messages, {})
+        return generation_spans(self.template, messages, kw)
 
     def _generation_sampled(self, ordinal: int) -> bool:
         return ordinal < self.generation_all or ordinal % self.generation_every == 0
 
-    def _full_encoding(self, loc, sp, messages, gen):
+    def _full_encoding(self, loc, sp, messages, gen, kw):
         """The full encoding of a row that is not regular (or is on a sample): the tokenizer's own Encoding with
         offsets, labels from the render structure, generation spans — what ``encode_conversations`` gives."""
         from tmplcheck.validator.tokens import finish_encoding, generation_spans
 
         enc = sp.as_encoding(self.tokenizer)
         if self.has_markers and gen is None:
-            gen = generation_spans(self.template, messages, {})
+            gen = generation_spans(self.template, messages, kw)
         return finish_encoding(loc, enc, self.template, self.tokenizer, add_special_tokens=self.add_special_tokens,
                                generation_spans=gen)
 
@@ -387,7 +414,7 @@ class TokenPipeline:
                 turns.append(Turn(s.index, s.role, s.content_start, s.content_end))
         turns.sort(key=lambda t: t.start)
         rx = ctx.special_re
-        if rx is not None and any(rx.search(m["content"]) for m in messages):
+        if rx is not None and any(rx.search(c) for _r, c, *_ in row[1]):
             return None  # K006 and whatever the control token does to the structure: the full checks say it
         gap = self.gap
         points = [t.start - gap for t in turns if t.role == "assistant" and t.index > 0
@@ -407,14 +434,18 @@ class TokenPipeline:
         turns, trimmed = [], []
         for sp in enc.spans:
             i = sp.index
-            _r, _c, ptr, rptr = row[1][i]
+            _r, c, ptr, rptr, _f = row[1][i]
             if sp.content_start is None:
                 turns.append(Turn(i, sp.role, -1, -1, ptr, rptr))
                 continue
             turns.append(Turn(i, sp.role, sp.content_start, sp.content_end, ptr, rptr))
-            c = messages[i]["content"]
-            if sp.content_end - sp.content_start != len(c):
-                trimmed.append(i)
+            if sp.method != "generated" and sp.content_end - sp.content_start != len(c):
+                if enc.text[sp.content_start:sp.content_end] == c.strip():
+                    trimmed.append(i)   # (else the template wrote it as a JSON string, e.g. a tool result)
+            elif sp.method == "generated" and not _f and c != c.strip():
+                region = enc.text[sp.content_start:sp.content_end]
+                if c not in region and c.strip() in region:
+                    trimmed.append(i)
         turns.sort(key=lambda t: (not t.found, t.start, t.index))
         return turns, trimmed
 
@@ -435,7 +466,7 @@ class TokenPipeline:
         out.extend(K.check_bos(ids, ctx, line=line))
         n_trained = len(labels) - labels.count(K.IGNORE)
         if not self.structure_ok:
-            out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
+            out.extend(K.check_control_in_content([(t.index, t.role, row[1][t.index][1], t.pointer)
                                                    for t in turns], ctx, line=line, encode=self.encode_plain))
             out.extend(K.check_max_length(ids, [], {}, idx, ctx, line=line))
             return RowOut(line, out, len(ids), n_trained)
@@ -449,11 +480,12 @@ class TokenPipeline:
             out.extend(K.check_generation_mask(text, ids, offsets, gen, turns, eots, ctx, line=line,
                                                expected=expected, idx=idx))
         out.extend(K.check_boundary_merges(ids, idx, turns, ctx, text=text, line=line))
-        out.extend(K.check_control_in_content([(t.index, t.role, messages[t.index]["content"], t.pointer)
+        out.extend(K.check_control_in_content([(t.index, t.role, row[1][t.index][1], t.pointer)
                                                for t in turns], ctx, line=line, encode=self.encode_plain))
         out.extend(K.check_max_length(ids, turns, eots, idx, ctx, line=line))
+        out.extend(self._generated_checks(row, enc, line))
         if self._prefix_sampled(ordinal):
-            out.extend(self._prompt_checks(messages, turns, text, ids, idx, line))
+            out.extend(self._prompt_checks(messages, turns, text, ids, idx, line, self.render_kw(row)))
         else:  # K009 at the generation point the template's structure gives, without rendering the prompts
             for t in turns:
                 if t.role == "assistant" and t.found and t.index > 0 and messages[t.index - 1]["role"] == "user":
@@ -481,7 +513,53 @@ class TokenPipeline:
         return list(K.check_llamacpp_ids(ids, lc_ids, self.ctx, line=r.line, text=text, offsets=offsets,
                                          lc_name=lambda i: repr(lc.token_text(i))))
 
-    def _prompt_checks(self, messages, turns, text, ids, idx, line) -> Iterator[Finding]:
+    def _generated_checks(self, row: RowIn, enc, line: int) -> Iterator[Finding]:
+        """M020 (history rewritten: reasoning dropped), M021 (an empty reasoning block trained), M022 (the inference
+        prompt is no prefix of the row under the template arguments given) from what each assistant turn
+        generates (``tokens.assistant_regions``)."""
+        ctx = self.ctx
+        text = enc.text
+        for sp in enc.spans:
+            if sp.role != "assistant":
+                continue
+            _r, c, ptr, rptr, fields = row[1][sp.index]
+            reasoning = next((v for k, v in fields if k in REASONING_KEYS and isinstance(v, str)), None)
+            if sp.prompt_setting is not None:
+                how = (f"; with {sp.prompt_setting} it is" if sp.prompt_setting else
+                       "; no value of enable_thinking/reasoning_effort makes it one")
+                yield finding("M022", f"the inference prompt before assistant message {sp.index} is not a prefix of "
+                                      f"the training row under the template arguments given{how}: the model is "
+                                      "trained after another header than it is prompted with",
+                              path=ctx.path, line=line, pointer=rptr,
+                              data={"setting": sp.prompt_setting})
+            if sp.alone is not None and sp.eot_char is not None:
+                kept = text[sp.content_start:sp.eot_char[1]]
+                lost_text = reasoning if reasoning and reasoning.strip() and reasoning.strip() not in kept and \
+                    reasoning.strip() in sp.alone else None
+                if lost_text is not None:
+                    n = len(self.encode_plain(lost_text.strip()))
+                    key = next(k for k, v in fields if k in REASONING_KEYS and v == reasoning)
+                    yield finding("M020", f"the template drops assistant message {sp.index}'s reasoning once later "
+                                          f"turns follow: training never sees its {n} reasoning token(s); only the "
+                                          "last assistant turn of a row keeps its reasoning",
+                                  path=ctx.path, line=line, pointer=f"{ptr.rsplit('/', 1)[0]}/{key}",
+                                  data={"tokens_lost": n})
+                else:
+                    a, b = len(self.encode_plain(sp.alone)), len(self.encode_plain(kept))
+                    yield finding("M020", f"assistant message {sp.index} renders otherwise once later turns follow "
+                                          f"(history rewritten): as the last turn the model generates {a} token(s), "
+                                          f"in this row {b} are trained: {_show(sp.alone)} vs {_show(kept)}",
+                                  path=ctx.path, line=line, pointer=ptr, data={"alone": a, "trained": b})
+            if sp.method == "generated" and sp.trained and not (reasoning or "").strip() and "</think>" not in c:
+                region = text[sp.content_start:sp.content_end]
+                m = _EMPTY_THINK.search(region)
+                if m is not None:
+                    yield finding("M021", f"the template writes an empty reasoning block {m.group()!r} into assistant "
+                                          f"message {sp.index}, which has no reasoning, and it is trained: the model "
+                                          "learns to skip reasoning on such prompts", path=ctx.path, line=line,
+                                  pointer=ptr)
+
+    def _prompt_checks(self, messages, turns, text, ids, idx, line, kw=None) -> Iterator[Finding]:
         """K009 and K011 for the inference prompt before each assistant answer that follows a user turn."""
         by_index = {t.index: t for t in turns}
         for t in turns:
@@ -489,7 +567,7 @@ class TokenPipeline:
             if t.role != "user" or i + 1 >= len(messages) or messages[i + 1]["role"] != "assistant":
                 continue
             try:
-                prompt = self.template.render(messages[: i + 1], add_generation_prompt=True)
+                prompt = self.template.render(messages[: i + 1], add_generation_prompt=True, **(kw or {}))
             except Exception:  # noqa: BLE001
                 continue
             ok_text = text.startswith(prompt)
@@ -634,7 +712,13 @@ class TokenStats:
 # ------------------------------------------------------------------------------------------------------- the stage
 def row_in(conv) -> RowIn:
     """The pipeline's picklable view of an ingested Conversation."""
-    return (conv.line, [(m.role, m.content, m.pointer, conv.role_pointer(i)) for i, m in enumerate(conv.messages)])
+    return (conv.line, [(m.role, m.content, m.pointer, conv.role_pointer(i), m.fields)
+                        for i, m in enumerate(conv.messages)], conv.render_kw() or None)
+
+
+def is_plain_row(row: RowIn) -> bool:
+    """Role and string content only, no template arguments: the rows the fill and the regular-row path take."""
+    return not (len(row) > 2 and row[2]) and all(not m[4] for m in row[1])
 
 
 class TokenStage:

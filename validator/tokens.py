@@ -61,8 +61,14 @@ class MessageSpan:
     turn_end: int | None = None
     straddle_start: int | None = None  # token crossing the content start boundary (template text + content)
     straddle_end: int | None = None    # token crossing the content end boundary
-    method: str = "missing"            # "sentinel" | "sentinel-strip" | "prefix" | "search" | "turn" | "missing"
+    method: str = "missing"            # "sentinel" | "sentinel-strip" | "prefix" | "search" | "turn" |
+    #                                    "generated" (an assistant turn: what it generates, see assistant_regions)
+    #                                    | "missing"
     truncated: bool = False            # with max_length: part of the content or its end-of-turn is cut off
+    alone: str | None = None           # an assistant turn that renders otherwise once later turns follow (history
+    #                                    rewritten): what it renders as when it is the last turn (generated part)
+    prompt_setting: str | None = None  # the inference prompt is not a prefix of the row; this template argument
+    #                                    setting makes it one ("" when none does)
 
     @property
     def found(self) -> bool:
@@ -184,10 +190,16 @@ def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False
 
 
 def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | None = None,
-                    text: str | None = None) -> Located:
-    """Render ``messages`` (unless ``text`` is given) and find each message's content in the render."""
+                    text: str | None = None, eots: Sequence[str] | None = None) -> Located:
+    """Render ``messages`` (unless ``text`` is given) and find each message's content in the render.
+
+    With ``eots`` (the end-of-turn strings), assistant turns are located as what they generate
+    (:func:`assistant_regions`) wherever that differs from their content: rows with fields beyond role and string
+    content (tool calls, reasoning, template arguments), and every row of a template whose plain rows are not simple
+    (:func:`_plain_rows_simple`)."""
     render_kw = dict(render_kw or {})
     messages = [dict(m) for m in messages]
+    plain = not render_kw and all(len(m) == 2 and type(m.get("content")) is str for m in messages)
     if text is None:
         text = template.render(messages, add_generation_prompt=False, **render_kw)
     spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=None, content_end=None,
@@ -244,7 +256,8 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
             hi = s.turn_end if s.turn_end is not None else len(text)
             hit = None
             if c is not None:
-                for how, needle in (("prefix", c), ("prefix", c.strip())):
+                # the content as written, stripped, or as a JSON string (templates that ``tojson`` tool results)
+                for how, needle in (("prefix", c), ("prefix", c.strip()), ("prefix", json.dumps(c, ensure_ascii=False))):
                     if not needle and c:
                         continue
                     p = text.find(needle, lo, hi) if needle else -1
@@ -276,7 +289,113 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
             if hit is not None:
                 s.content_start, s.content_end, s.method = hit
                 cursor = hit[1]
+    if eots is not None and (not plain or not _plain_rows_simple(template)):
+        assistant_regions(template, messages, render_kw, text, eots, spans)
     return Located(text, spans)
+
+
+_SIMPLE: "dict[int, tuple[Any, bool]]" = {}
+
+
+def _plain_rows_simple(template) -> bool:
+    """Whether, for rows of role and string content only, each assistant turn generates exactly its content and
+    end-of-turn string: on probe conversations (with and without a system turn, two exchanges) every inference
+    prompt is a prefix of the row, ends where the answer's content starts, and every turn renders alike as the last
+    turn and inside the row. Then the content location is the generated part (today's fast paths); otherwise every
+    row's assistant turns are located by :func:`assistant_regions`. Cached per template."""
+    got = _SIMPLE.get(id(template))
+    if got is not None and got[0] is template:
+        return got[1]
+    ok = True
+    for head in ([], [{"role": "system", "content": "S\u2063"}]):
+        msgs = head + [{"role": "user", "content": "Q1\u2063"}, {"role": "assistant", "content": "A1\u2063"},
+                       {"role": "user", "content": "Q2\u2063"}, {"role": "assistant", "content": "A2\u2063"}]
+        full = _render_prefix(template, msgs, len(msgs), {})
+        if full is None:
+            continue   # the template refuses this shape: the other probe decides
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            prompt = _render_prefix(template, msgs, i, {}, add_generation_prompt=True)
+            alone = _render_prefix(template, msgs, i + 1, {})
+            if prompt is None or alone is None or not full.startswith(alone) or not alone.startswith(prompt) \
+                    or not alone.startswith(m["content"], len(prompt)):
+                ok = False
+    if len(_SIMPLE) > 64:
+        _SIMPLE.clear()
+    _SIMPLE[id(template)] = (template, ok)
+    return ok
+
+
+# ---------------------------------------------------------------------------------- what each assistant generates
+#: template arguments tried when the inference prompt is not a prefix of the training row (M022 names the one that
+#: makes it one)
+_PROMPT_SETTINGS = (("enable_thinking", True), ("enable_thinking", False), ("reasoning_effort", "low"),
+                    ("reasoning_effort", "medium"), ("reasoning_effort", "high"), ("thinking", True),
+                    ("thinking", False))
+
+
+def _eot_in(text: str, lo: int, hi: int, eots: Sequence[str], *, last: bool) -> tuple[int, int] | None:
+    """The first (or last) end-of-turn string in ``text[lo:hi]``."""
+    best = None
+    for e in eots:
+        if not e:
+            continue
+        p = text.rfind(e, lo, hi) if last else text.find(e, lo, hi)
+        if p >= 0 and (best is None or (p > best[0] if last else p < best[0])):
+            best = (p, p + len(e))
+    return best
+
+
+def assistant_regions(template, messages: Sequence[dict], render_kw: dict, text: str, eots: Sequence[str],
+                      spans: list[MessageSpan]) -> None:
+    """Set each assistant span to what that turn *generates*, located without searching for its content.
+
+    The inference prompt before assistant message i is ``P = render(messages[:i], add_generation_prompt=True)``;
+    the turn as the last message is ``F = render(messages[:i+1])``. When the row's text starts with ``F`` (and
+    ``F`` with ``P``), the turn generates ``F[len(P):]``: its reasoning where the template keeps it, its content,
+    its rendered tool calls, through the end-of-turn string (the last one in that part; what the template writes
+    after it, such as ChatML's ``\n``, is the next prompt's). When later turns rewrite this one (Qwen3 drops the
+    reasoning of earlier turns), the row's text still starts with ``P`` but not with ``F``: the span then runs from
+    ``len(P)`` to the first end-of-turn string after it, and ``alone`` records what the turn generates as the last
+    turn. When ``P`` is not a prefix of the row at all, the template arguments in ``_PROMPT_SETTINGS`` are tried and
+    ``prompt_setting`` names one that makes it a prefix (M022) ("" when none does); the span then keeps its content
+    location. The span's ``content_start``/``content_end`` become the generated part before the end-of-turn string,
+    ``method`` ``"generated"``.
+    """
+    for s in spans:
+        i = s.index
+        if s.role != "assistant":
+            continue
+        prompt = _render_prefix(template, messages, i, render_kw, add_generation_prompt=True)
+        if prompt is None or not text.startswith(prompt):
+            s.prompt_setting = ""
+            for key, value in _PROMPT_SETTINGS:
+                if key not in template.source or render_kw.get(key, None) == value:
+                    continue
+                alt = _render_prefix(template, messages, i, {**render_kw, key: value}, add_generation_prompt=True)
+                if alt is not None and text.startswith(alt):
+                    s.prompt_setting = f"{key}={json.dumps(value)}"
+                    break
+            continue
+        start = len(prompt)
+        alone = _render_prefix(template, messages, i + 1, render_kw)
+        if alone is not None and alone.startswith(prompt) and text.startswith(alone):
+            eot = _eot_in(text, start, len(alone), eots, last=True)
+            end = eot[0] if eot else len(alone)
+        else:
+            nxt = min((x.content_start for x in spans if x.index > i and x.content_start is not None
+                       and x.content_start >= start), default=len(text))
+            after = max(start, s.content_end if s.content_start is not None and s.content_start >= start else start)
+            eot = _eot_in(text, after, len(text), eots, last=False)
+            end = eot[0] if eot is not None and eot[0] <= max(nxt, after) else (s.content_end or start)
+            if alone is not None and alone.startswith(prompt):
+                gen = alone[start:]
+                e2 = _eot_in(gen, 0, len(gen), eots, last=True)
+                mine = text[start:eot[1]] if eot is not None else text[start:end]
+                if (gen[:e2[1]] if e2 else gen) != mine:
+                    s.alone = gen[:e2[1]] if e2 else gen
+        s.content_start, s.content_end, s.method = start, max(start, end), "generated"
 
 
 class FilledLocated(Located):
@@ -329,11 +448,20 @@ def resolve_add_special_tokens(template, tokenizer, add_special_tokens: bool | s
 
 
 def end_of_turn_strings(template, tokenizer: Tokenizer) -> tuple[str, ...]:
+    """The strings that close an assistant turn: the template's own (``meta.end_of_turn``, else the tokenizer's
+    eos), plus every stop token of the tokenizer (generation config) that the template writes literally — Llama
+    3.1 ends a tool call with ``<|eom_id|>``."""
     meta = getattr(template, "meta", None)
     eot = tuple(getattr(meta, "end_of_turn", ()) or ())
     if not eot and tokenizer.eos_token:
         eot = (tokenizer.eos_token,)
-    return eot
+    source = getattr(template, "source", "") or ""
+    more = []
+    for i in sorted(getattr(tokenizer, "stop_ids", ()) or ()):
+        t = tokenizer.id_to_token(i)
+        if t and t not in eot and len(t) > 2 and t in source:
+            more.append(t)
+    return eot + tuple(more)
 
 
 def _find_eot(text: str, start: int, limit: int, eots: Sequence[str]) -> tuple[int, int, str] | None:
@@ -496,7 +624,7 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
     for msgs in conversations:
         msgs = [dict(m) for m in msgs]
         try:
-            loc = locate_messages(template, msgs, render_kw=render_kw)
+            loc = locate_messages(template, msgs, render_kw=render_kw, eots=eots)
             located.append(loc)
             gens.append(generation_spans(template, msgs, render_kw))
         except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding

@@ -25,8 +25,11 @@ class GenerationConfig:
     max_prompts: int | None = None
 
 
-def eval_prompts(eval_path: Path, max_prompts: int | None = None) -> Iterator[tuple[int, list[dict], str | None]]:
-    """(line, prompt messages, reference answer) for each held-out row: the messages before its last assistant turn."""
+def eval_prompts(eval_path: Path, max_prompts: int | None = None) \
+        -> Iterator[tuple[int, list[dict], str | None, dict]]:
+    """(line, prompt messages, reference answer, template arguments) for each held-out row: the messages before its
+    last assistant turn, and the row's tools, documents and ``chat_template_kwargs`` (the prompt is rendered with
+    them, as a server that offers the row's tools would)."""
     from tmplcheck.validator.ingest import read_rows
 
     n = 0
@@ -42,7 +45,7 @@ def eval_prompts(eval_path: Path, max_prompts: int | None = None) -> Iterator[tu
             prompt, ref = msgs[:last], msgs[last]["content"]
         if not prompt:
             continue
-        yield conv.line, prompt, ref
+        yield conv.line, prompt, ref, conv.render_kw()
         n += 1
         if max_prompts is not None and n >= max_prompts:
             return
@@ -69,8 +72,9 @@ def generate(model: Any, tokenizer: Any, template: Any, prompts: Sequence[tuple[
     device = next(model.parameters()).device
     model.eval()
     encoded = []
-    for line, msgs, ref in prompts:
-        text = template.render(msgs, add_generation_prompt=True)
+    for p in prompts:
+        line, msgs, ref = p[:3]
+        text = template.render(msgs, add_generation_prompt=True, **(p[3] if len(p) > 3 else {}))
         encoded.append((line, msgs, ref, text, _encode(tokenizer, text)))
     modes = [("greedy", 0)] + [("sampled", k) for k in range(cfg.samples)]
     rows: list[dict] = []

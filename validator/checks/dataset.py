@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from tmplcheck.validator.findings import Finding, finding
 from tmplcheck.validator.ingest import Conversation
@@ -34,8 +35,11 @@ def check_content(conv: Conversation) -> Iterator[Finding]:
             continue  # the common case, in one strip and one search
         where = _at(conv, m.pointer)
         if not stripped:
+            if m.fields and (m.tool_calls or (m.reasoning or "").strip()):
+                continue   # an assistant turn that calls a tool (or only reasons) needs no content
             what = "empty" if not m.content else "whitespace-only"
-            yield finding("D013", f"{m.role} message {i} is {what}", **where)
+            yield finding("D013", f"{m.role} message {i} is {what}" + (" and calls no tool" if m.role == "assistant"
+                                                                      else ""), **where)
             continue
         if m.content != stripped:
             edges = []
@@ -90,6 +94,19 @@ def check_order(conv: Conversation) -> Iterator[Finding]:
 CONVERSATION_CHECKS = (check_content, check_order)
 
 
-def check_conversation(conv: Conversation) -> Iterator[Finding]:
+def has_reasoning(conv: Conversation) -> bool:
+    """An assistant turn of the row carries reasoning: a reasoning field, or a ``<think>`` block in its content."""
+    for m in conv.messages:
+        if m.role == "assistant" and ((m.fields and (m.reasoning or "").strip()) or "</think>" in m.content):
+            return True
+    return False
+
+
+def check_conversation(conv: Conversation, *, tools: Any = None) -> Iterator[Finding]:
+    """The row's D checks; ``tools``: the tools rows without their own are rendered with (``--tools``)."""
     for check in CONVERSATION_CHECKS:
         yield from check(conv)
+    if not conv.plain or tools is not None:
+        from tmplcheck.validator.checks.tools import check_tools
+
+        yield from check_tools(conv, tools=tools)

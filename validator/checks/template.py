@@ -234,11 +234,48 @@ def check_generation_prompt(template: Template, *, path: str = "") -> Iterator[F
                               f"before the answer: at inference the model must produce that header itself",
                       path=path, data=data)
     else:
+        agree = _agreeing_setting(template, user, expected)
+        if agree:
+            data["agrees_with"] = agree
         yield finding("T007", f"template {name!r}: the generation prompt {_show(gp)} is not the assistant header "
-                              f"used in training {_show(header)}", path=path, data=data)
+                              f"used in training {_show(header)}"
+                      + (f"; with {agree} they agree" if agree else ""), path=path, data=data)
+
+
+def _agreeing_setting(template: Template, user: list, expected: str) -> str:
+    """A template argument (enable_thinking, reasoning_effort...) under which the generation prompt is the
+    training header, when the template reads one ("" otherwise)."""
+    import json
+
+    from tmplcheck.validator.tokens import _PROMPT_SETTINGS
+
+    for key, value in _PROMPT_SETTINGS:
+        if key not in template.source:
+            continue
+        try:
+            if template.render(user, add_generation_prompt=True, **{key: value}) == expected:
+                return f"{key}={json.dumps(value)}"
+        except (TemplateRenderError, TemplateLoadError):
+            continue
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------ row-level
+def check_special_token_values(template: Template, *, path: str = "") -> Iterator[Finding]:
+    """T020: special-token variables the template reads without a value (undefined, as transformers renders them),
+    or borrowed from a built-in family for a bare template file (an info)."""
+    meta = template.meta
+    for k in getattr(meta, "tokens_undefined", ()):
+        yield finding("T020", f"template {meta.name!r} prints {k}, which its tokenizer config leaves null or "
+                              "missing: it renders as an empty string (as transformers renders it)", path=path,
+                      data={"variable": k, "borrowed": False})
+    for k in getattr(meta, "tokens_borrowed", ()):
+        v = meta.bos_token if k == "bos_token" else meta.eos_token
+        yield finding("T020", f"template {meta.name!r} prints {k}; no tokenizer config was given, so {v!r} is "
+                              "borrowed from the built-in family whose control tokens it writes", path=path,
+                      severity=Severity.INFO, data={"variable": k, "borrowed": True})
+
+
 def _at(conv: Conversation, pointer: str = "") -> dict:
     return {"path": conv.path, "line": conv.line, "pointer": pointer or conv.key}
 

@@ -122,4 +122,20 @@ Example: a template whose assistant turn lacks `<|eot_id|>` — training `...Par
 Fix: fix the template (compare it with the upstream one), or serve with `--jinja` and accept that llama.cpp's
 built-in formats will not match.
 """, "cross/unexplained.jsonl"),
+    Rule("X020", "features-not-in-llama-cpp-format", W,
+         "The row uses what llama.cpp's built-in formats cannot render: tools, tool calls, reasoning, template "
+         "arguments.",
+         """
+What: the row (or the gate's `--tools`/`--documents`/`--template-kwargs`) carries tool definitions, tool calls,
+tool results, reasoning, documents or template arguments. llama.cpp's built-in formats
+(`llama_chat_apply_template`) take a role and a content per message and nothing else, so a server that formats
+chats with them (llama-server without `--jinja`, importers that map a template to a built-in name) sends the model
+a prompt without the tool schemas, without the calls it made and without its reasoning. The comparison of the two
+renders is not made for such rows (every difference would be this one); the message lists what the row uses.
+Why it hurts: the model is trained to call tools it is then never shown, in a format the server does not parse.
+Example: a Llama 3.1 tool-use row: the training render holds the `Environment: ipython` system block, the JSON
+tool list and the `<|python_tag|>` call; llama.cpp's llama3 format holds none of them.
+Fix: serve with llama-server `--jinja` (llama.cpp's own Jinja engine renders the model's template with tools), and
+check the served prompt once with `tmplcheck render --renderer llamacpp` versus `--renderer hf`.
+""", "cross/tools_not_rendered.jsonl", per_file=True),
 ]

@@ -75,14 +75,18 @@ Fix: make content a string (an assistant turn with tool calls only needs `""`, n
 """, "dataset/field_wrong_type.jsonl"),
     Rule("D012", "unknown-role", E, "A message has a role that no chat template knows.",
          """
-What: the role is not one of system, user, assistant, tool or their ShareGPT aliases
-(human, gpt, model, bot, chatgpt, function_call, observation...).
-Why it hurts: templates either drop the turn silently, print the role verbatim, or raise.
+What: in an OpenAI `messages` row, a role other than system, developer, user, assistant, tool, ipython or function;
+in a ShareGPT row, a `from` name that is not in the ShareGPT table (README "Roles": human/user, gpt/assistant/
+model/bot/chatgpt/bard, system, function_call, observation/tool/function/function_response, ipython).
+OpenAI roles are never aliased: transformers passes the role to the template exactly as written, so tmplcheck
+renders and checks the row with it (a `bot` header the model never saw) and reports it here.
+Why it hurts: templates either drop the turn silently, print the role verbatim as a header, or raise.
 Fix: map the role to one of the known ones.
 """, "dataset/unknown_role.jsonl"),
     Rule("D013", "empty-content", E, "A message's content is empty or only whitespace.",
          """
-What: `""` or whitespace-only content.
+What: `""` or whitespace-only content; for an assistant turn, empty content *and* no tool call (an assistant turn
+that only calls a tool needs no content).
 Why it hurts: an empty assistant turn trains the model to answer with nothing but its end-of-turn token; an empty
 user turn teaches it to answer nothing. Trimming templates (llama3, gemma) then disagree with non-trimming ones.
 Fix: drop the turn (and its partner) or fill it.
@@ -192,4 +196,86 @@ What: the Unicode replacement character (shown as �) appears in content.
 Why it hurts: the original text was lost in a bad decode upstream; the model learns mojibake.
 Fix: re-export the data from its source with the right encoding.
 """, "dataset/replacement_character.jsonl"),
+    Rule("D040", "tool-calls-not-list", E, "An assistant message's `tool_calls` is not a list of call objects.",
+         """
+What: `tool_calls` holds an object, a string or a list with non-objects instead of `[{"type": "function",
+"function": {"name": ..., "arguments": {...}}}, ...]`.
+Why it hurts: templates iterate `tool_calls`; a dict iterates its keys, a string its characters, so the call the
+model is trained to make is garbage (or the template raises).
+Fix: wrap a single call in a list; write each call as an object.
+""", "dataset/tool_calls_not_list.jsonl"),
+    Rule("D041", "tool-call-without-name", E, "A tool call has no function name.",
+         """
+What: a call whose `function.name` (or `name`) is missing, empty or not a string.
+Why it hurts: the template writes `{"name": "", ...}` or nothing; the model learns calls no tool can receive.
+Fix: name the function the call is for.
+""", "dataset/tool_call_without_name.jsonl"),
+    Rule("D042", "tool-arguments-double-encoded", E,
+         "Tool-call arguments are a JSON string, and the template writes them with `tojson`.",
+         """
+What: `"arguments": "{\"city\": \"Paris\"}"` (OpenAI's API returns arguments as a string) with a template that
+prints `arguments | tojson` without testing `is string` (Meta's Llama 3.1, Qwen2.5).
+Why it hurts: the render holds `"{\"city\": \"Paris\"}"` — a quoted, escaped string — where the model must
+generate `{"city": "Paris"}`. The model learns to double-encode every call; tool parsers reject it.
+Fix: `json.loads` the arguments into an object before training (templates that test `is string`, like Qwen3, are
+not affected, and this finding is not given for them).
+""", "dataset/tool_arguments_string.jsonl"),
+    Rule("D043", "tool-arguments-invalid", E, "Tool-call arguments do not parse as a JSON object.",
+         """
+What: the arguments string is not JSON, or the arguments (parsed or given) are not an object; for a ShareGPT
+`function_call` turn, its value is not a `{"name": ..., "arguments": ...}` object.
+Why it hurts: the model is trained on calls no tool parser accepts.
+Fix: repair the JSON; arguments are always an object (`{}` when the function takes none).
+""", "dataset/tool_arguments_invalid.jsonl"),
+    Rule("D044", "tool-call-undefined-function", E, "A tool call names a function the row's tools do not define.",
+         """
+What: the row has `tools` (or `--tools` gives them) and a call names a function that is not among them.
+Why it hurts: the model is trained to call tools it was never shown — hallucinated calls at inference.
+Fix: add the function's schema to `tools`, or fix the name.
+""", "dataset/tool_call_undefined.jsonl"),
+    Rule("D045", "tool-result-without-call", E, "A tool message answers no tool call.",
+         """
+What: a `tool` (or `ipython`, `function`, ShareGPT `observation`) message with no assistant tool call before it
+since the last user turn, or whose `tool_call_id` matches none of the calls before it.
+Why it hurts: templates that pair results with calls (by position or id) attach it to the wrong call, or raise;
+the model learns results that answer nothing.
+Fix: add the call, drop the stray result, or fix its `tool_call_id`.
+""", "dataset/tool_result_without_call.jsonl"),
+    Rule("D046", "tool-schema-invalid", E, "A `tools` entry is not a valid function schema.",
+         """
+What: an entry of the row's `tools` is not `{"type": "function", "function": {"name", "description",
+"parameters"}}` (or the bare function object), or its `parameters` is not a valid JSON Schema (checked with the
+`jsonschema` library, draft 2020-12).
+Why it hurts: the template renders a broken tool definition into every prompt; the model learns from schemas no
+serving stack will send.
+Fix: write each tool as a JSON Schema function definition (`transformers.utils.get_json_schema` makes one).
+""", "dataset/tool_schema_invalid.jsonl"),
+    Rule("D047", "row-field-wrong-type", E, "The row's `tools` or `documents` is not a list.",
+         """
+What: `tools`/`documents` holds an object, a number, or a string that is not a JSON list (ShareGPT tool datasets
+write `tools` as a JSON string; tmplcheck parses it).
+Why it hurts: the template gets nothing it can iterate; the row is rendered without its tools.
+Fix: make it a list of schemas (or documents).
+""", "dataset/row_field_wrong_type.jsonl"),
+    Rule("D048", "template-kwargs-invalid", E, "The row's `chat_template_kwargs` is not an object.",
+         """
+What: `chat_template_kwargs` (extra template arguments such as `enable_thinking`) is not a JSON object.
+Why it hurts: the row is rendered without them, so with another setting than its author meant.
+Fix: write an object, e.g. `{"enable_thinking": false}`.
+""", "dataset/template_kwargs_invalid.jsonl"),
+    Rule("D049", "mixed-role-conventions", W, "A ShareGPT row mixes role-name conventions.",
+         """
+What: a ShareGPT row uses both `human`/`gpt` and `user`/`assistant` names.
+Why it hurts: both are mapped by the same table, but such rows usually come from merging datasets whose
+converters disagreed; check that the turns are what their writers meant.
+Fix: normalise the names in one pass.
+""", "dataset/mixed_role_conventions.jsonl"),
+    Rule("D050", "reasoning-mixed", W, "The file mixes rows with reasoning and rows without.",
+         """
+What: some rows' assistant turns carry reasoning (a `reasoning_content`/`thinking`/`reasoning` field or a
+`<think>` block) and others do not. Reported once for the file, with the share of each.
+Why it hurts: reasoning templates (Qwen3, DeepSeek-R1) insert an empty `<think></think>` block into rows without
+reasoning, so the model learns to skip thinking on some share of prompts you did not choose.
+Fix: make it deliberate: add reasoning, drop it, or set `enable_thinking` per row (`chat_template_kwargs`).
+""", "dataset/reasoning_mixed.jsonl"),
 ]

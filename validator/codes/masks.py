@@ -53,4 +53,37 @@ found from the render structure. The message gives the first differing position.
 Why it hurts: trainers that trust the markers train other tokens than tmplcheck's verified mask.
 Fix: fix the markers (or train with tmplcheck's labels, which come from the structure).
 """, "tokens/generation_header_trained.jsonl"),
+    Rule("M020", "history-rewritten", W, "An assistant turn renders otherwise once later turns follow.",
+         """
+What: the template rewrites earlier assistant turns when the conversation goes on — most often it drops their
+reasoning (Qwen3, DeepSeek-R1 and QwQ keep `<think>...</think>` only on turns after the last user message). The
+turn as the model generates it (the last turn of a prefix of the row) differs from the turn inside the row. The
+message gives the reasoning tokens lost (or both texts); the mask trains what the row holds, located from the
+inference prompt, never by searching for content.
+Why it hurts: a multi-turn reasoning row teaches reasoning only on its last turn; earlier turns train answers
+without reasoning, which the model never produces at inference.
+Example: Qwen3, a row `user, assistant(reasoning_content=...), user, assistant(reasoning_content=...)`: only the
+last answer's reasoning is in the training text.
+Fix: split multi-turn reasoning rows into one row per assistant turn (each ending with that turn), or accept the
+loss knowingly.
+""", "tokens/history_rewritten.jsonl"),
+    Rule("M021", "empty-reasoning-trained", W, "An empty reasoning block the template inserts is trained.",
+         """
+What: the assistant turn has no reasoning, and the template writes an empty `<think>\n\n</think>\n\n` into it
+(Qwen3 does for the last turn), after the inference prompt: it is part of what the model is trained to generate.
+Why it hurts: the model learns to open and close its reasoning without thinking on prompts like this row's.
+Fix: give the row reasoning, or render the row (and serve) with `enable_thinking=false`, where the empty block
+belongs to the prompt and is not trained.
+""", "tokens/empty_reasoning_trained.jsonl"),
+    Rule("M022", "prompt-setting-mismatch", E,
+         "The inference prompt is not a prefix of the training row under the template arguments given.",
+         """
+What: `render(messages[:i], add_generation_prompt=True)` — the prompt a server sends before assistant message i —
+is not the start of the training row, because a template argument changes the assistant header (Qwen3 with
+`enable_thinking=false` writes `<think>\n\n</think>\n\n` into the prompt, while a row with reasoning writes
+`<think>\nreasoning...`). The message names the setting under which the two agree, when one does.
+Why it hurts: the model is trained to continue a header it never sees at inference.
+Fix: render the data with the setting you will serve with (`--template-kwargs` or the row's
+`chat_template_kwargs`), or drop the reasoning from rows served without it.
+""", "tokens/prompt_setting_mismatch.jsonl"),
 ]

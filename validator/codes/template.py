@@ -190,4 +190,16 @@ name when it is a Python internal).
 Example: `{{ '\\x68\\x69' }}` (prints `hi`).
 Fix: write the characters plainly.
 """, "templates/audit_escaped_literal.jinja"),
+    Rule("T020", "special-token-undefined", W, "The template reads bos_token/eos_token, and the tokenizer config "
+         "leaves it null or missing.",
+         """
+What: the template prints `bos_token` or `eos_token`, and the tokenizer config it was loaded with (tokenizer_config.json,
+special_tokens_map.json, GGUF metadata) sets it to null or does not set it. transformers then renders the variable
+as an empty string, and so does tmplcheck: the render has no BOS (or no end token) where the template meant one.
+For a bare template file with no tokenizer config, tmplcheck borrows the token from the built-in family whose
+control tokens the template writes, and says so with this code as an info.
+Why it hurts: a fine-tune trained without the BOS/EOS the template expects learns another sequence start or never
+learns to stop; the serving stack (which reads the tokenizer config too) reproduces the gap.
+Fix: set `bos_token`/`eos_token` in the tokenizer config, or give `--tokenizer` the model's own tokenizer.
+""", "templates/special_token_null/tokenizer_config.json"),
 ]
