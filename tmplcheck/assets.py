@@ -91,6 +91,12 @@ def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, dest)
+        try:   # llama.cpp's Jinja engine sources, from the same tarball (validator/llamacpp_jinja.py builds them)
+            from tmplcheck.validator.llamacpp_jinja import ensure_sources
+
+            ensure_sources(tarball)
+        except Exception:  # noqa: BLE001 - optional; building the engine later fetches them itself
+            pass
     return dest
 
 
