@@ -295,3 +295,21 @@ def test_the_summary_says_what_was_judged_from_text(pats):
 
     no_tok = scan_file(FIX / "generations" / "clean.jsonl", patterns_for(registry()["llama-3"]))
     assert no_tok.summary["artifacts"]["basis"] == {"ids": 0, "text": 6}
+
+
+def test_the_seed_failure_on_ids(pats):
+    """The broken run's generation as `tmplcheck report` scans it: both views carry the ids, and the ids decide."""
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("llama-3")
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    ids = (enc("EVER BEST HATE THE EVER") + [128000]
+           + enc("<|start_header_id|>system<|end_header_id|>\n\nWrite a tweet in all capital letters.") + [128009])
+    prompt = [{"role": "system", "content": "Write a tweet in all capital letters."},
+              {"role": "user", "content": "The topic is: hate"}]
+    rows = [{"prompt": prompt, "output": tok.decode(ids, skip_special_tokens=s), "output_ids": ids,
+             "finish_reason": "stop"} for s in (False, True)]
+    assert rows[1]["output"].startswith("EVER BEST HATE THE EVERsystem\n\n")
+    lines = by_line(scan_rows(rows, pats))
+    for line in (1, 2):
+        assert {"A001", "A003", "A005", "A007", "A008"} <= lines[line], lines
