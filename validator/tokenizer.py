@@ -3,7 +3,8 @@
 ``load_tokenizer(spec)`` accepts a built-in name (``llama-3`` …, converted once from llama.cpp's vocabularies by
 ``python -m tmplcheck.assets prepare``), an HF model/tokenizer directory, a ``tokenizer.json`` file, a GGUF file
 (converted once from its header and key/values, never its tensors, and cached by their sha256: ``tmplcheck/assets.py``)
-or a hub id (``huggingface_hub.snapshot_download``, which honours ``HF_HUB_OFFLINE``). ``LlamaCppTokenizer`` is llama.cpp's own tokenizer for a GGUF vocabulary, for comparing ids.
+or a hub id (``huggingface_hub.snapshot_download``, which honours ``HF_HUB_OFFLINE``). ``LlamaCppTokenizer`` is
+llama.cpp's own tokenizer for a GGUF vocabulary, for comparing ids.
 """
 
 from __future__ import annotations
