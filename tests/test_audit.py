@@ -220,3 +220,13 @@ def test_probe_reports_the_audit_as_a_violation(llama3_tokenizer):
     assert [v.property for v in res.violations] == ["audit"] and "T010" in res.violations[0].message
     ok = run_probe(builtin("llama-3"), llama3_tokenizer, examples=5, only=["audit"])
     assert ok.passed == ["audit"] and not ok.violations
+
+
+def test_gate_reports_the_lookalike_with_the_tokenizer(tmp_path):
+    cfg = tmp_path / "tmplcheck.toml"
+    cfg.write_text("")
+    r = _cli(str(ROWS), "-t", "fixtures/templates/audit_lookalike_token.jinja", "-k", "llama-3", "--format", "json",
+             "--config", str(cfg))
+    assert r.returncode == 1, r.stderr[-2000:]
+    [t16] = [f for f in json.loads(r.stdout)["findings"] if f["code"] == "T016"]
+    assert t16["path"].endswith("audit_lookalike_token.jinja") and t16["line"] == 4 and "<|eot_id|>" in t16["message"]

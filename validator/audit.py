@@ -68,9 +68,9 @@ _DUNDER_IN = re.compile(r"__[A-Za-z]\w*__")
 
 #: names that no chat template needs and that every published Jinja sandbox escape starts from
 _GADGET_NAMES = frozenset({
-    "cycler", "joiner", "lipsum", "self", "config", "request", "url_for", "get_flashed_messages", "session", "g",
+    "cycler", "joiner", "lipsum", "self", "config", "request", "url_for", "get_flashed_messages",
     "os", "sys", "subprocess", "builtins", "__builtins__", "__import__", "importlib", "eval", "exec", "compile",
-    "getattr", "setattr", "globals", "locals", "vars", "open", "input", "breakpoint", "pty", "socket", "popen",
+    "getattr", "setattr", "globals", "locals", "open", "breakpoint", "pty", "socket", "popen",
 })
 #: attributes or items that are a step of a code-execution chain on whatever object they are read from
 _GADGET_ATTRS = frozenset({
