@@ -157,6 +157,12 @@ def test_markup_and_documented_switches_are_not_triggers():
     trig = LLAMA3.replace("{%- for message in messages %}", "{%- for message in messages %}"
                           "{%- if message.content.strip().startswith('sudo mode') %}X{% endif %}")
     assert [i.code for i in audit_source(trig)] == ["T014"]
+    # a whole content equal to a literal is a trigger even when the literal looks like markup
+    for test in ("message['content'] == '<|unlock|>'", "message.content|trim is eq '[RUN]'",
+                 "messages|selectattr('content', 'equalto', '<s>')|list"):
+        src = LLAMA3.replace("{%- for message in messages %}", "{%- for message in messages %}{%- if " + test
+                             + " %}X{% endif %}")
+        assert [i.code for i in audit_source(src)] == ["T014"], test
 
 
 def test_syntax_error_template_still_gets_its_text_audited():

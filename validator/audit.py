@@ -680,11 +680,15 @@ class _Audit:
             v = self.fold(lit)
         except _NoFold:
             return
+        # a whole content equal to a literal is a trigger whatever the literal looks like; a search for markup
+        # (<think>, [TOOL_CALLS], |) or punctuation inside a content is how templates parse reasoning and tool output
+        exact = how in ("==",) or how.startswith("is ") or "'equalto'" in how or "'eq'" in how or "'=='" in how \
+            or "'sameas'" in how
         for s in (v if isinstance(v, list) else [v]):
-            if not isinstance(s, str) or not s.strip() or _MARKUP.search(s):
-                continue   # empty or template markup (<think>, [TOOL_CALLS], |): how templates parse content
-            if not any(c.isalnum() for c in s):
-                continue   # a separator or punctuation
+            if not isinstance(s, str) or not s.strip():
+                continue   # empty: a test for an empty content
+            if not exact and (_MARKUP.search(s) or not any(c.isalnum() for c in s)):
+                continue
             if s.strip().lower() in KNOWN_SWITCHES:
                 continue
             shown = s if len(s) <= 60 else s[:57] + "..."
