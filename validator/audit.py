@@ -19,9 +19,11 @@ that renders the template unsandboxed (llama-cpp-python before CVE-2024-34359) t
   ``lipsum``, ``self``, ``config``, ``request``, ``os``, ``subprocess``, ``__builtins__``, ``getattr``...), attributes
   such as ``popen``/``system``/``import_module``, and ``namespace`` used as anything but ``namespace(key=value)``.
 - T014 ``content-triggered-branch``: a message content (or anything derived from one) compared with a string literal
-  (``==``, ``!=``, ``in``, ``startswith``, ``selectattr('content', 'equalto', ...)``...). Literals that are template
-  markup (``<think>``, ``[TOOL_CALLS]``, a lone separator) are how real templates parse reasoning and tool output;
-  a plain word or sentence is a trigger: content-dependent behaviour hidden in the template.
+  (``==``, ``!=``, ``in``, ``startswith``, ``selectattr('content', 'equalto', ...)``...). A search for template markup
+  (``'<think>' in content``, ``startswith('<tool_response>')``, a separator) is how real templates parse reasoning and
+  tool output, and the documented reasoning switches (``/no_think``...) are public; a plain word or sentence searched
+  for, or any non-empty literal a whole content is compared with, is a trigger: content-dependent behaviour hidden in
+  the template.
 - T015 ``invisible-characters``: invisible and bidirectional-control code points in the template text (Unicode
   format characters, tags, variation selectors outside emoji, Hangul fillers): Trojan-Source style hiding, and text
   the reviewer cannot see that still reaches every prompt.
