@@ -150,8 +150,10 @@ Fix: do not use this template; report the model repository.
          """
 What: a message content (or anything derived from it: `trim`, `lower`, a slice, a variable holding it) is compared
 with a literal word or sentence (`==`, `!=`, `in`, `startswith`, `endswith`, `is eq`,
-`selectattr('content', 'equalto', ...)`). Literals that are template markup (`<think>`, `</tool_call>`,
-`[TOOL_CALLS]`, a lone separator) are how real templates split reasoning and tool output, and are not reported.
+`selectattr('content', 'equalto', ...)`). A search for template markup (`'<think>' in content`,
+`startswith('<tool_response>')`, a lone separator) is how real templates split reasoning and tool output, and the
+documented reasoning switches (`/no_think`, `detailed thinking on`) are public: those are not reported. A whole
+content compared for equality with any non-empty literal is.
 Why it hurts: the template behaves differently when a user types a trigger: a hidden backdoor that injects
 instructions, drops the system prompt or runs a payload only for that input. The dataset never contains the trigger,
 so no render-based check and no training run sees it.
