@@ -95,8 +95,9 @@ def test_line_too_long_is_skipped_without_loading():
 
 
 def test_every_d_code_has_a_fixture_that_triggers_it():
-    # D022: test_line_too_long_is_skipped_without_loading; D042 (needs a template): tests/test_tool_rows.py
-    triggered = {code for exp in EXPECTED.values() for _, code, _ in exp} | {"D022", "D042"}
+    # D022: test_line_too_long_is_skipped_without_loading; D042 (needs a template): tests/test_tool_rows.py;
+    # D060-D062 (row bounds): tests/test_hostile_lines.py and fixtures/manifest.toml
+    triggered = {code for exp in EXPECTED.values() for _, code, _ in exp} | {"D022", "D042", "D060", "D061", "D062"}
     d_codes = {c for c in RULES if c.startswith("D")}
     assert d_codes <= triggered
     for code in d_codes:
@@ -109,7 +110,7 @@ def test_all_codes_fixture_reports_each_at_its_line():
     res = run_gate(FIX / "all_codes.jsonl", GateOptions(max_line_bytes=2048))
     assert [(f.line, f.code, f.pointer) for f in res.findings] == ALL_CODES
     # D023 (empty file) cannot share a file; tool-use and reasoning codes have their own fixtures (EXPECTED)
-    tool_codes = {f"D{n:03d}" for n in range(40, 51)}
+    tool_codes = {f"D{n:03d}" for n in range(40, 51)} | {"D060", "D061", "D062"}   # the row bounds: fixtures/bounds
     assert {c for c in RULES if c.startswith("D")} - {c for _, c, _ in ALL_CODES} - tool_codes == {"D023"}
     assert res.exit_code == 1
 
