@@ -236,3 +236,14 @@ def test_gate_reports_the_lookalike_with_the_tokenizer(tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     [t16] = [f for f in json.loads(r.stdout)["findings"] if f["code"] == "T016"]
     assert t16["path"].endswith("audit_lookalike_token.jinja") and t16["line"] == 4 and "<|eot_id|>" in t16["message"]
+
+
+def test_audit_of_a_hostile_chain_of_variables_stays_fast():
+    # each variable built from the previous one twice: a naive walk through the assignments is exponential
+    import time
+
+    src = "{% set a0 = tools[0].name %}" + "".join(f"{{% set a{i + 1} = a{i} ~ a{i} ~ '_' %}}" for i in range(300)) \
+        + "{{ cycler[a300] }}"
+    t0 = time.perf_counter()
+    codes = {i.code for i in audit_source(src)}
+    assert codes == {"T012", "T013"} and time.perf_counter() - t0 < 10

@@ -207,6 +207,7 @@ class _Audit:
         self.exprs: dict[str, list[nodes.Node]] = {}   # variable -> every expression assigned to it
         self._blocks: dict[int, Any] = {}
         self._guarded: set[int] | None = None
+        self._name_taint: dict[str, tuple[bool, bool, bool]] | None = None
         self.kinds: dict[str, str] = {"messages": self.MESSAGES}
         self.namespaces = {a.target.name for a in _walk(tree) if isinstance(a, nodes.Assign)
                            and isinstance(a.target, nodes.Name) and isinstance(a.node, nodes.Call)
@@ -353,7 +354,25 @@ class _Audit:
             return (a or []) + (b or []) or None
         return None
 
-    def taint(self, n: nodes.Node, seen: frozenset = frozenset()) -> tuple[bool, bool, bool]:
+    def name_taints(self) -> dict[str, tuple[bool, bool, bool]]:
+        """Every variable's taint, to a fixed point over the expressions assigned to it (monotone: each round sets a
+        flag or ends, so a chain of variables built from each other costs rounds, never an exponential walk)."""
+        if self._name_taint is None:
+            self._name_taint = taints = {k: (False, False, False) for k in self.exprs}
+            for _ in range(3 * len(taints) + 2):
+                changed = False
+                for k, exprs in self.exprs.items():
+                    acc = taints[k]
+                    for e in exprs:
+                        acc = tuple(a or b for a, b in zip(acc, self.taint(e)))
+                    if acc != taints[k]:
+                        taints[k] = acc
+                        changed = True
+                if not changed:
+                    break
+        return self._name_taint
+
+    def taint(self, n: nodes.Node) -> tuple[bool, bool, bool]:
         """``(built, underscore, content)`` of a value: whether it is a string built from strings at render time,
         whether a string constant that goes into it holds ``_``, and whether a message content goes into it (through
         variables, namespace attributes and loops, flow-insensitively)."""
@@ -369,17 +388,11 @@ class _Audit:
         elif isinstance(n, nodes.Getattr) and isinstance(n.node, nodes.Name) and n.node.name in self.namespaces:
             key = f"{n.node.name}.{n.attr}"
         if key is not None:
-            if key in seen:
-                return False, False, False
-            b = u = c = False
-            for e in self.exprs.get(key, ()):
-                b2, u2, c2 = self.taint(e, seen | {key})
-                b, u, c = b or b2, u or u2, c or c2
-            return b, u, c
+            return self.name_taints().get(key, (False, False, False))
         kids = list(n.iter_child_nodes())
         b = u = c = False
         for k in kids:
-            b2, u2, c2 = self.taint(k, seen)
+            b2, u2, c2 = self.taint(k)
             b, u, c = b or b2, u or u2, c or c2
         if isinstance(n, (nodes.Concat, nodes.Mod)):
             return True, u, c
