@@ -137,6 +137,9 @@ def test_fingerprint_covers_the_metadata_only(tmp_path):
 
 
 @pytest.mark.parametrize("bad, why", [(b"GGUX", "magic"), (b"GGUF\x01\x00\x00\x00", "version 1"),
+                                      (b"GGUF\x03\x00\x00\x00" + b"\x00" * 8 + b"\x01" + b"\x00" * 7
+                                       + b"\x01" + b"\x00" * 7 + b"k" + b"\x09\x00\x00\x00" + b"\x08\x00\x00\x00"
+                                       + b"\xff" * 8, "elements"),
                                       (b"GGUF\x03\x00\x00\x00" + b"\x00" * 8 + b"\x05" + b"\x00" * 7, "end")])
 def test_bad_files_are_refused_clearly(tmp_path, bad, why):
     p = tmp_path / "bad.gguf"

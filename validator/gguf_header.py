@@ -39,6 +39,8 @@ TYPE_NAMES = {UINT8: "UINT8", INT8: "INT8", UINT16: "UINT16", INT16: "INT16", UI
 
 #: a header larger than this is not a chat model's metadata (a 256k vocabulary with merges is ~15 MB)
 MAX_HEADER_BYTES = 1 << 30
+#: nor an array longer than this (the largest vocabularies and merge tables hold well under a million entries)
+MAX_ARRAY = 1 << 24
 
 
 class GGUFHeaderError(ValueError):
@@ -138,6 +140,8 @@ class _Parser:
         if t == ARRAY:
             et = self.uint32()
             n = self.uint64()
+            if n > MAX_ARRAY:
+                raise GGUFHeaderError(f"an array of {n} elements in the metadata (more than {MAX_ARRAY})")
             if et == STRING:
                 return self.strings(n), (ARRAY, STRING)
             if et in _SCALAR:
