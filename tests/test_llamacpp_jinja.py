@@ -125,3 +125,31 @@ def test_render_command(engine):
     assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
     r = _cli("render", "-t", "gemma", "--messages", "-", "--renderer", "llamacpp-jinja", stdin=msgs)
     assert r.returncode == 1 and "System role not supported" in r.stderr
+
+
+def test_llama_server_renders_explained_on_every_upstream_template(engine):
+    """With llama-server's own variables every difference from transformers' render is proven by switching one
+    variable to transformers' value (enable_thinking, add_generation_prompt undefined when false, tools undefined),
+    except the engine difference listed above."""
+    from tmplcheck.assets import upstream_templates_dir
+
+    causes: dict[str, set] = {}
+    engine_diff = set()
+    same = 0
+    for p in sorted(upstream_templates_dir().glob("*.jinja")):
+        t = load_template(str(p))
+        for msgs in CONVERSATIONS.values():
+            for agp in (False, True):
+                c = engine.compare_with_hf(t, msgs, add_generation_prompt=agp)
+                if c.same:
+                    same += 1
+                elif c.engine:
+                    engine_diff.add(p.stem)
+                else:
+                    assert set(c.causes) <= set(engine.CAUSES)
+                    causes.setdefault(p.stem, set()).update(c.causes)
+    assert engine_diff == set(ENGINE_DIFFERENCES)
+    assert causes["upstage-Solar-Open-100B"] == {"add_generation_prompt"}
+    assert "tools" in causes["NousResearch-Hermes-3-Llama-3.1-8B-tool_use"]
+    assert "enable_thinking" in causes["deepseek-ai-DeepSeek-V3.1"]
+    assert same >= 200   # of 280 renders (70 templates x 2 conversations x generation prompt on/off)

@@ -19,6 +19,12 @@ gives exactly what transformers gives (``add_generation_prompt`` always, ``tools
 engines on equal inputs. Not modelled: the input rewrites llama-server applies before rendering (``common/chat.cpp``:
 the system-role polyfill for templates that never read ``messages[0].content``, ``developer`` → ``system``, empty
 content for tool-call messages, typed-content normalisation) and its BOS/EOS stripping when a model is loaded.
+
+:func:`compare_with_hf` renders a conversation both ways and explains a difference by switching llama-server's
+variables to transformers' values one at a time (:data:`CAUSES`); what is left is the engines' own difference. On
+the sdist's 70 upstream templates (``tests/test_llamacpp_jinja.py``) every difference is one of the three variables,
+except firefunction-v2, which adds an undefined variable to a string (jinja2 raises, llama.cpp renders an empty
+string). This is the classification the gate's X comparison needs; the gate does not run it yet.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +306,99 @@ class LlamaCppJinjaRenderer:
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False, tools=None, **kwargs) -> str:
         return render_raw(self.source, self.variables(messages, add_generation_prompt=add_generation_prompt,
                                                       tools=tools, **kwargs))
+
+
+# ------------------------------------------------------------------------------------ comparing with transformers
+#: the causes :func:`compare_with_hf` can prove, in the order it tries them: each is one variable that llama-server
+#: sets differently from transformers, switched to transformers' value
+CAUSES = {
+    "enable_thinking": "llama-server passes enable_thinking=true; transformers passes nothing",
+    "add_generation_prompt": "llama-server leaves add_generation_prompt undefined when false; transformers passes false",
+    "tools": "llama-server leaves tools undefined without tools; transformers passes tools=None",
+}
+
+
+@dataclass
+class JinjaComparison:
+    """One conversation through transformers' jinja2 and llama-server's engine (``llama-server --jinja``)."""
+
+    hf: str | None                     # None: jinja2 refused (``hf_error``)
+    llamacpp: str | None               # None: llama.cpp's engine refused (``llamacpp_error``)
+    hf_error: str = ""
+    llamacpp_error: str = ""
+    causes: list[str] = field(default_factory=list)   # CAUSES keys that explain the difference (empty: same)
+    engine: bool = False               # still different with transformers' variables: the engines differ
+
+    @property
+    def same(self) -> bool:
+        return not self.causes and not self.engine
+
+    @property
+    def explained(self) -> bool:
+        return not self.engine
+
+
+def compare_with_hf(template, messages: list[dict], *, add_generation_prompt: bool = False, tools=None,
+                    enable_thinking: bool = True) -> JinjaComparison:
+    """Render ``messages`` with the template's HF renderer and with llama-server's engine and variables; when the two
+    differ, switch llama-server's variables to transformers' values one at a time (:data:`CAUSES`) and say which
+    switches make the renders agree. What still differs with every variable as transformers has it is the engines
+    themselves (``engine=True``: an undefined value concatenated, a filter that behaves otherwise...)."""
+    from tmplcheck.validator.render import TemplateRenderError
+
+    def outcome(fn) -> tuple[str | None, str]:
+        try:
+            return fn(), ""
+        except (TemplateRenderError, EngineError) as e:
+            return None, str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
+
+    hf, hf_err = outcome(lambda: template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools))
+    r = LlamaCppJinjaRenderer.of(template, enable_thinking=enable_thinking)
+    variables = r.variables(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+    lc, lc_err = outcome(lambda: render_raw(r.source, variables))
+    out = JinjaComparison(hf, lc, hf_err, lc_err)
+
+    def agree(text: str | None) -> bool:
+        return text == hf if hf is not None else text is None
+
+    if agree(lc):
+        return out
+    for cause in CAUSES:
+        if cause == "enable_thinking":
+            if "enable_thinking" not in variables:
+                continue
+            variables.pop("enable_thinking")
+        elif cause == "add_generation_prompt":
+            if "add_generation_prompt" in variables:
+                continue
+            variables["add_generation_prompt"] = bool(add_generation_prompt)
+        elif cause == "tools":
+            if "tools" in variables:
+                continue
+            variables["tools"] = tools
+        text, _ = outcome(lambda: render_raw(r.source, variables))
+        out.causes.append(cause)
+        if agree(text):
+            # keep only the switches that matter: drop each earlier one if the renders agree without it
+            return _minimal(out, r, messages, add_generation_prompt, tools, enable_thinking, agree, outcome)
+    out.engine = True
+    return out
+
+
+def _minimal(out, r, messages, add_generation_prompt, tools, enable_thinking, agree, outcome) -> JinjaComparison:
+    for cause in list(out.causes):
+        trial = [c for c in out.causes if c != cause]
+        v = r.variables(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        if "enable_thinking" in trial:
+            v.pop("enable_thinking", None)
+        if "add_generation_prompt" in trial:
+            v["add_generation_prompt"] = bool(add_generation_prompt)
+        if "tools" in trial:
+            v["tools"] = tools
+        text, _ = outcome(lambda v=v: render_raw(r.source, v))
+        if agree(text):
+            out.causes = trial
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
