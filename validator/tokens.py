@@ -347,6 +347,21 @@ def _eot_in(text: str, lo: int, hi: int, eots: Sequence[str], *, last: bool) -> 
     return best
 
 
+def _common(a: str, b: str) -> int:
+    """Length of the common prefix of two strings."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def assistant_regions(template, messages: Sequence[dict], render_kw: dict, text: str, eots: Sequence[str],
                       spans: list[MessageSpan]) -> None:
     """Set each assistant span to what that turn *generates*, located without searching for its content.
@@ -355,44 +370,58 @@ def assistant_regions(template, messages: Sequence[dict], render_kw: dict, text:
     the turn as the last message is ``F = render(messages[:i+1])``. When the row's text starts with ``F`` (and
     ``F`` with ``P``), the turn generates ``F[len(P):]``: its reasoning where the template keeps it, its content,
     its rendered tool calls, through the end-of-turn string (the last one in that part; what the template writes
-    after it, such as ChatML's ``\n``, is the next prompt's). When later turns rewrite this one (Qwen3 drops the
-    reasoning of earlier turns), the row's text still starts with ``P`` but not with ``F``: the span then runs from
-    ``len(P)`` to the first end-of-turn string after it, and ``alone`` records what the turn generates as the last
-    turn. When ``P`` is not a prefix of the row at all, the template arguments in ``_PROMPT_SETTINGS`` are tried and
-    ``prompt_setting`` names one that makes it a prefix (M022) ("" when none does); the span then keeps its content
-    location. The span's ``content_start``/``content_end`` become the generated part before the end-of-turn string,
-    ``method`` ``"generated"``.
+    after it, such as ChatML's ``\\n``, is the next prompt's). When later turns rewrite this one (Qwen3 drops the
+    reasoning of earlier turns) the row's text still starts with ``P`` but not with ``F``: the span runs from
+    ``len(P)`` to the first end-of-turn string after it (before the next message), else as far as the row agrees with
+    ``F``; ``alone`` records what the turn generates as the last turn. When ``P`` is not a prefix of the row, the
+    template arguments in ``_PROMPT_SETTINGS`` are tried: ``prompt_setting`` names one that makes it a prefix (its
+    prompt is then used) or is ``""``, and the span starts where ``P`` and the row part (never before the previous
+    message). Either way the gate reports it (M022). The span's ``content_start``/``content_end`` become the
+    generated part before the end-of-turn string, ``method`` ``"generated"``.
     """
+    located = sorted((x.content_start, x.content_end or x.content_start) for x in spans
+                     if x.content_start is not None)
     for s in spans:
         i = s.index
         if s.role != "assistant":
             continue
-        prompt = _render_prefix(template, messages, i, render_kw, add_generation_prompt=True)
+        kw = render_kw
+        prompt = _render_prefix(template, messages, i, kw, add_generation_prompt=True)
         if prompt is None or not text.startswith(prompt):
             s.prompt_setting = ""
             for key, value in _PROMPT_SETTINGS:
-                if key not in template.source or render_kw.get(key, None) == value:
+                if key not in template.source or kw.get(key, None) == value:
                     continue
-                alt = _render_prefix(template, messages, i, {**render_kw, key: value}, add_generation_prompt=True)
+                alt = _render_prefix(template, messages, i, {**kw, key: value}, add_generation_prompt=True)
                 if alt is not None and text.startswith(alt):
                     s.prompt_setting = f"{key}={json.dumps(value)}"
+                    prompt, kw = alt, {**kw, key: value}
                     break
-            continue
+            else:
+                # best effort: the turn starts where the prompt and the row part, after the previous message
+                floor = max((x.content_end or x.content_start for x in spans
+                             if x.index < i and x.content_start is not None), default=0)
+                prompt = text[:max(_common(prompt or "", text), floor)]
         start = len(prompt)
-        alone = _render_prefix(template, messages, i + 1, render_kw)
+        alone = _render_prefix(template, messages, i + 1, kw)
         if alone is not None and alone.startswith(prompt) and text.startswith(alone):
             eot = _eot_in(text, start, len(alone), eots, last=True)
             end = eot[0] if eot else len(alone)
         else:
-            nxt = min((x.content_start for x in spans if x.index > i and x.content_start is not None
-                       and x.content_start >= start), default=len(text))
-            after = max(start, s.content_end if s.content_start is not None and s.content_start >= start else start)
+            nxt = min((a for a, _b in located if a >= start and a not in (s.content_start,)), default=len(text))
+            after = s.content_end if s.content_start is not None and s.content_start >= start and \
+                s.content_end is not None else start
             eot = _eot_in(text, after, len(text), eots, last=False)
-            end = eot[0] if eot is not None and eot[0] <= max(nxt, after) else (s.content_end or start)
+            if eot is not None and eot[0] <= max(nxt, after):
+                end = eot[0]
+            elif alone is not None and alone.startswith(text[:start]):
+                end = start + _common(alone[start:], text[start:])   # as far as the row agrees with the turn
+            else:
+                end = after
             if alone is not None and alone.startswith(prompt):
                 gen = alone[start:]
                 e2 = _eot_in(gen, 0, len(gen), eots, last=True)
-                mine = text[start:eot[1]] if eot is not None else text[start:end]
+                mine = text[start:eot[1]] if eot is not None and eot[0] == end else text[start:end]
                 if (gen[:e2[1]] if e2 else gen) != mine:
                     s.alone = gen[:e2[1]] if e2 else gen
         s.content_start, s.content_end, s.method = start, max(start, end), "generated"

@@ -380,19 +380,44 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
             x, y = idx.real[lo], idx.real[hi - 1] + 1
             gen[x:y] = [True] * (y - x)
     mask = expected if expected is not None else expected_mask(text, ids, offsets, turns, eots, idx)[0]
-    if _agrees(mask, gen):
+    if [m == 1 for m in mask] == gen:
         return
     eot_set = {e for e in eots.values() if e is not None}
+    # where each assistant turn's end-of-turn token is, and where the next message starts (chars), to tell the
+    # documented differences (GENERATION_MASK_DECISIONS) from real ones
+    ends = sorted(offsets[e][1] for e in eot_set)
+    starts = sorted(t.start for t in turns if t.found)
+    prompt = _prompt_marked(gen, offsets, turns, idx)
     kinds: dict[str, list[int]] = {}
+    explained: dict[str, list[int]] = {}
     for i, (m, g) in enumerate(zip(mask, gen)):
-        if m == -1 or bool(m) == g:
+        if bool(m == 1) == g:
             continue
+        if m == -1 and not g:
+            continue   # whitespace after an end-of-turn or a straddling token left unmarked: either way is fine
+        s, e = offsets[i]
+        if g and m != 1:
+            why = _explained_extra(text, i, s, e, ids[i], ends, starts, prompt, ctx)
+            if why is not None:
+                explained.setdefault(why, []).append(i)
+                continue
+        if m == -1:
+            continue   # a straddling token (M005 says it)
         if i in eot_set:
             kinds.setdefault("end-of-turn not marked", []).append(i)
         elif g:
             kinds.setdefault("marks template or non-assistant text", []).append(i)
         else:
             kinds.setdefault("leaves assistant content unmarked", []).append(i)
+    if explained and not kinds:
+        first = min(i for v in explained.values() for i in v)
+        s, e = offsets[first]
+        desc = "; ".join(f"{k} ({len(v)} tokens)" for k, v in explained.items())
+        yield finding("M023", f"the template's {{% generation %}} mask also trains {desc}, which tmplcheck's mask "
+                              f"leaves out by a documented decision; first at token {first} {ctx.name(ids[first])} "
+                              f"chars {s}-{e}: {text[s:e]!r}",
+                      data={"kinds": {k: v[:50] for k, v in explained.items()}},
+                      **_where(ctx.path, line, ""))
     if not kinds:
         return
     first = min(i for v in kinds.values() for i in v)
@@ -403,6 +428,59 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
                           f"{ctx.name(ids[first])} chars {s}-{e}: {text[s:e]!r}",
                   data={"kinds": {k: v[:50] for k, v in kinds.items()}},
                   **_where(ctx.path, line, t.pointer if t else ""))
+
+
+#: How tmplcheck's mask differs, on purpose, from a ``{% generation %}`` mask that marks more (TRL's training
+#: templates): each is what the model must *not* learn to generate, and each is reported as M023, never silently.
+GENERATION_MASK_DECISIONS = {
+    "template text after the end-of-turn token": (
+        "ChatML's \\n after <|im_end|>, Phi-3's \\n after <|end|>: generation stops at the end-of-turn token, so "
+        "the model never writes what follows it; the next prompt (or nothing) does"),
+    "an end-of-sequence token after the last end-of-turn token": (
+        "Phi-3's <|endoftext|> after the final <|end|>: inference stops at <|end|>; training the model to write "
+        "<|endoftext|> after it teaches a second stop the server never reads"),
+    "text the generation prompt already holds": (
+        "Qwen2.5's \\n after <|im_start|>assistant, GPT-OSS's <|start|>assistant, Qwen3.5's <think>\\n: the "
+        "server sends it as part of the prompt (add_generation_prompt), so the model never generates it"),
+}
+
+
+def _prompt_marked(gen: list[bool], offsets, turns: Sequence[Turn], idx: TokenIndex) -> set[int]:
+    """Marked tokens that the generation prompt holds: the run of marked tokens right before an assistant turn's
+    generated part, after the previous message's text (the render up to that part *is* the inference prompt)."""
+    out: set[int] = set()
+    found = sorted((t for t in turns if t.found), key=lambda t: t.start)
+    for k, t in enumerate(found):
+        if t.role != "assistant":
+            continue
+        floor = found[k - 1].end if k else 0
+        j = bisect_left(idx.starts, t.start)
+        j = idx.real[j] if j < len(idx.real) else len(gen)
+        j -= 1
+        while j >= 0 and gen[j] and offsets[j][0] >= floor and offsets[j][1] <= t.start:
+            out.add(j)
+            j -= 1
+    return out
+
+
+def _explained_extra(text: str, i: int, s: int, e: int, tok: int, ends, starts, prompt: set[int],
+                     ctx: TokenContext) -> str | None:
+    """Which documented decision (``GENERATION_MASK_DECISIONS``) explains token ``i``, which a ``{% generation %}``
+    mask trains and tmplcheck's does not; None when none does. ``ends``: char ends of the assistant turns'
+    end-of-turn tokens (sorted); ``starts``: char starts of every located message (sorted)."""
+    if i in prompt:
+        return "text the generation prompt already holds"
+    k = bisect_left(ends, s + 1) - 1
+    if k < 0:
+        return None
+    prev_end = ends[k]
+    nxt = next((x for x in starts if x >= max(e, s + 1) and x >= prev_end), None)
+    if s >= prev_end and (nxt is None or e <= nxt):
+        if not text[s:e].strip():
+            return "template text after the end-of-turn token"
+        if nxt is None and (tok in ctx.stop_ids or tok in ctx.special_ids):
+            return "an end-of-sequence token after the last end-of-turn token"
+    return None
 
 
 def check_boundary_merges(ids: Sequence[int], idx: TokenIndex, turns: Sequence[Turn], ctx: TokenContext, *,

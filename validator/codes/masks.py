@@ -86,4 +86,22 @@ Why it hurts: the model is trained to continue a header it never sees at inferen
 Fix: render the data with the setting you will serve with (`--template-kwargs` or the row's
 `chat_template_kwargs`), or drop the reasoning from rows served without it.
 """, "tokens/prompt_setting_mismatch.jsonl"),
+    Rule("M023", "generation-mask-trains-more", I,
+         "The template's {% generation %} mask trains tokens that tmplcheck's mask leaves out by a documented "
+         "decision.",
+         """
+What: the template carries `{% generation %}` markers (TRL's `*_training.jinja` templates, used with
+`assistant_only_loss=True`) that mark more than what the assistant generates, in one of three documented ways:
+- template text after the end-of-turn token (ChatML's `\n` after `<|im_end|>`, Phi-3's `\n` after `<|end|>`);
+- an end-of-sequence token after the last end-of-turn token (Phi-3's `<|endoftext|>`);
+- text the generation prompt already holds (Qwen2.5's `\n` after `<|im_start|>assistant`, GPT-OSS's
+  `<|start|>assistant`, Qwen3.5's `<think>\n`).
+tmplcheck trains none of these: generation stops at the end-of-turn token, and the server sends the generation
+prompt, so the model never writes any of them. The message counts each kind. Anything else the two masks
+disagree on is M006 (an error).
+Why it matters: little in practice (the model learns to predict a newline or header it is never asked for), but
+the two pipelines train different tokens, and a report of which tokens is better than a silent difference.
+Fix: nothing needed when you train with tmplcheck's labels; to make TRL's `assistant_only_loss` agree, end the
+`{% generation %}` block right after the end-of-turn token and start it after the generation prompt.
+""", "tokens/generation_mask_trains_more.jsonl", per_file=True),
 ]
