@@ -178,6 +178,14 @@ def test_lookalike_control_token_with_the_vocabulary(llama3_tokenizer):
     assert audit_vocabulary(clean, llama3_tokenizer) == []
     # findings carry the tokenizer check too
     assert [f.code for f in audit_template(t, tokenizer=llama3_tokenizer)] == ["T016"]
+    # a ChatML end of turn assembled at render time is not in the Llama 3 vocabulary; written literally it is K001's
+    built = load_template(str(FIX / "audit_lookalike_token.clean.jinja"))
+    built = type(built)(built.meta, built.source.replace("'<|eot_' ~ 'id|>'", "'<|im_' ~ 'end|>'"))
+    [i] = audit_vocabulary(built, llama3_tokenizer)
+    assert i.data == {"string": "<|im_end|>"} and "not in this tokenizer's vocabulary" in i.message
+    literal = type(built)(built.meta, built.source.replace("'<|im_' ~ 'end|>'", "'<|im_end|>'"))
+    assert audit_vocabulary(literal, llama3_tokenizer) == []
+    assert audit_template(builtin("llama-3.1"), tokenizer=llama3_tokenizer) == []   # <|python_tag|>: literal
 
 
 def test_loader_notes_the_audit_and_never_calls_a_payload_the_same_as_a_builtin():

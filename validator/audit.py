@@ -28,8 +28,8 @@ that renders the template unsandboxed (llama-cpp-python before CVE-2024-34359) t
   format characters, tags, variation selectors outside emoji, Hangul fillers): Trojan-Source style hiding, and text
   the reviewer cannot see that still reaches every prompt.
 - T016 ``control-token-not-in-vocabulary`` (needs the tokenizer, :func:`audit_vocabulary`): a control-token-shaped
-  string the template writes that the vocabulary does not hold as one token, where K001 does not already say so
-  (strings assembled at render time, and look-alikes of the vocabulary's own control tokens).
+  string the template assembles at render time that the vocabulary does not hold as one token, and a look-alike of
+  one of the vocabulary's own control tokens (strings written literally are K001's, from the template's metadata).
 - T017 ``escaped-identifier-characters``: a string literal spelling ASCII letters, digits, ``_`` or ``.`` with
   ``\\x``/``\\u``/octal escapes (the lexer decodes them, a reader of the source does not).
 
@@ -873,10 +873,10 @@ _CONFUSABLE = str.maketrans({"\uff5c": "|", "\u2502": "|", "\u01c0": "|", "\u222
 
 
 def audit_vocabulary(template, tokenizer, *, covered: Iterable[str] = ()) -> list[Issue]:
-    """T016: control-token-shaped strings the template writes that the tokenizer does not hold as one token, except
-    those in ``covered`` (the strings K001 already checks) that are not look-alikes. A string whose look-alike
-    skeleton (NFKC, case-folded, confusable letters and bars unified) equals one of the vocabulary's special tokens
-    is named as a look-alike of it."""
+    """T016: control-token-shaped strings the template writes that the tokenizer does not hold as one token: those
+    assembled at render time (not written literally in the source, and not in ``covered``, the strings K001 checks),
+    and look-alikes wherever they come from. A string whose look-alike skeleton (NFKC, case-folded, confusable letters
+    and bars unified) equals one of the vocabulary's special tokens is named as a look-alike of it."""
     covered = set(covered)
     specials: dict[str, str] = {}
     for i in getattr(tokenizer, "special_ids", ()) or ():
@@ -894,8 +894,8 @@ def audit_vocabulary(template, tokenizer, *, covered: Iterable[str] = ()) -> lis
             if tokenizer.token_to_id(s) is not None:
                 continue
             twin = specials.get(_skeleton(s))
-            if s in covered and (twin is None or twin == s):
-                continue   # K001 reports it from the template's metadata
+            if (s in covered or s in template.source) and (twin is None or twin == s):
+                continue   # written literally: K001's business (from the template's metadata), not the audit's
             if twin is not None and twin != s:
                 out.append(Issue("T016", f"the template writes {s!r}, a look-alike of the vocabulary's control "
                                          f"token {twin!r} that the tokenizer splits into ordinary tokens", line,
