@@ -174,10 +174,10 @@ Fix: delete the characters (`tmplcheck render` shows the exact output), or write
     Rule("T016", "control-token-not-in-vocabulary", E, "The template writes a control token the vocabulary does not "
                                                        "have.",
          """
-What: a control-token-shaped string the template writes (`<|...|>`, `<s>`, including strings assembled at render
-time such as `'<|' ~ 'eot_id' ~ '|>'`) is not one token of the tokenizer's vocabulary, or it is a look-alike of one of
-the vocabulary's control tokens (a Cyrillic letter, a full-width bar). Checked when the gate has both the template
-and the tokenizer; strings K001 already reports from the template's metadata are not repeated here.
+What: a control-token-shaped string the template assembles at render time (`'<|' ~ 'eot_id' ~ '|>'`) is not one
+token of the tokenizer's vocabulary, or a string it writes is a look-alike of one of the vocabulary's control tokens
+(a Cyrillic letter, a full-width bar). Checked when the gate has both the template and the tokenizer; control strings
+written literally are K001's (from the template's metadata).
 Why it hurts: the model is trained on a string that spells a control token instead of the token itself; a
 look-alike passes every visual review while the real end-of-turn is never trained.
 Example: `{{ '<|eot' ~ '_id|>' }}` with a Cyrillic `і`, checked with `--tokenizer llama-3`.
