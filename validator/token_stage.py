@@ -212,6 +212,8 @@ class TokenPipeline:
                                                    or cfg.get("add_bos_token") is True)
         self.ctx = TokenContext(
             path=path, bos_id=bos_id, bos_token=getattr(tokenizer, "bos_token", None), bos_expected=bos_expected,
+            bos_serving_only=bool(bos_id is not None and not self.add_special_tokens and not meta.bos_in_template
+                                  and getattr(tokenizer, "adds_bos", False)),
             eot_ids=frozenset(eot_ids), stop_ids=frozenset(stop), special_ids=frozenset(specials.values()),
             special_strings=tuple(specials), max_length=max_length, header_ids=frozenset(heads),
             id_to_token={i: s for s, i in specials.items()})

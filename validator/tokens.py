@@ -461,11 +461,13 @@ def _prefix_len(template, messages, n, render_kw, text) -> int | None:
 
 # ---------------------------------------------------------------------------------------------------- encoding
 def add_special_tokens_for(template, tokenizer) -> bool:
-    """The one BOS policy (trainer, gate, probe): the tokenizer's post-processor runs on the render unless the template
-    writes BOS itself *and* the post-processor would add it too, so a row carries exactly one BOS either way (what
-    ``apply_chat_template`` gives at inference)."""
-    meta = getattr(template, "meta", None)
-    return not (getattr(meta, "bos_in_template", False) and getattr(tokenizer, "adds_bos", False))
+    """The one BOS policy (trainer, gate, probe): exactly what ``apply_chat_template(tokenize=True)`` does —
+    transformers 5 encodes the render with ``add_special_tokens=False``, so the tokenizer's post-processor never
+    runs and a row starts with BOS exactly when the template writes it. (Until this release the post-processor ran
+    when the template wrote no BOS, giving a Phi-3 row a ``<s>`` that apply_chat_template and TRL do not give.) Where
+    the tokenizer's post-processor would add a BOS the template does not write — what llama.cpp and
+    ``tokenizer(prompt)`` do at serving — the gate says so (K020)."""
+    return False
 
 
 def resolve_add_special_tokens(template, tokenizer, add_special_tokens: bool | str) -> bool:

@@ -52,10 +52,9 @@ def eval_prompts(eval_path: Path, max_prompts: int | None = None) \
 
 
 def _encode(tok: Any, text: str) -> list[int]:
-    """Prompt ids: the tokenizer adds BOS only when the rendered text does not already start with it."""
-    bos = getattr(tok, "bos_token", None)
-    add = not (bos and text.startswith(bos))
-    enc = tok.encode(text, add_special_tokens=add)  # our Tokenizer (an Encoding) or a transformers one (a list)
+    """Prompt ids as training encoded its rows (``apply_chat_template(tokenize=True)``: the render alone, no special
+    tokens added): a BOS only where the template writes it."""
+    enc = tok.encode(text, add_special_tokens=False)  # our Tokenizer (an Encoding) or a transformers one (a list)
     return list(getattr(enc, "ids", enc))
 
 

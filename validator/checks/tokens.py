@@ -44,6 +44,9 @@ class TokenContext:
     bos_id: int | None = None
     bos_token: str | None = None
     bos_expected: bool = False            # the model family uses BOS (template declares one, or tokenizer adds it)
+    #: the rows are encoded without the post-processor (apply_chat_template), the template writes no BOS, and the
+    #: tokenizer's post-processor adds one: serving (llama.cpp, tokenizer(prompt)) adds a BOS training lacks (K020)
+    bos_serving_only: bool = False
     eot_ids: frozenset[int] = frozenset()  # ids of the template's end-of-turn strings
     stop_ids: frozenset[int] = frozenset()  # inference stop set: eos + generation config eos ids
     special_ids: frozenset[int] = frozenset()  # every control/added-special id of the tokenizer
@@ -93,6 +96,14 @@ def check_bos(ids: Sequence[int], ctx: TokenContext, *, line: int, pointer: str 
         yield finding("K002", f"row starts with {ctx.name(ctx.bos_id)} twice: the template writes it and the "
                               "tokenizer adds it", hint="encode with add_special_tokens=False or drop {{ bos_token }}",
                       **_where(ctx.path, line, pointer))
+    elif ctx.bos_serving_only and (not ids or ids[0] != ctx.bos_id):
+        first = ctx.name(ids[0]) if ids else "nothing"
+        yield finding("K020", f"row starts with {first}: apply_chat_template (and `tmplcheck train`) encode the "
+                              f"render without special tokens and the template writes no BOS, but this tokenizer "
+                              f"adds {ctx.name(ctx.bos_id)} when it encodes text, as llama.cpp does when serving: "
+                              "training and serving disagree on BOS",
+                      hint="write {{ bos_token }} in the template, or serve without BOS (llama.cpp: "
+                           "tokenizer.ggml.add_bos_token false)", **_where(ctx.path, line, pointer))
     elif ctx.bos_expected and (not ids or ids[0] != ctx.bos_id):
         first = ctx.name(ids[0]) if ids else "nothing"
         yield finding("K003", f"row starts with {first}, not {ctx.name(ctx.bos_id)}",

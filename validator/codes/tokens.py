@@ -119,4 +119,17 @@ Why it hurts: training sees other text than the dataset holds; trimming template
 and a dropped message silently removes data.
 Fix: fix the data (strip whitespace, see D014) or use a template that renders content verbatim.
 """, "tokens/content_changed.jsonl"),
+    Rule("K020", "bos-training-serving-mismatch", W,
+         "Training rows have no BOS, and serving adds one: the tokenizer adds BOS the template does not write.",
+         """
+What: `apply_chat_template(tokenize=True)` — and so TRL, and `tmplcheck train` — encodes the render with
+`add_special_tokens=False`: a row starts with BOS only when the template writes it. This template writes none, but
+the tokenizer's post-processor adds one whenever text is encoded with special tokens (`tokenizer(prompt)`), and
+llama.cpp adds it when the GGUF's `tokenizer.ggml.add_bos_token` is true (Phi-3, Llama 2 vocabularies).
+Why it hurts: the model is trained on sequences that start with `<|user|>` and served sequences that start with
+`<s><|user|>`: a shift in the first position of every prompt.
+Example: Microsoft's Phi-3 template with the Phi-3 tokenizer.
+Fix: decide once: write `{{ bos_token }}` at the start of the template (then both have it), or serve without BOS;
+`--add-special-tokens yes` checks a pipeline that encodes with `tokenizer(text)` instead.
+""", "tokens/bos_serving_only.jsonl", per_file=True),
 ]
