@@ -206,8 +206,8 @@ def test_training_variant_renders_like_the_template(name, case, agp):
     answers = [m for m in MATRIX[case] if m["role"] == "assistant"]
     assert len(spans) == len(answers)
     for (a, b), m in zip(spans, answers):
-        piece = text[a:b]
-        assert piece.startswith(m["content"].strip()) or piece.startswith(m["content"])
+        piece = text[a:b]   # the content, after the reasoning or channel header the turn generates first (qwen3, gpt-oss)
+        assert m["content"].strip() in piece
         assert any(piece.endswith(e) for e in t.meta.end_of_turn), piece
 
 
