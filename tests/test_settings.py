@@ -138,3 +138,13 @@ def test_scan_and_report_take_the_same_select_ignore(tmp_path):
     assert invoke("scan", gen, "-t", "llama-3").exit_code == 0
     assert invoke("scan", gen, "-t", "llama-3", "--threshold", "A001=0").exit_code == 1   # named: it counts again
     assert "--select" in invoke("report", "--help").output
+
+
+def test_paths_in_the_settings_file_are_relative_to_it(tmp_path, monkeypatch):
+    (tmp_path / "tpl").mkdir()
+    shutil.copy(FIX / "templates" / "llama-3-no-eot.jinja", tmp_path / "tpl" / "t.jinja")
+    (tmp_path / "tmplcheck.toml").write_text('template = "tpl/t.jinja"\ntokenizer = "llama-3"\n')
+    monkeypatch.chdir(ROOT)
+    st = Settings.resolve(tmp_path / "data.jsonl")
+    assert st.template == str(tmp_path / "tpl" / "t.jinja") and st.tokenizer == "llama-3"
+    assert st.source == tmp_path / "tmplcheck.toml"

@@ -159,6 +159,11 @@ class Settings:
                 values[f.name] = flag
             elif f.name in conf:
                 values[f.name] = conf[f.name]
+                if f.name in ("template", "tokenizer") and source is not None and isinstance(conf[f.name], str):
+                    # a path in the settings file is relative to the file, whatever the working directory
+                    near = source.parent / conf[f.name]
+                    if not Path(conf[f.name]).is_absolute() and near.exists():
+                        values[f.name] = str(near)
         unknown = set(flags) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"unknown settings {sorted(unknown)}")
