@@ -11,10 +11,13 @@ PY=${PYTHON:-python3}
 plat=(--no-deps --only-binary=:all: --python-version 3.12 --implementation cp
       --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
-# Unsloth 2026.10.9 and what it imports on the GPU path (it wants transformers <= 5.17 and trl <= 1.15)
+# Unsloth 2026.10.9 and what it imports on the GPU path. It declares transformers <= 5.17 and trl <= 1.15: by default
+# the machine's transformers (5.17) and trl 1.15.0; GPU_TRL=1.16.0 GPU_TRANSFORMERS=5.24.0 carry the versions the CPU
+# environment resolves instead (+13 MB, with huggingface_hub GPU_HF_HUB, default 2.4.0; not yet run on a GPU).
 "$PY" -m pip download -q --disable-pip-version-check "${plat[@]}" -d "$dir" \
-  unsloth==2026.10.9 unsloth-zoo==2026.10.9 trl==1.15.0 'datasets==4.8.5' 'dill<0.4.2' 'multiprocess<0.70.20' \
-  tyro docstring-parser typeguard msgspec cut_cross_entropy bitsandbytes==0.50.2
+  unsloth==2026.10.9 unsloth-zoo==2026.10.9 "trl==${GPU_TRL:-1.15.0}" 'datasets==4.8.5' 'dill<0.4.2' \
+  'multiprocess<0.70.20' tyro docstring-parser typeguard msgspec cut_cross_entropy bitsandbytes==0.50.2 \
+  ${GPU_TRANSFORMERS:+"transformers==$GPU_TRANSFORMERS" "huggingface_hub==${GPU_HF_HUB:-2.4.0}"}
 # tmplcheck's own dependencies that such a machine may lack (never numpy, torch or transformers: those are its own)
 "$PY" -m pip download -q --disable-pip-version-check "${plat[@]}" -d "$dir" \
   diskcache 'typing-extensions>=4.5' 'gguf>=0.10' pyyaml 'jsonschema>=4.18' 'jsonschema-specifications>=2023.03.6' \
