@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections import OrderedDict
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -182,11 +183,25 @@ def _shape_key(messages: list[dict], render_kw: dict) -> Any:
         return None
 
 
+#: renders of prefixes of the conversation :func:`locate_messages` is locating (the turn boundaries and
+#: :func:`assistant_regions` ask for the same ones)
+_PREFIXES: ContextVar[dict | None] = ContextVar("tmplcheck_prefix_renders", default=None)
+
+
 def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False) -> str | None:
+    memo = _PREFIXES.get()
+    key = None
+    if memo is not None:
+        key = (id(messages), n, add_generation_prompt, tuple(sorted((k, id(v)) for k, v in render_kw.items())))
+        if key in memo:
+            return memo[key]
     try:
-        return template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
+        out = template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
     except Exception:
-        return None
+        out = None
+    if key is not None:
+        memo[key] = out
+    return out
 
 
 def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | None = None,
@@ -200,6 +215,14 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
     render_kw = dict(render_kw or {})
     messages = [dict(m) for m in messages]
     plain = not render_kw and all(len(m) == 2 and type(m.get("content")) is str for m in messages)
+    token = _PREFIXES.set({})
+    try:
+        return _locate(template, messages, render_kw, text, eots, plain)
+    finally:
+        _PREFIXES.reset(token)
+
+
+def _locate(template, messages: list[dict], render_kw: dict, text: str | None, eots, plain: bool) -> Located:
     if text is None:
         text = template.render(messages, add_generation_prompt=False, **render_kw)
     spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=None, content_end=None,
@@ -238,8 +261,11 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
                 if own is not None and own != sk:
                     done = place(own)
 
-    # 2. prefix renders give turn boundaries (needed anyway for messages whose content was not located)
-    need = [s for s in spans if s.content_start is None]
+    # 2. prefix renders give turn boundaries (needed anyway for messages whose content was not located; assistant
+    #    turns are placed by assistant_regions below when it runs)
+    regions = eots is not None and (not plain or not _plain_rows_simple(template))
+    need = [s for s in spans if s.content_start is None and not (regions and s.role == "assistant")
+            and contents[s.index]]
     if need or not done:
         prev_end: int | None = _prefix_len(template, messages, 0, render_kw, text)
         for i, s in enumerate(spans):
@@ -289,7 +315,7 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
             if hit is not None:
                 s.content_start, s.content_end, s.method = hit
                 cursor = hit[1]
-    if eots is not None and (not plain or not _plain_rows_simple(template)):
+    if regions:
         assistant_regions(template, messages, render_kw, text, eots, spans)
     return Located(text, spans)
 
@@ -306,6 +332,18 @@ def _plain_rows_simple(template) -> bool:
     got = _SIMPLE.get(id(template))
     if got is not None and got[0] is template:
         return got[1]
+    token = _PREFIXES.set(None)   # the probe conversations are not the row being located
+    try:
+        ok = _simple_probe(template)
+    finally:
+        _PREFIXES.reset(token)
+    if len(_SIMPLE) > 64:
+        _SIMPLE.clear()
+    _SIMPLE[id(template)] = (template, ok)
+    return ok
+
+
+def _simple_probe(template) -> bool:
     ok = True
     for head in ([], [{"role": "system", "content": "S\u2063"}]):
         msgs = head + [{"role": "user", "content": "Q1\u2063"}, {"role": "assistant", "content": "A1\u2063"},
@@ -321,9 +359,6 @@ def _plain_rows_simple(template) -> bool:
             if prompt is None or alone is None or not full.startswith(alone) or not alone.startswith(prompt) \
                     or not alone.startswith(m["content"], len(prompt)):
                 ok = False
-    if len(_SIMPLE) > 64:
-        _SIMPLE.clear()
-    _SIMPLE[id(template)] = (template, ok)
     return ok
 
 

@@ -71,9 +71,25 @@ def _validator():
     return Draft202012Validator(TOOL_SCHEMA)
 
 
+_SCHEMA_VERDICTS: dict[str, str | None] = {}
+
+
 def _schema_error(entry: Any) -> str | None:
-    """Why a ``tools`` entry is not a function schema (None when it is one); its ``parameters`` must itself be a
-    valid JSON Schema."""
+    """Why a ``tools`` entry is not a function schema (None when it is one), remembered per distinct entry: a
+    dataset repeats the same tool list on every row, and validating it costs milliseconds."""
+    try:
+        key = json.dumps(entry, sort_keys=True)
+    except (TypeError, ValueError):
+        return _validate_schema(entry)
+    if key not in _SCHEMA_VERDICTS:
+        if len(_SCHEMA_VERDICTS) > 4096:
+            _SCHEMA_VERDICTS.clear()
+        _SCHEMA_VERDICTS[key] = _validate_schema(entry)
+    return _SCHEMA_VERDICTS[key]
+
+
+def _validate_schema(entry: Any) -> str | None:
+    """Why a ``tools`` entry is not a function schema; its ``parameters`` must itself be a valid JSON Schema."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
