@@ -164,7 +164,7 @@ class TemplateStage:
             from tmplcheck.validator.llamacpp import CrossSummary
 
             self.cross_summary = CrossSummary()
-        self._unknown_to_llamacpp = 0   # X010 is said once for the file, with the count, not on every row
+        self._unknown_to_llamacpp = 0   # rows llama.cpp cannot format (X010, folded once per file by the gate)
         self.rows = 0
         self.rendered = 0
         self.failed = 0
@@ -278,9 +278,7 @@ class TemplateStage:
             xs = r.cross
             self.cross_summary.add(xs)
             if any(f.code == "X010" for f in xs):
-                self._unknown_to_llamacpp += 1
-                if self._unknown_to_llamacpp > 1:
-                    xs = [f for f in xs if f.code != "X010"]
+                self._unknown_to_llamacpp += 1   # X010 is a per-file code: the gate reports it once, with the count
             out.extend(xs)
         return self._count(out)
 
