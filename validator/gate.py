@@ -281,13 +281,14 @@ def keep(f: Finding, opts: GateOptions) -> bool:
     return True
 
 
-def _rows_with_errors(findings: Iterable[Finding], folded_lines: Sequence[int] = ()) -> int:
-    """Distinct lines with an error, in one streaming pass over the (sorted) findings, plus the lines of folded
-    per-file errors (``PerFileFolder.error_lines``)."""
+def _rows_with_errors(findings: Iterable[Finding], folded_lines: Sequence[int] = (), path: str | None = None) -> int:
+    """Distinct lines of the dataset with an error, in one streaming pass over the (sorted) findings, plus the lines
+    of folded per-file errors (``PerFileFolder.error_lines``). Findings located in another file (the template
+    audit's, at the template's lines) are not rows."""
     n, last = 0, None
     lines = array("Q")
     for f in findings:
-        if f.severity is Severity.ERROR and f.line and (f.path, f.line) != last:
+        if f.severity is Severity.ERROR and f.line and (f.path, f.line) != last and (path is None or f.path == path):
             n += 1
             last = (f.path, f.line)
             if folded_lines:
@@ -407,7 +408,7 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
     out.extend(folder.findings())
     by_sev = out.by_severity
     by_code = out.by_code
-    rows_failed = _rows_with_errors(out, folder.error_lines)
+    rows_failed = _rows_with_errors(out, folder.error_lines, shown)
     summary: dict[str, Any] = {
         "path": shown,
         "tmplcheck_version": __version__,
