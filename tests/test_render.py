@@ -120,7 +120,7 @@ def test_generation_spans_equal_transformers(name):
     rendered, indices = render_jinja_template([conv], chat_template=t.training_source,
                                               return_assistant_tokens_mask=True, **t.context)
     assert (text, spans) == (rendered[0], [tuple(x) for x in indices[0]])
-    assert [text[a:b] for a, b in spans][0].startswith("Hi there")
+    assert "Hi there" in [text[a:b] for a, b in spans][0]   # after a channel header it generates first (gpt-oss)
 
 
 # ---------------------------------------------------------------------------------------------- semantics
