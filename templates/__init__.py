@@ -152,6 +152,13 @@ class Template:
                                      if v is not None})
         return self._copy(meta=meta)
 
+    def with_arguments(self, **arguments: Any) -> Template:
+        """The same template with extra render arguments every render gets unless it passes its own (``tools``,
+        ``documents``, ``enable_thinking``...: ``--tools``/``--documents``/``--template-kwargs``)."""
+        if not arguments:
+            return self
+        return self._copy(variables={**self.variables, **arguments})
+
     def with_limits(self, *, max_seconds: float | None = None, max_chars: int | None = None) -> Template:
         return self._copy(max_seconds=max_seconds or self.max_seconds, max_chars=max_chars or self.max_chars)
 

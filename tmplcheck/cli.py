@@ -130,7 +130,8 @@ def load_tokenizer_option(spec: str):
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
 @check_options()
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
-              input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train):
+              input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train, tools, documents,
+              template_kwargs):
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
     from tmplcheck.validator.gate import run_gate
     from tmplcheck.validator.report import report_chunks
@@ -141,7 +142,8 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     st = resolve_or_exit(data[0], config_path, template=template, tokenizer=tokenizer, max_length=max_length,
                          format=fmt, select=select, ignore=ignore, exit_zero=exit_zero, max_findings=max_findings,
                          input_format=input_format, max_line_bytes=max_line_bytes, group=group,
-                         add_special_tokens=add_special, jobs=jobs, for_train=for_train)
+                         add_special_tokens=add_special, jobs=jobs, for_train=for_train, tools=tools,
+                         documents=documents, template_kwargs=template_kwargs)
     if approve and (st.template is None or st.tokenizer is None):
         raise click.UsageError("--approve needs --template and --tokenizer (or both in the settings file): a stamp "
                                "vouches for the template and mask checks, which need both")

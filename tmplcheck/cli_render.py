@@ -23,41 +23,14 @@ class RenderError(click.ClickException):
     exit_code = 2
 
 
-def read_json_arg(value: str, what: str, want: type) -> Any:
-    """``--tools FILE`` / ``--documents FILE`` (a JSON file, ``-`` for stdin) or ``--template-kwargs JSON`` (inline
-    JSON, or ``@FILE``) → the value; a usage error in one sentence otherwise."""
-    src = value
-    if what != "--template-kwargs" or value.startswith("@"):
-        p = Path(value[1:] if value.startswith("@") else value)
-        if value == "-":
-            src = sys.stdin.read()
-        elif not p.is_file():
-            raise click.UsageError(f"{what} {value}: no such file")
-        else:
-            src = p.read_text(encoding="utf-8-sig")
-    try:
-        data = json.loads(src)
-    except json.JSONDecodeError as e:
-        raise click.UsageError(f"{what}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if want is list and isinstance(data, dict) and what == "--tools" and isinstance(data.get("tools"), list):
-        data = data["tools"]
-    if not isinstance(data, want):
-        raise click.UsageError(f"{what}: expected a JSON {'list' if want is list else 'object'}, got "
-                               f"{type(data).__name__}")
-    return data
-
-
 def template_args(tools: str | None, documents: str | None, template_kwargs: str | None) -> dict[str, Any]:
-    """The template arguments every row gets from ``--tools``, ``--documents`` and ``--template-kwargs`` (a row's
-    own ``tools``/``documents``/``chat_template_kwargs`` win over them)."""
-    kw: dict[str, Any] = {}
-    if template_kwargs:
-        kw.update(read_json_arg(template_kwargs, "--template-kwargs", dict))
-    if tools:
-        kw["tools"] = read_json_arg(tools, "--tools", list)
-    if documents:
-        kw["documents"] = read_json_arg(documents, "--documents", list)
-    return kw
+    """``--tools``/``--documents``/``--template-kwargs`` as every command reads them (``tmplcheck.config``)."""
+    from tmplcheck.config import ConfigError, template_args as read
+
+    try:
+        return read(tools, documents, template_kwargs)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def read_messages(source: str, stdin_text: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -156,7 +156,7 @@ def render_rich(table: dict, console) -> None:
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
 @check_options()
 def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
-             max_length, for_train):
+             max_length, for_train, tools, documents, template_kwargs):
     """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
 
     Exit 0 shown; 1 the row cannot be read or the template refuses it (as the gate reports it); 2 usage error.
@@ -167,8 +167,9 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
 
     st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, input_format=input_format,
                          select=select, ignore=ignore, add_special_tokens=add_special, max_length=max_length,
-                         for_train=for_train)
+                         for_train=for_train, tools=tools, documents=documents, template_kwargs=template_kwargs)
     tmpl, tok = _load_pair(st.template, st.tokenizer)
+    tmpl = tmpl.with_arguments(**st.render_defaults())   # a row's own tools/documents/kwargs still win
     conv = None
     for row in read_rows(data, input_format=st.input_format):
         if row.line == line_no:
@@ -213,7 +214,7 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @check_options()
 def probe_cmd(template, tokenizer, examples, seed, only, fmt, config_path, select, ignore, add_special, max_length,
-              for_train):
+              for_train, tools, documents, template_kwargs):
     """Generate conversations with hypothesis and check the template/tokenizer pair's properties.
 
     Prints each violated property with its shrunk counterexample; exit 1 on any. Settings come from the same
@@ -223,8 +224,10 @@ def probe_cmd(template, tokenizer, examples, seed, only, fmt, config_path, selec
     from tmplcheck.validator.probe import run_probe
 
     st = resolve_or_exit(None, config_path, template=template, tokenizer=tokenizer, select=select, ignore=ignore,
-                         add_special_tokens=add_special, max_length=max_length, for_train=for_train)
+                         add_special_tokens=add_special, max_length=max_length, for_train=for_train, tools=tools,
+                         documents=documents, template_kwargs=template_kwargs)
     tmpl, tok = _load_pair(st.template, st.tokenizer)
+    tmpl = tmpl.with_arguments(**st.render_defaults())   # every probed conversation is rendered with them
     res = run_probe(tmpl, tok, examples=examples, seed=seed, only=list(only) or None,
                     tokenizer_name=st.tokenizer or "", **_probe_kw(st))
     if fmt == "json":

@@ -17,6 +17,7 @@ from typing import Any
 KNOWN = {
     "template", "tokenizer", "max_length", "format", "select", "ignore", "exit_zero", "max_findings",
     "input_format", "max_line_bytes", "group", "jobs", "add_special_tokens", "for_train",
+    "tools", "documents", "template_kwargs",
 }
 
 #: the note K005 carries under ``for_train``: the trainer writes the stop set, so the base model's own is not final
@@ -141,6 +142,11 @@ class Settings:
     exit_zero: bool = False
     max_findings: int | None = None
     group: str = "line"
+    #: template arguments for rows without their own: a JSON file of tool schemas, a JSON file of documents, and a
+    #: JSON object (inline, ``@FILE``, or a TOML table in the settings file)
+    tools: str | None = None
+    documents: str | None = None
+    template_kwargs: Any = None
     source: Path | None = None
 
     @classmethod
@@ -173,9 +179,20 @@ class Settings:
         return s
 
     # ---------------------------------------------------------------------------------------------- the gate
+    def render_defaults(self) -> dict[str, Any]:
+        """The template arguments every row without its own gets (``apply_chat_template(..., tools=...,
+        documents=..., **kwargs)``), read from ``tools``/``documents``/``template_kwargs``; raises ConfigError."""
+        return template_args(self.tools, self.documents, self.template_kwargs, base=self.source)
+
     def check_settings(self) -> dict[str, Any]:
         """The settings that change what the gate decides, in the form a stamp records (defaults left out)."""
         extra: dict[str, Any] = {"select": list(self.select), "ignore": list(self.ignore)}
+        args = self.render_defaults()
+        if args:
+            import hashlib
+            import json
+
+            extra["template_args"] = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()
         if self.add_special_tokens != "auto":
             extra["add_special_tokens"] = {"yes": True, "no": False}[self.add_special_tokens]
         if self.for_train:
@@ -187,6 +204,8 @@ class Settings:
         from tmplcheck.validator.stages import StageConfig
 
         extra = {"jobs": self.jobs, **self.check_settings()}
+        if self.render_defaults():
+            extra["render_defaults"] = self.render_defaults()
         cfg = StageConfig(template=self.template, tokenizer=self.tokenizer, max_length=self.max_length, extra=extra)
         for k, v in override.items():
             setattr(cfg, k, v)
@@ -197,7 +216,7 @@ class Settings:
         from tmplcheck.validator.gate import GateOptions
 
         opts = GateOptions(input_format=self.input_format, select=list(self.select), ignore=list(self.ignore),
-                           severity=severity_overrides(self.for_train), **kw)
+                           severity=severity_overrides(self.for_train), render_defaults=self.render_defaults(), **kw)
         if self.max_line_bytes:
             opts.max_line_bytes = self.max_line_bytes
         return opts
@@ -211,6 +230,49 @@ class Settings:
         return not (self.ignore and matches(code, self.ignore))
 
 
+def _json_arg(value: Any, what: str, want: type, base: Path | None) -> Any:
+    """A template argument: already a value (from a TOML table), inline JSON (``template_kwargs``), or a JSON file
+    (``tools``, ``documents``, ``@FILE``), relative to the settings file when it came from one."""
+    import json
+
+    if not isinstance(value, str):
+        data = value
+    else:
+        text = value
+        if what != "template_kwargs" or value.startswith("@"):
+            p = Path(value[1:] if value.startswith("@") else value)
+            if not p.is_absolute() and base is not None and not p.exists():
+                p = base.parent / p
+            if not p.is_file():
+                raise ConfigError(f"--{what.replace('_', '-')} {value}: no such file")
+            text = p.read_text(encoding="utf-8-sig")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--{what.replace('_', '-')}: invalid JSON at line {e.lineno} column {e.colno}: "
+                              f"{e.msg}") from None
+    if want is list and isinstance(data, dict) and isinstance(data.get(what), list):
+        data = data[what]   # {"tools": [...]} as well as [...]
+    if not isinstance(data, want):
+        raise ConfigError(f"--{what.replace('_', '-')}: expected a JSON {'list' if want is list else 'object'}, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def template_args(tools: Any = None, documents: Any = None, template_kwargs: Any = None, *,
+                  base: Path | None = None) -> dict[str, Any]:
+    """The template arguments every row without its own gets, from ``--tools FILE``, ``--documents FILE`` and
+    ``--template-kwargs JSON`` (a row's own ``tools``/``documents``/``chat_template_kwargs`` win over them)."""
+    kw: dict[str, Any] = {}
+    if template_kwargs not in (None, "", {}):
+        kw.update(_json_arg(template_kwargs, "template_kwargs", dict, base))
+    if tools:
+        kw["tools"] = _json_arg(tools, "tools", list, base)
+    if documents:
+        kw["documents"] = _json_arg(documents, "documents", list, base)
+    return kw
+
+
 def severity_overrides(for_train: bool) -> dict:
     """``GateOptions.severity`` for ``--for-train``: K005 (end-of-turn not a stop id of the tokenizer's generation
     config) becomes an info, because ``tmplcheck train`` writes the stop set itself."""
@@ -219,7 +281,8 @@ def severity_overrides(for_train: bool) -> dict:
     return {"K005": (Severity.INFO, FOR_TRAIN_NOTE)} if for_train else {}
 
 
-def check_options(*, max_length: bool = True, for_train: bool = True, add_special_tokens: bool = True):
+def check_options(*, max_length: bool = True, for_train: bool = True, add_special_tokens: bool = True,
+                  template_args: bool = True):
     """The check flags every command takes, the same names and meanings: --config, --select, --ignore,
     --max-length, --add-special-tokens (and --for-train where the command runs the gate)."""
     import click
@@ -247,6 +310,16 @@ def check_options(*, max_length: bool = True, for_train: bool = True, add_specia
                                      help="The data is for `tmplcheck train`, which writes every end-of-turn id "
                                           "into the saved generation config: an end-of-turn id missing from the "
                                           "base model's stop set (K005) is an info, not an error."))
+        if template_args:
+            opts += [
+                click.option("--tools", "tools", metavar="FILE",
+                             help="JSON file with the tool schemas rows without their own `tools` are rendered with."),
+                click.option("--documents", "documents", metavar="FILE",
+                             help="JSON file with the documents rows without their own are rendered with."),
+                click.option("--template-kwargs", "template_kwargs", metavar="JSON",
+                             help="Extra template arguments as a JSON object (or @FILE), e.g. "
+                                  "'{\"enable_thinking\": false}'; a row's chat_template_kwargs win."),
+            ]
         for o in reversed(opts):
             f = o(f)
         return f
@@ -259,6 +332,8 @@ def resolve_or_exit(data, config_path, **flags) -> Settings:
     import click
 
     try:
-        return Settings.resolve(data, config_path, **flags)
+        st = Settings.resolve(data, config_path, **flags)
+        st.render_defaults()   # a bad --tools/--documents/--template-kwargs is a usage error now, not mid-run
+        return st
     except ConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -281,8 +281,9 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
         hooks.warn(f"{rows.unreadable} unreadable row(s) skipped")
     train_convs, eval_convs = D.split(rows.convs, cfg.eval_split, cfg.seed)
     try:
+        defaults = cfg.settings.render_defaults() if getattr(cfg, "settings", None) is not None else {}
         examples = list(D.encode(train_convs, template, tok, max_length=None if cfg.packing else block,
-                                 loss_on=cfg.loss_on))
+                                 loss_on=cfg.loss_on, render_defaults=defaults))
     except S.TokenSetupError as e:
         raise TrainError(str(e)) from None
     trained_per_row = [{"line": ex.line, "tokens": len(ex.ids), "trained": ex.trained} for ex in examples]

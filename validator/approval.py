@@ -22,7 +22,9 @@ from tmplcheck.fsutil import write_atomic
 STAMP_SUFFIX = ".tmplcheck.json"
 STAMP_FORMAT = 1
 #: settings of the check that do not change what it decides (left out of the configuration hash)
-NEUTRAL_SETTINGS = frozenset({"jobs", "progress"})
+#: settings that do not change what the gate decides, or that are pinned another way (``render_defaults``, the
+#: template arguments given by --tools/--documents/--template-kwargs, is pinned by its digest ``template_args``)
+NEUTRAL_SETTINGS = frozenset({"jobs", "progress", "render_defaults"})
 #: files of a tokenizer directory that decide how text becomes ids (and which ids stop generation)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",

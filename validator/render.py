@@ -494,7 +494,9 @@ class HFRenderer:
         """Render and return the text, the generation spans (when ``spans``) and the undefined names used."""
         msgs = normalize_messages(messages)
         ctx = {**{k: _plain(v) for k, v in self.variables.items()}, **{k: _plain(v) for k, v in extra.items()}}
-        ctx.update(messages=msgs, tools=_plain(tools), documents=_plain(documents),
+        # tools/documents given to the renderer as defaults (``Template.with_arguments``) serve renders without them
+        ctx.update(messages=msgs, tools=_plain(tools) if tools is not None else ctx.get("tools"),
+                   documents=_plain(documents) if documents is not None else ctx.get("documents"),
                    add_generation_prompt=add_generation_prompt)
         st = _State(self.max_chars, spans=[] if spans else None)
         token = _STATE.set(st)
