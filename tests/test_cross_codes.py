@@ -9,7 +9,7 @@ import pytest
 
 from tmplcheck.validator.codes import RULES
 from tmplcheck.validator.ingest import read_rows
-from tmplcheck.validator.llamacpp import CrossSummary, check_cross
+from tmplcheck.validator.crosscheck import CrossSummary, check_cross
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures" / "cross"
@@ -52,6 +52,7 @@ EXPECTED: dict[str, set[tuple[int, str, str]]] = {
     "nul_truncates_content.jsonl": {(2, "X009", "/conversations/0/value")},
     "template_unknown.jsonl": {(1, "X010", "")},
     "unexplained.jsonl": {(1, "X011", "/conversations/1/value")},
+    "tools_not_rendered.jsonl": {(1, "X020", ""), (2, "X020", "")},
 }
 
 
@@ -63,7 +64,7 @@ def test_fixture_triggers_exactly_its_code(name):
 
 def test_every_x_code_has_its_fixture():
     xs = {c: r for c, r in RULES.items() if c.startswith("X")}
-    assert len(xs) == 11
+    assert len(xs) == 12
     covered = {code for exp in EXPECTED.values() for _, code, _ in exp}
     assert covered == set(xs)
     for code, rule in xs.items():

@@ -10,7 +10,8 @@ import pytest
 
 from tmplcheck.assets import ensure_sdist, upstream_templates_dir
 from tmplcheck.validator.ingest import Conversation, Message
-from tmplcheck.validator.llamacpp import CrossSummary, check_cross, detect
+from tmplcheck.validator.crosscheck import CrossSummary, check_cross
+from tmplcheck.validator.llamacpp import detect
 
 # bos/eos token text of each model family (the templates read them as variables)
 TOKENS = [(r"Llama-3|llama-3|functionary|Hermes", "<|begin_of_text|>", "<|eot_id|>"),
@@ -161,7 +162,7 @@ def test_shape_cache_equals_the_row_comparison(stem):
     from hypothesis import strategies as st
 
     from tmplcheck.validator import strategies as S
-    from tmplcheck.validator.llamacpp import ShapeCrossCheck
+    from tmplcheck.validator.crosscheck import ShapeCrossCheck
 
     t = load(stem)
     shapes = ShapeCrossCheck()

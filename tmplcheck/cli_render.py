@@ -141,7 +141,7 @@ def render_text(template: str, messages: list[dict], *, renderer: str = "hf", ad
                 template_kwargs: dict[str, Any] | None = None) -> str:
     kw = dict(template_kwargs or {})
     if renderer == "llamacpp":
-        from tmplcheck.validator.llamacpp import row_features
+        from tmplcheck.validator.crosscheck import row_features
 
         dropped = row_features(messages, kw)
         if dropped:

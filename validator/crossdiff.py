@@ -1,7 +1,7 @@
 """Pure functions that compare a training render with a llama.cpp render and classify what differs.
 
 Nothing here renders: callers pass texts and messages in and get measurements, transformed messages and classified
-edit operations back. ``validator/llamacpp.py`` drives them (render, normalise one step, measure, keep the step if
+edit operations back. ``validator/crosscheck.py`` drives them (render, normalise one step, measure, keep the step if
 the two texts moved closer).
 
 Texts are compared on *segments* — control tokens (``<|eot_id|>``, ``[INST]``, ``<｜User｜>``), whitespace runs,

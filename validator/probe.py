@@ -193,7 +193,7 @@ class Probe:
         return None
 
     def llama_cpp(self, conv) -> str | None:
-        from tmplcheck.validator.llamacpp import check_cross
+        from tmplcheck.validator.crosscheck import check_cross
 
         text, e = self._render(conv)
         if e is not None:
@@ -253,7 +253,7 @@ def run_probe(template, tokenizer, *, examples: int = 100, seed: int = 0, only: 
             continue
         if name == "llama-cpp":
             try:
-                from tmplcheck.validator.llamacpp import check_cross  # noqa: F401
+                from tmplcheck.validator.crosscheck import check_cross  # noqa: F401
             except ImportError:
                 res.skipped[name] = "the llama.cpp cross-renderer check is not available"
                 continue

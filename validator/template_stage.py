@@ -36,7 +36,7 @@ from tmplcheck.validator.render import TemplateRenderError
 
 def _cross_checker():
     try:
-        from tmplcheck.validator.llamacpp import ShapeCrossCheck
+        from tmplcheck.validator.crosscheck import ShapeCrossCheck
     except ImportError:
         return None
     return ShapeCrossCheck()
@@ -161,7 +161,7 @@ class TemplateStage:
         self.cross = _cross_checker() if cross else None
         self.cross_summary = None
         if self.cross is not None:
-            from tmplcheck.validator.llamacpp import CrossSummary
+            from tmplcheck.validator.crosscheck import CrossSummary
 
             self.cross_summary = CrossSummary()
         self._unknown_to_llamacpp = 0   # rows llama.cpp cannot format (X010, folded once per file by the gate)
