@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tmplcheck.templates import load_template
 from tmplcheck.validator import strategies as S
 from tmplcheck.validator.ingest import open_records, parse_record
-from tmplcheck.validator.token_stage import TokenPipeline, row_in
+from tmplcheck.validator.token_pipeline import TokenPipeline, row_in
 from tmplcheck.validator.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -65,7 +65,7 @@ def test_llama3_render_holds_every_content_once(conv):
 @settings(max_examples=60, deadline=None)
 def test_any_order_never_crashes_the_token_stage(conv):
     """Invalid orders and any content: the pipeline yields findings or skips the row, never raises."""
-    from tmplcheck.validator.token_stage import TokenPipeline
+    from tmplcheck.validator.token_pipeline import TokenPipeline
 
     global _PIPE
     try:

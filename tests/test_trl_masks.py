@@ -4,7 +4,7 @@ the TRL maintainers for `assistant_only_loss`), on plain, tool-use and reasoning
 For every template and conversation that transformers renders, the characters TRL's ``{% generation %}`` markers
 cover (transformers' own ``return_assistant_tokens_mask`` spans) are compared with what tmplcheck trains for each
 assistant turn (``tokens.assistant_regions``: from the inference prompt's end through the end-of-turn string).
-tmplcheck must train everything TRL marks except the documented decisions (``checks.tokens.
+tmplcheck must train everything TRL marks except the documented decisions (``checks.masks.
 GENERATION_MASK_DECISIONS``, reported by the gate as M023), and nothing TRL leaves out.
 """
 
@@ -20,8 +20,8 @@ import pytest
 trl = pytest.importorskip("trl")
 
 from tmplcheck.templates import Template, TemplateMeta  # noqa: E402
-from tmplcheck.validator.checks.tokens import GENERATION_MASK_DECISIONS  # noqa: E402
-from tmplcheck.validator.tokens import _eot_in, locate_messages  # noqa: E402
+from tmplcheck.validator.checks.masks import GENERATION_MASK_DECISIONS  # noqa: E402
+from tmplcheck.validator.locate import _eot_in, locate_messages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRL_DIR = Path(trl.__file__).parent / "chat_templates"

@@ -43,7 +43,7 @@ def _probe_kw(settings) -> dict:
 def token_table(tmpl, tok, conv, settings=None) -> dict:
     """The row's tokens with strings, offsets, mask, special flags and the message each belongs to, plus findings."""
     from tmplcheck.validator.checks.tokens import IGNORE
-    from tmplcheck.validator.token_stage import TokenPipeline, row_in
+    from tmplcheck.validator.token_pipeline import TokenPipeline, row_in
     from tmplcheck.validator.tokens import encode_conversation
 
     messages = conv.dicts()

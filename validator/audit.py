@@ -937,7 +937,7 @@ def audit_template(template, *, path: str = "", tokenizer=None) -> list[Finding]
         issues.extend(i for i in audit_source(train) if (i.code, i.message) not in have)
     if tokenizer is not None:
         try:
-            from tmplcheck.validator.token_stage import template_control_strings
+            from tmplcheck.validator.token_pipeline import template_control_strings
 
             covered = template_control_strings(template)
         except Exception:  # noqa: BLE001 - the token stage's helper is an optimisation of the message only

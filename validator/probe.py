@@ -79,7 +79,7 @@ class Probe:
 
     def __init__(self, template, tokenizer, *, pipeline_kw: dict | None = None,
                  keep: Callable[[str], bool] | None = None):
-        from tmplcheck.validator.token_stage import TokenPipeline, template_control_strings
+        from tmplcheck.validator.token_pipeline import TokenPipeline, template_control_strings
 
         self.template = template
         self.tokenizer = tokenizer
@@ -117,7 +117,7 @@ class Probe:
         return None if e is None else f"a valid conversation fails to render: {e} ({e.kind})"
 
     def content(self, conv) -> str | None:
-        from tmplcheck.validator.token_stage import _SENTINEL, locate_turns
+        from tmplcheck.validator.token_pipeline import _SENTINEL, locate_turns
 
         text, e = self._render(conv)
         if e is not None:

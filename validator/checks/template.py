@@ -247,7 +247,7 @@ def _agreeing_setting(template: Template, user: list, expected: str) -> str:
     training header, when the template reads one ("" otherwise)."""
     import json
 
-    from tmplcheck.validator.tokens import _PROMPT_SETTINGS
+    from tmplcheck.validator.locate import _PROMPT_SETTINGS
 
     for key, value in _PROMPT_SETTINGS:
         if key not in template.source:
