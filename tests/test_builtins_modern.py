@@ -311,11 +311,26 @@ def pipeline_regions(name: str, msgs, tools, kw) -> list[tuple[int, int]]:
 #: (template, conversation, settings) where the pipeline's regions differ from the definition: what is expected,
 #: what the pipeline gives (reported to the owner of validator/tokens.py; an expected failure while it differs)
 _R1_EMPTY = ("DeepSeek-R1 drops the tool calls of an answer whose content is '' (it renders "
-             "'<｜Assistant｜><｜end▁of▁sentence｜>'); the turn generates '<｜end▁of▁sentence｜>', the pipeline's region "
-             "starts one character into it: '｜end▁of▁sentence｜>' (method 'generated', prompt_setting '': the "
-             "<think> prompt is no prefix of the row), so the '<' is left out and the end-of-turn is taken for content")
+             "'<｜Assistant｜><｜end▁of▁sentence｜>') and its <think> prompt is no prefix of the row: the turn holds "
+             "'<｜end▁of▁sentence｜>', the pipeline's region starts one character into it ('｜end▁of▁sentence｜>')")
+_CLOSING_TAG = ("the inference prompt is no prefix of the row ({}): the pipeline's region starts at the end of the "
+                "previous message's content, so it trains that message's closing tag ({}) before the answer")
+_HARMONY = ("the tool call's analysis is in the prompt of the final answer but not in the row (a final message "
+            "follows): the pipeline's region starts at the tool result's '<|end|>' and trains it and the "
+            "'<|start|>assistant' header (M006 in the gate) instead of starting after the header")
 PIPELINE_DIFFERS: dict[tuple[str, str, str], str] = {
-    ("deepseek-r1", case, "{}"): _R1_EMPTY for case in ("tool", "tool-system", "tool-multi", "tool-open", "reasoning-tool")}
+    **{("deepseek-r1", c, "{}"): _R1_EMPTY for c in ("tool", "tool-system", "tool-multi", "tool-open",
+                                                      "reasoning-tool")},
+    **{("mistral-nemo", c, "{}"): _CLOSING_TAG.format("the system message goes before the last user turn only",
+                                                      "'[/INST]', '[/TOOL_RESULTS]'")
+       for c in ("plain-system-multi", "tool-system", "tool-multi", "tools-no-call", "reasoning-multi")},
+    ("mistral-nemo", "plain-open", "{}"): ("the row ends with a user turn, so Nemo writes the system message there and "
+                                           "no prompt is a prefix: the pipeline's region for the answer is empty "
+                                           "(chars 81-81) where the row holds 'Sunny, 18 °C.</s>'"),
+    ("mistral-small-3.2", "tool-multi", "{}"): _CLOSING_TAG.format("[AVAILABLE_TOOLS] moves to the last user turn",
+                                                                   "'[/INST]', '[/TOOL_RESULTS]'"),
+    **{("gpt-oss", "reasoning-tool", kw): _HARMONY for kw in [json.dumps(k, sort_keys=True) for k in settings("gpt-oss")]},
+}
 
 
 @pytest.mark.parametrize("name,case,kw", CASES)
