@@ -64,7 +64,9 @@ def llama3_no_bos(tmp_path_factory, llama3_dir):
 
 # (fixture, template, tokenizer, max_length) -> expected (line, code, pointer) set, exactly (K and M codes only)
 CASES = [
-    ("special_not_single.jsonl", "chatml", "llama-3", None, "K001", {(0, "K001", "")}),
+    # chatml writes no BOS and the Llama 3 tokenizer adds one when it encodes text: K020 comes with the pair
+    ("special_not_single.jsonl", "chatml", "llama-3", None, "K001", {(0, "K001", ""), (1, "K020", ""),
+                                                                      (2, "K020", "")}),
     ("eot_missing.jsonl", str(BROKEN / "broken_no_eot.jinja"), "llama-3", None, "K004",
      {(1, "K004", "/conversations/2/value"), (2, "K004", "/conversations/1/value")}),
     ("control_in_content.jsonl", "llama-3", "llama-3", None, "K006", {(2, "K006", "/conversations/0/value")}),
