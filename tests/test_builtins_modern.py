@@ -41,11 +41,15 @@ UPSTREAM = {
 }
 #: the template arguments each one reads, tried one setting at a time (plus none)
 KWARGS = {
-    "llama-3.1": [{"date_string": "01 Jan 2025"}, {"tools_in_user_message": False}],
+    "llama-3.1": [{"date_string": "01 Jan 2025"}, {"tools_in_user_message": False},
+                  {"builtin_tools": ["get_weather", "code_interpreter"]}],
     "llama-3.2": [{"date_string": "01 Jan 2025"}, {"tools_in_user_message": False}],
     "qwen3": [{"enable_thinking": True}, {"enable_thinking": False}],
     "gpt-oss": [{"reasoning_effort": "low"}, {"reasoning_effort": "high"}, {"model_identity": "You are Bob."}],
 }
+#: end-of-turn strings beyond meta.end_of_turn: Llama 3.1 ends a builtin_tools call with <|eom_id|>, which the
+#: pipeline takes from the tokenizer's stop ids (Llama 3.1's tokenizer; the built-in llama-3 vocabulary lacks it)
+EXTRA_EOTS = {"llama-3.1": ("<|eom_id|>",)}
 #: what comes right before an answer in a row (for turns whose inference prompt is not a prefix of the row)
 HEADERS = {
     "llama-3.1": ("<|start_header_id|>assistant<|end_header_id|>\n\n",),
@@ -216,6 +220,8 @@ def test_the_conversations_exercise_what_each_template_renders():
     for name in ("llama-3.1", "llama-3.2"):
         t = text(name, "tool")
         assert '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>' in t and '"description"' in t
+    t = text("llama-3.1", "tool", builtin_tools=["get_weather"])
+    assert '<|python_tag|>get_weather.call(city="Paris")<|eom_id|>' in t and "Environment: ipython\nTools: get_weather" in t
     for name in ("qwen2.5", "qwen3"):
         t = text(name, "tool")
         assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in t
@@ -259,7 +265,7 @@ def _turn_end(name: str, text: str, start: int, eots) -> tuple[int, int]:
 def expected_regions(name: str, msgs, tools, kw) -> tuple[str, list[tuple[int, int, str]]]:
     """(row, [(start, end, how)]) for each assistant turn, by the definitions in the module docstring."""
     t = builtin(name).pinned(NOW)
-    eots = t.meta.end_of_turn
+    eots = t.meta.end_of_turn + EXTRA_EOTS.get(name, ())
     text = t.render(msgs, tools=tools, **kw)
     out, prev = [], 0
     for i, m in enumerate(msgs):
@@ -294,13 +300,14 @@ def pipeline_regions(name: str, msgs, tools, kw) -> list[tuple[int, int]]:
 
     t = builtin(name).pinned(NOW)
     render_kw = {**kw, **({"tools": tools} if tools else {})}
-    loc = locate_messages(t, msgs, render_kw=render_kw, eots=t.meta.end_of_turn)
+    eots = t.meta.end_of_turn + EXTRA_EOTS.get(name, ())
+    loc = locate_messages(t, msgs, render_kw=render_kw, eots=eots)
     out = []
     for s in loc.spans:
         if s.role != "assistant":
             continue
         end = s.content_end
-        for e in t.meta.end_of_turn:
+        for e in eots:
             if end is not None and loc.text.startswith(e, end):
                 end += len(e)
                 break
@@ -363,7 +370,7 @@ def test_training_variant_is_byte_equal_and_marks_what_each_turn_generates(name,
     assert got == [(a, b) for a, b, _ in want], (name, case, kw, [text[a:b] for a, b in got],
                                                  [(text[a:b], how) for a, b, how in want])
     for a, b in got:   # each span ends with an end-of-turn string, and only the template's text follows
-        assert any(text[a:b].endswith(e) for e in t.meta.end_of_turn), text[a:b]
+        assert any(text[a:b].endswith(e) for e in t.meta.end_of_turn + EXTRA_EOTS.get(name, ())), text[a:b]
     key = (name, case, json.dumps(kw, sort_keys=True))
     pipe = pipeline_regions(name, msgs, tools, kw)
     if key in PIPELINE_DIFFERS:
