@@ -270,6 +270,35 @@ def test_issue_16_classes(template, text, want):
     assert want <= got if want else got == set(), (text, got)
 
 
+def test_role_words_on_ids(pats):
+    """With ids, a role word ending the answer or a line is a stripped header only where the ids hold the template's
+    header (its special ids) around the word's tokens; an identifier such as request.user is text tokens, even when
+    the ids hold a header elsewhere. Both views (kept, special tokens skipped) decide the same way."""
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("llama-3")
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    eot, head = "<|eot_id|>", "<|start_header_id|>{}<|end_header_id|>\n\n"
+
+    def a001(written: str, skip: bool) -> list[str]:
+        ids = enc(written)
+        out = tok.decode(ids, skip_special_tokens=skip)
+        fs = scan_generation(Generation(1, out, prompt="q", output_ids=ids, finish_reason="stop"), pats)
+        return [out[f.data["start"]:f.data["end"]] + f"@{f.data['start']}" for f in fs if f.code == "A001"]
+
+    for skip in (False, True):
+        assert a001("The logged-in user is request.user", skip) == []
+        assert a001(f"The logged-in user is request.user{eot}", skip) == []
+        assert a001("g.user\nand request.user", skip) == []
+        assert a001(f"Paris.{eot}{head.format('user')}And Berlin?", skip) != []
+        assert a001(f"Done.{eot}<|start_header_id|>assistant", skip) != []     # a header cut by the ids' end
+    # the identifier on the first line is text; the header after the second line is the leak
+    found = a001(f"It is request.user\nsee docs.{eot}{head.format('user')}Thanks", True)
+    assert found == [f"user@{len('It is request.user' + chr(10) + 'see docs.')}"]
+    # the same text without ids is judged from text: the glued role word reads as a leak
+    assert [f.code for f in scan_generation(Generation(1, "It is request.user"), pats) if f.code == "A001"]
+
+
 def test_prompts_in_the_hf_chat_schema(pats):
     """Prompts of tool-use rows (content null with tool_calls, typed parts) are scanned, not A010; a row's tools
     make a tool call in the output legitimate."""

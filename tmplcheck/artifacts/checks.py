@@ -107,6 +107,8 @@ class Context:
         self.view, self.s, self.o = pats.strip_controls(text)
         self.prompt = gen.prompt_text
         self._header_hits: dict[str, int] | None = None
+        self._marks: dict[str, list[int]] | None = None
+        self._landing: dict[int, set[int]] = {}
 
     def _html_pair(self, m: re.Match) -> bool:
         """A tag pair is HTML unless it wraps chat markup ("<s>[INST] ... [/INST] answer</s>") or opens right
@@ -177,6 +179,59 @@ class Context:
                         self._header_hits[role] = k
         return self._header_hits
 
+    def role_header_at(self, role: str | None, a: int) -> bool:
+        """With ids: the template's ``role`` header stands in ``output_ids`` right where the role word at offset
+        ``a`` of the output is: the word's tokens with the header's special ids before them (and after them, unless
+        the ids end there). A role word whose tokens are ordinary text (``request.user``: ``request`` ``.user``, no
+        special id next to them) is the model's word, whatever headers the ids hold elsewhere.
+
+        Where a header lands in the text: the decode of the ids before the role word's tokens, in the kept view
+        (special tokens written) or the skipped one, matched on the non-whitespace characters before ``a`` (a
+        serving stack may trim or normalise spaces). Without a decoder the header anywhere in the ids confirms."""
+        marks = self._role_marks().get(role or "")
+        if not marks:
+            return False
+        decode = self.pats.decode
+        if decode is None:
+            return True
+        ids = self.gen.output_ids or []
+        want = _nonspace(self.text[:a])
+        for j in marks:
+            if j not in self._landing:
+                try:
+                    self._landing[j] = {_nonspace(decode(ids[:j], skip_special_tokens=skip)) for skip in (False, True)}
+                except Exception:  # ids the tokenizer cannot decode place no header
+                    self._landing[j] = set()
+            if want in self._landing[j]:
+                return True
+        return False
+
+    def _role_marks(self) -> dict[str, list[int]]:
+        """role -> indices in output_ids where a role word's tokens start inside that role's header."""
+        if self._marks is None:
+            self._marks = {}
+            ids = self.gen.output_ids or []
+            special = self.pats.special_ids
+            if self.by_ids:
+                for role, hid in self.pats.header_ids:
+                    p = 0
+                    while p < len(hid) and hid[p] in special:
+                        p += 1
+                    q = len(hid)
+                    while q > p and hid[q - 1] in special:
+                        q -= 1
+                    if p == q or (p == 0 and q == len(hid)):
+                        continue  # a header without a word (Phi-3's <|user|>) or without a special id
+                    pre, word, post = hid[:p], hid[p:q], hid[q:]
+                    first = hid[0]
+                    for k in range(len(ids) - q + 1):
+                        if ids[k] != first or tuple(ids[k:k + p]) != pre or tuple(ids[k + p:k + q]) != word:
+                            continue
+                        rest = tuple(ids[k + q:k + len(hid)])
+                        if rest == post[:len(rest)] and (rest == post or k + len(hid) > len(ids)):
+                            self._marks.setdefault(role, []).append(k + p)   # the header, or cut by the ids' end
+        return self._marks
+
     def requested(self, header: str) -> bool:
         """The prompt asks for this label itself (a script with a USER: speaker, a "### Response:" format)."""
         body = header.strip().rstrip(":").strip()
@@ -193,6 +248,10 @@ class Context:
 _SUBJECT = re.compile(r"[ \t]+(?:is|are|was|were|marks|means|ends|closes|opens|starts|separates|denotes|tells|"
                       r"must|should|can|cannot|never|always)\b")
 _HEADER_NAMES = {"USER", "ASSISTANT", "SYSTEM", "Human", "Assistant", "User", "System"}
+
+
+def _nonspace(s: str) -> int:
+    return len(s) - sum(map(s.count, " \t\n\r\f\v"))
 
 
 def _find_seq(ids: list[int], seq: tuple[int, ...]) -> int:
@@ -343,7 +402,6 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
     text = ctx.view
     first = len(text) - len(text.lstrip())
     role_of = {h.stripped.strip(): h.role for h in pats.own_headers}
-    ids_roles = set(ctx.header_hits())
     trailing, cont = [], []
     for m in pats.role_re.finditer(text):
         i, j = m.span()
@@ -353,9 +411,9 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
             # a header's role word with the answer after it; a role word that is the whole output is an answer
             if re.match(r"[ \t]*(?:\n|:)\s*\S|[A-Z]", after):
                 a, b = ctx.span(i, j)
-                confirmed = ctx.by_ids and role_of.get(word) in ids_roles
+                confirmed = ctx.by_ids and ctx.role_header_at(role_of.get(word), a)
                 if ctx.by_ids and pats.header_ids and not confirmed:
-                    continue  # the ids hold no such header: the model wrote the word
+                    continue  # no header of the ids stands here: the model wrote the word
                 if ctx.keep(a, b, word) or confirmed:
                     yield _at(gen, "A002", f"output starts with the role word {word!r}: {_snip(gen.output, a, b)}",
                               a, b, word=word, basis=ctx.basis)
@@ -364,9 +422,11 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
             continue  # a role word ends a line or the output, or it is not one
         line_before = text[text.rfind("\n", 0, i) + 1:i]
         prev = text[i - 1]
-        confirmed = ctx.by_ids and role_of.get(word) in ids_roles
+        # with ids, a role word ending a line is a stripped header only where the ids hold that header around its
+        # tokens (request.user is text tokens); from text alone, the shape below decides
+        confirmed = ctx.by_ids and ctx.role_header_at(role_of.get(word), ctx.orig(i))
         if ctx.by_ids and pats.header_ids and not confirmed:
-            continue  # the ids hold no such header: the model wrote the word
+            continue  # no header of the ids stands here: the model wrote the word
         if line_before.strip() == "":
             pass  # alone on its line
         elif prev in " \t":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,8 @@ class ArtifactPatterns:
     header_ids: tuple[tuple[str, tuple[int, ...]], ...] = ()    # (role, ids) of this template's headers
     reasoning: tuple[str, ...] = COMMON_REASONING   # reasoning markup that is an artifact for this template
     tool_markers: tuple[str, ...] = COMMON_TOOL      # tool-call markers that are an artifact in a plain answer
+    # ``decode(ids, skip_special_tokens=...)`` of the tokenizer: where in the text a header found in the ids lands
+    decode: Callable[..., str] | None = field(default=None, repr=False, compare=False)
     # compiled
     control_re: re.Pattern | None = field(default=None, repr=False)
     own_re: re.Pattern | None = field(default=None, repr=False)
@@ -290,4 +292,5 @@ def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: An
         header_ids=tuple(header_ids),
         reasoning=reasoning,
         tool_markers=tool,
+        decode=tokenizer.decode if tokenizer is not None else None,
     ).compile()
