@@ -102,7 +102,7 @@ def _pair(i: int):
                                                      min_size=1, max_size=4))
 def test_regular_path_equals_full_checks_on_generated_rows(pair, convs):
     fast, full = _pair(pair)
-    rows = [(k + 1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role")
+    rows = [(k + 1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role", ())
                      for i, m in enumerate(c)]) for k, c in enumerate(convs) if c]
     if not rows:
         return
@@ -114,7 +114,7 @@ def test_regular_path_equals_full_checks_on_generated_rows(pair, convs):
 def test_clean_generated_rows_are_regular(pair, convs):
     """Good data takes the regular path (else the gate would be slow exactly where it matters)."""
     fast, full = _pair(pair)
-    rows = [(k + 1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role")
+    rows = [(k + 1, [(m["role"], m["content"], f"/messages/{i}/content", f"/messages/{i}/role", ())
                      for i, m in enumerate(c)]) for k, c in enumerate(convs)]
     a = fast.process(rows, 1)
     assert [outcome(x) for x in a] == [outcome(x) for x in full.process(rows, 1)]

@@ -128,7 +128,7 @@ def load_tokenizer_option(spec: str):
 @click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset "
                                               "(needs a template and a tokenizer).")
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
-@check_options()
+@check_options(template_args=True)
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
               input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train, tools, documents,
               template_kwargs):

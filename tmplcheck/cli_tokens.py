@@ -154,7 +154,7 @@ def render_rich(table: dict, console) -> None:
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
-@check_options()
+@check_options(template_args=True)
 def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
              max_length, for_train, tools, documents, template_kwargs):
     """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
@@ -212,7 +212,7 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--property", "only", multiple=True, help="Only this property (repeatable).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@check_options()
+@check_options(template_args=True)
 def probe_cmd(template, tokenizer, examples, seed, only, fmt, config_path, select, ignore, add_special, max_length,
               for_train, tools, documents, template_kwargs):
     """Generate conversations with hypothesis and check the template/tokenizer pair's properties.

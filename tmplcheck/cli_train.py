@@ -108,7 +108,7 @@ class _Display:
 @click.option("--loss-on", type=click.Choice(["assistant", "all"]), default="assistant", show_default=True,
               help="assistant: loss on the verified assistant masks; all: on every token (the naive pipeline, "
                    "for reproducing failures; recorded in run.json).")
-@check_options(max_length=False, for_train=False)
+@check_options(max_length=False, for_train=False, template_args=True)
 def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, lora_r, lora_alpha, mode,
               load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, eval_split, revalidate,
               force, merge, input_format, loss_on, config_path, select, ignore, add_special, tools, documents,

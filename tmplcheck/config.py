@@ -282,7 +282,7 @@ def severity_overrides(for_train: bool) -> dict:
 
 
 def check_options(*, max_length: bool = True, for_train: bool = True, add_special_tokens: bool = True,
-                  template_args: bool = True):
+                  template_args: bool = False):
     """The check flags every command takes, the same names and meanings: --config, --select, --ignore,
     --max-length, --add-special-tokens (and --for-train where the command runs the gate)."""
     import click

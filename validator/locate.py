@@ -347,6 +347,36 @@ def _common(a: str, b: str) -> int:
     return lo
 
 
+def _aligned_start(prompt: str | None, text: str, spans: list[MessageSpan], i: int, s: MessageSpan) -> int | None:
+    """Where assistant turn ``i`` starts in a row that its inference prompt ``prompt`` is not a prefix of: after the
+    message located last before it, as far as the prompt's text after that message's text agrees with the row
+    (never inside a ``<...>`` control token, never after the turn's own content). None when that message cannot be
+    found in the prompt."""
+    if prompt is None:
+        return None
+    prev = None
+    for x in spans:
+        if x.index < i and x.content_start is not None and x.content_end is not None and \
+                x.content_end > x.content_start and (s.content_start is None or x.content_end <= s.content_start) \
+                and (prev is None or x.content_end > prev.content_end):
+            prev = x
+    if prev is None:
+        return None
+    piece = text[prev.content_start:prev.content_end]
+    k = prompt.rfind(piece)
+    if k < 0:
+        return None
+    tail = prompt[k + len(piece):]
+    n = _common(tail, text[prev.content_end:])
+    j = tail.rfind("<", 0, n)
+    if j >= 0 and ">" not in tail[j:n]:
+        n = j
+    start = prev.content_end + n
+    if s.content_start is not None and start > s.content_start:
+        return None
+    return start
+
+
 def assistant_regions(template, messages: Sequence[dict], render_kw: dict, text: str, eots: Sequence[str],
                       spans: list[MessageSpan]) -> None:
     """Set each assistant span to what that turn *generates*, located without searching for its content.
@@ -383,10 +413,19 @@ def assistant_regions(template, messages: Sequence[dict], render_kw: dict, text:
                     prompt, kw = alt, {**kw, key: value}
                     break
             else:
-                # best effort: the turn starts where the prompt and the row part, after the previous message
-                floor = max((x.content_end or x.content_start for x in spans
-                             if x.index < i and x.content_start is not None), default=0)
-                prompt = text[:max(_common(prompt or "", text), floor)]
+                # no argument helps (the template renders history otherwise than it prompts: K011): the turn
+                # starts after the message before it, as far as the prompt's text after that message agrees with
+                # the row (Mistral's tool list moving to the last user turn, GPT-OSS dropping earlier analysis)
+                at = _aligned_start(prompt, text, spans, i, s)
+                if at is None:
+                    if s.content_start is not None:
+                        continue   # the turn keeps its content's place
+                    common = _common(prompt or "", text)
+                    floor = max((x.content_end or x.content_start for x in spans if x.index < i and
+                                 x.content_start is not None and (x.content_end or x.content_start) <= common),
+                                default=0)
+                    at = max(common, floor)
+                prompt = text[:at]
         start = len(prompt)
         alone = _render_prefix(template, messages, i + 1, kw)
         if alone is not None and alone.startswith(prompt) and text.startswith(alone):

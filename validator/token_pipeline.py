@@ -525,9 +525,8 @@ class TokenPipeline:
                 continue
             _r, c, ptr, rptr, fields = row[1][sp.index]
             reasoning = next((v for k, v in fields if k in REASONING_KEYS and isinstance(v, str)), None)
-            if sp.prompt_setting is not None:
-                how = (f"; with {sp.prompt_setting} it is" if sp.prompt_setting else
-                       "; no value of enable_thinking/reasoning_effort makes it one")
+            if sp.prompt_setting:   # (no setting helping is the template's own prefix instability: K011)
+                how = f"; with {sp.prompt_setting} it is"
                 yield finding("M022", f"the inference prompt before assistant message {sp.index} is not a prefix of "
                                       f"the training row under the template arguments given{how}: the model is "
                                       "trained after another header than it is prompted with",

@@ -81,7 +81,8 @@ belongs to the prompt and is not trained.
 What: `render(messages[:i], add_generation_prompt=True)` — the prompt a server sends before assistant message i —
 is not the start of the training row, because a template argument changes the assistant header (Qwen3 with
 `enable_thinking=false` writes `<think>\n\n</think>\n\n` into the prompt, while a row with reasoning writes
-`<think>\nreasoning...`). The message names the setting under which the two agree, when one does.
+`<think>\nreasoning...`), and another value of a template argument makes them agree; the message names it.
+(When no value does, the template itself renders history otherwise than it prompts: that is K011.)
 Why it hurts: the model is trained to continue a header it never sees at inference.
 Fix: render the data with the setting you will serve with (`--template-kwargs` or the row's
 `chat_template_kwargs`), or drop the reasoning from rows served without it.
