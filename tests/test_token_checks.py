@@ -130,7 +130,10 @@ def test_missing_bos(llama3_no_bos):
     tmpl = str(BROKEN / "broken_llama3_no_bos.jinja")
     _res, got = km(FIX / "missing_bos.jsonl", tmpl, str(llama3_no_bos))
     assert got == {(1, "K003", ""), (2, "K003", "")}
-    _res, got = km(FIX / "missing_bos.jsonl", tmpl, "llama-3")  # the real tokenizer adds it
+    # the real tokenizer adds it to text, but apply_chat_template (and training) encode without it: K020
+    _res, got = km(FIX / "missing_bos.jsonl", tmpl, "llama-3")
+    assert got == {(1, "K020", ""), (2, "K020", "")}
+    _res, got = km(FIX / "missing_bos.jsonl", tmpl, "llama-3", add_special_tokens=True)   # tokenizer(text)
     assert got == set()
 
 

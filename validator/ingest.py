@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from tmplcheck.validator.bounds import check_decoded, check_raw
 from tmplcheck.validator.findings import Finding, finding
 
 DEFAULT_MAX_LINE_BYTES = 10 * 1024 * 1024
@@ -583,9 +584,15 @@ def parse_record(line: int, data: bytes | None, found: list[Finding], *, path: s
         return Row(line, None, found)
     if not is_array and not data.strip():
         return Row(line, None, found + [finding("D005", "blank line", path=path, line=line)])
+    over = check_raw(data, path=path, line=line)   # depth and numbers no JSON decoder survives (D060, D062)
+    if over:
+        return Row(line, None, found + over)
     obj, more = _decode(_Record(line, data, found), path)
     if obj is None and more and more[-1].code == "D001":
         return Row(line, None, more)
+    over = check_decoded(obj, data, path=path, line=line)   # keys, messages, string sizes, NaN (D061, D062)
+    if over:
+        return Row(line, None, more + over)
     conv, rest = parse_row(obj, path=path, line=line, forced=input_format)
     if conv is not None and any(f.code == "D002" for f in more):
         conv.replaced_bytes = True

@@ -9,6 +9,7 @@ K checks in ``checks/tokens.py``.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
@@ -163,7 +164,7 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
     # documented differences (GENERATION_MASK_DECISIONS) from real ones
     ends = sorted(offsets[e][1] for e in eot_set)
     starts = sorted(t.start for t in turns if t.found)
-    prompt = _prompt_marked(gen, offsets, turns, idx)
+    prompt = _prompt_marked(gen, offsets, turns, idx, text)
     kinds: dict[str, list[int]] = {}
     explained: dict[str, list[int]] = {}
     for i, (m, g) in enumerate(zip(mask, gen)):
@@ -216,14 +217,21 @@ GENERATION_MASK_DECISIONS = {
         "Phi-3's <|endoftext|> after the final <|end|>: inference stops at <|end|>; training the model to write "
         "<|endoftext|> after it teaches a second stop the server never reads"),
     "text the generation prompt already holds": (
-        "Qwen2.5's \\n after <|im_start|>assistant, GPT-OSS's <|start|>assistant, Qwen3.5's <think>\\n: the "
-        "server sends it as part of the prompt (add_generation_prompt), so the model never generates it"),
+        "Qwen2.5's \\n after <|im_start|>assistant, Qwen3.5's <think>\\n: the server sends it as part of the prompt "
+        "(add_generation_prompt), so the model never generates it. Markers that also take in the turn-opening header "
+        "(<|im_start|>assistant, GPT-OSS's <|start|>assistant) are M006: they teach the model to open its own turn"),
 }
 
 
-def _prompt_marked(gen: list[bool], offsets, turns: Sequence[Turn], idx: TokenIndex) -> set[int]:
+#: a turn-opening control token (``<|im_start|>``, ``<|start|>``, ``<|start_header_id|>``, ``<start_of_turn>``...):
+#: a marked run of prompt text holding one marks the turn's header, which is M006, not a documented decision
+_HEADER_TOKEN = re.compile(r"<\|[^|<>]*\|>|<start_of_turn>|<\|?turn>?|\[INST\]")
+
+
+def _prompt_marked(gen: list[bool], offsets, turns: Sequence[Turn], idx: TokenIndex, text: str = "") -> set[int]:
     """Marked tokens that the generation prompt holds: the run of marked tokens right before an assistant turn's
-    generated part, after the previous message's text (the render up to that part *is* the inference prompt)."""
+    generated part, after the previous message's text (the render up to that part *is* the inference prompt) —
+    unless the run holds a turn-opening control token (then the markers train the role header: M006)."""
     out: set[int] = set()
     found = sorted((t for t in turns if t.found), key=lambda t: t.start)
     for k, t in enumerate(found):
@@ -233,9 +241,12 @@ def _prompt_marked(gen: list[bool], offsets, turns: Sequence[Turn], idx: TokenIn
         j = bisect_left(idx.starts, t.start)
         j = idx.real[j] if j < len(idx.real) else len(gen)
         j -= 1
+        run = []
         while j >= 0 and gen[j] and offsets[j][0] >= floor and offsets[j][1] <= t.start:
-            out.add(j)
+            run.append(j)
             j -= 1
+        if run and not _HEADER_TOKEN.search(text[offsets[run[-1]][0]:offsets[run[0]][1]]):
+            out.update(run)
     return out
 
 

@@ -95,12 +95,13 @@ What: the template carries `{% generation %}` markers (TRL's `*_training.jinja` 
 `assistant_only_loss=True`) that mark more than what the assistant generates, in one of three documented ways:
 - template text after the end-of-turn token (ChatML's `\n` after `<|im_end|>`, Phi-3's `\n` after `<|end|>`);
 - an end-of-sequence token after the last end-of-turn token (Phi-3's `<|endoftext|>`);
-- text the generation prompt already holds (Qwen2.5's `\n` after `<|im_start|>assistant`, GPT-OSS's
-  `<|start|>assistant`, Qwen3.5's `<think>\n`).
+- text the generation prompt already holds (Qwen2.5's `\n` after `<|im_start|>assistant`, Qwen3.5's `<think>\n`),
+  short of the turn-opening header itself (markers around `<|im_start|>assistant` or GPT-OSS's `<|start|>assistant`
+  teach the model to open its own turn: that is M006).
 tmplcheck trains none of these: generation stops at the end-of-turn token, and the server sends the generation
 prompt, so the model never writes any of them. The message counts each kind. Anything else the two masks
 disagree on is M006 (an error).
-Why it matters: little in practice (the model learns to predict a newline or header it is never asked for), but
+Why it hurts: little in practice (the model learns to predict a newline or an opener it is never asked for), but
 the two pipelines train different tokens, and a report of which tokens is better than a silent difference.
 Fix: nothing needed when you train with tmplcheck's labels; to make TRL's `assistant_only_loss` agree, end the
 `{% generation %}` block right after the end-of-turn token and start it after the generation prompt.
