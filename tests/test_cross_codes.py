@@ -63,7 +63,8 @@ def test_fixture_triggers_exactly_its_code(name):
 
 
 def test_every_x_code_has_its_fixture():
-    xs = {c: r for c, r in RULES.items() if c.startswith("X")}
+    # X021/X022 (llama-server --jinja) come from the gate's template stage: tests/test_manifest.py and test_jinja_cross
+    xs = {c: r for c, r in RULES.items() if c.startswith("X") and c not in ("X021", "X022")}
     assert len(xs) == 12
     covered = {code for exp in EXPECTED.values() for _, code, _ in exp}
     assert covered == set(xs)
@@ -118,3 +119,26 @@ def test_gate_says_unknown_template_once_with_the_count(tmp_path):
     assert (x10.line, x10.data["rows"], x10.data["lines"]) == (1, 3, [1, 2, 3])   # folded: once, every row counted
     assert "3 rows, X010 shown on the first" in res.summary["template"]["headline"]
     assert res.summary["template"]["llamacpp"]["unknown"] == 3
+
+
+def test_jinja_cross_through_the_gate():
+    """llama-server --jinja: a variable it sets otherwise (X021, with the variable named), an engine difference
+    (X022); nothing for a template both engines render alike; once per conversation shape."""
+    import pytest
+
+    from tmplcheck.validator import llamacpp_jinja as J
+    from tmplcheck.validator.gate import GateOptions, run_gate
+    from tmplcheck.validator.stages import StageConfig, build_stages
+
+    if J.built() is None:
+        pytest.skip("llama.cpp's Jinja engine is not built (scripts/setup builds it)")
+
+    def xs(data, template):
+        res = run_gate(data, GateOptions(stages=build_stages(StageConfig(template=template)), fold_per_file=False))
+        return [f for f in res.findings if f.code in ("X021", "X022")]
+
+    got = xs(FIX / "jinja_variables.jsonl", str(FIX / "jinja_thinking.jinja"))
+    assert [f.code for f in got] == ["X021"] and got[0].data["causes"] == ["enable_thinking"]
+    got = xs(FIX / "jinja_engine.jsonl", str(FIX / "jinja_wordcount.jinja"))
+    assert [f.code for f in got] == ["X022"] and got[0].data["engine"]
+    assert xs(ROOT / "fixtures" / "dataset" / "clean.jsonl", "llama-3") == []

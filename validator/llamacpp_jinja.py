@@ -185,6 +185,16 @@ def _key(src: Path) -> str:
     return h.hexdigest()
 
 
+def built() -> Path | None:
+    """The engine's shared library when set-up has built it (nothing is compiled here); None otherwise."""
+    try:
+        src = sources_dir()
+        lib = _root() / _key(src)[:16] / "libtmplcheck_jinja.so"
+    except Exception:  # noqa: BLE001 - no sources unpacked
+        return None
+    return lib if lib.is_file() else None
+
+
 def build(*, force: bool = False, quiet: bool = True, tarball: str | os.PathLike | None = None) -> Path:
     """Compile the engine into the cache once; returns the shared library's path."""
     src = ensure_sources(tarball)

@@ -42,6 +42,49 @@ def _cross_checker():
     return ShapeCrossCheck()
 
 
+class JinjaCross:
+    """llama-server ``--jinja``: the template rendered by llama.cpp's own Jinja engine (``validator/llamacpp_jinja.py``)
+    with the variables llama-server sets, against transformers' render — once per conversation shape (roles,
+    message fields, template arguments), on the first row of that shape. X021 when the difference is a variable
+    llama-server sets otherwise (explained by switching it), X022 when the engines themselves differ. Off (``why``
+    says so) when set-up did not build the engine."""
+
+    def __init__(self, template: Template):
+        from tmplcheck.validator import llamacpp_jinja as J
+
+        self.template = template
+        self.why = "" if J.built() is not None else "llama.cpp's Jinja engine is not built (scripts/setup builds it)"
+        self._shapes: set = set()
+
+    def __call__(self, conv: Conversation, msgs: list[dict], kw: dict) -> list[Finding]:
+        if self.why:
+            return []
+        shape = (tuple(m.role for m in conv.messages), tuple(tuple(k for k, _ in m.fields) for m in conv.messages),
+                 tuple(sorted(kw)))
+        if shape in self._shapes:
+            return []
+        self._shapes.add(shape)
+        from tmplcheck.validator import llamacpp_jinja as J
+        from tmplcheck.validator.findings import finding
+
+        try:
+            c = J.compare_with_hf(self.template, msgs, tools=kw.get("tools"))
+        except J.EngineUnavailable as e:
+            self.why = str(e).splitlines()[0]
+            return []
+        if c.same:
+            return []
+        where = {"path": conv.path, "line": conv.line, "data": {"causes": list(c.causes), "engine": c.engine}}
+        if c.engine:
+            what = (f"llama.cpp refuses it ({c.llamacpp_error})" if c.llamacpp is None else
+                    f"transformers refuses it ({c.hf_error})" if c.hf is None else "the two texts differ")
+            return [finding("X022", f"llama.cpp's Jinja engine (llama-server --jinja) renders this conversation "
+                                    f"otherwise than Python's jinja2 with the same variables: {what}", **where)]
+        causes = "; ".join(J.CAUSES[k] for k in c.causes)
+        return [finding("X021", f"llama-server --jinja renders this conversation otherwise than transformers, "
+                                f"because {causes}", **where)]
+
+
 @dataclass
 class TemplateRowOut:
     """One row's template-stage result, computed where the row is processed (the gate's process or a worker).
@@ -72,6 +115,7 @@ class TemplateRowChecker:
         self.cross = cross
         self.render_defaults = dict(render_defaults or {})   # --tools, --documents, --template-kwargs
         self.traits = template_traits(template.source)
+        self.jinja = JinjaCross(template) if cross is not None else None
         # a content-opaque template's rows are its shape renders with the contents put in (same text, same
         # undefined names; ``tests/test_opaque.py``); any other row, or any other template, is rendered
         self.filler = FillRenderer(template) if fill else None
@@ -129,6 +173,8 @@ class TemplateRowChecker:
                        if f.code == "D042")
         xs = list(self.cross(conv, self.template, r.text, filled=filled, render_kw=kw or None)) \
             if self.cross is not None else None
+        if xs is not None and self.jinja is not None:
+            xs.extend(self.jinja(conv, msgs, kw))
         return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at)
 
 
@@ -324,6 +370,8 @@ class TemplateStage:
             "rows_failed": self.failed,
             "rows_skipped": self.skipped,
             "rows_filled": self.filled,
+            "llamacpp_jinja": ({"ran": not self.checker.jinja.why, "reason": self.checker.jinja.why}
+                               if self.checker.jinja is not None else None),
             "content_opaque": self._opacity(),
             "end_of_turn": list(m.end_of_turn or (self._structure.end_of_turn if self._structure else ())),
             "notes": list(m.notes),

@@ -138,4 +138,29 @@ tool list and the `<|python_tag|>` call; llama.cpp's llama3 format holds none of
 Fix: serve with llama-server `--jinja` (llama.cpp's own Jinja engine renders the model's template with tools), and
 check the served prompt once with `tmplcheck render --renderer llamacpp` versus `--renderer hf`.
 """, "cross/tools_not_rendered.jsonl", per_file=True),
+    Rule("X021", "jinja-server-variables-differ", W,
+         "llama-server --jinja renders the template otherwise than transformers because it sets a variable otherwise.",
+         """
+What: llama-server with `--jinja` renders the model's own template with llama.cpp's Jinja engine, and passes other
+variables than `apply_chat_template`: `enable_thinking=true` always, `add_generation_prompt` undefined (not false)
+when there is no generation prompt, `tools` undefined (not None) without tools. The gate renders the first row of
+each conversation shape both ways and, when they differ, switches llama-server's variables to transformers' values
+one at a time; the message names the one(s) that make the renders agree. Reported once per file.
+Why it hurts: the served prompt is not the one the model was trained on (a `<think>` block one side only, a
+trailing header, a tool section), although both ran "the same template".
+Example: a template that writes its thinking switch whenever `enable_thinking is defined`.
+Fix: train with the value llama-server uses (`--template-kwargs '{"enable_thinking": true}'`), or serve with
+`--chat-template-kwargs` matching training.
+""", "cross/jinja_variables.jsonl", per_file=True),
+    Rule("X022", "jinja-engine-differs", E,
+         "llama.cpp's Jinja engine renders the template otherwise than Python's jinja2 with the same variables.",
+         """
+What: with every variable set as transformers sets it, llama.cpp's own Jinja engine (`common/jinja`, what
+`llama-server --jinja` runs) and Python's jinja2 still render the conversation differently, or one of them refuses
+it: the engines disagree on the template's constructs (an undefined value concatenated to a string, a filter or
+method llama.cpp implements otherwise). Reported once per file, for the first row of each conversation shape.
+Why it hurts: the served prompt differs from the training text in ways no setting fixes.
+Example: `{{ 'x' + undefined_name }}` — jinja2 raises, llama.cpp renders `x`.
+Fix: rewrite the construct so both engines agree (define the variable, avoid the filter), then re-check.
+""", "cross/jinja_engine.jsonl", per_file=True),
 ]
