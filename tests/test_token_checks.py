@@ -80,10 +80,14 @@ CASES = [
     ("content_changed.jsonl", str(BROKEN / "broken_drop_system.jinja"), "qwen2", None, "K012",
      {(1, "K012", "/conversations/0/value")}),
     ("no_trained_tokens.jsonl", "llama-3", "llama-3", None, "M004", {(2, "M004", "")}),
+    # M006 says the markers disagree; each kind comes under the code the labels would get (M001 header marked, M003
+    # end-of-turn unmarked), at the role of the turn whose header it is
     ("generation_header_trained.jsonl", str(BROKEN / "broken_generation_header.jinja"), "qwen2", None, "M006",
-     {(1, "M006", "/conversations/2/value"), (2, "M006", "/conversations/1/value")}),
+     {(1, "M006", "/conversations/2/value"), (2, "M006", "/conversations/1/value"),
+      (1, "M001", "/conversations/2/from"), (2, "M001", "/conversations/1/from")}),
     ("generation_eot_masked.jsonl", str(BROKEN / "broken_generation_eot.jinja"), "qwen2", None, "M006",
-     {(1, "M006", "/conversations/2/value"), (2, "M006", "/conversations/1/value")}),
+     {(1, "M006", "/conversations/2/value"), (2, "M006", "/conversations/1/value"),
+      (1, "M003", "/conversations/2/from"), (2, "M003", "/conversations/1/from")}),
 ]
 
 

@@ -32,6 +32,7 @@ class Limits:
 
 DEFAULT = Limits()
 
+_DIGITS = b"0123456789"
 _LONG_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _BIG_EXPONENT = re.compile(rb"[0-9][eE][+-]?[0-9]{3,}")
 
@@ -94,7 +95,8 @@ def check_raw(data: bytes, *, path: str, line: int, limits: Limits = DEFAULT) ->
             return [finding("D060", f"the row nests arrays/objects {depth} deep, over the limit of {limits.depth}; "
                                     "not loaded", path=path, line=line, column=at + 1,
                             data={"depth": depth, "limit": limits.depth})]
-    if len(data) > limits.digits and _longest_digit_run(data) > limits.digits:
+    if len(data) > limits.digits and len(data) - len(data.translate(None, _DIGITS)) > limits.digits \
+            and _longest_digit_run(data) > limits.digits:
         bare = _bare(data) if bare is None else bare
         for m in _LONG_NUMBER.finditer(bare.tobytes()):
             if len(m.group()) > limits.digits:
@@ -108,13 +110,19 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def check_decoded(obj: Any, data: bytes, *, path: str, line: int, limits: Limits = DEFAULT) -> list[Finding]:
+def check_decoded(obj: Any, data: bytes, *, path: str, line: int, limits: Limits = DEFAULT,
+                  odd_numbers: bool | None = None) -> list[Finding]:
     """Bounds on the decoded row: keys per object and items per array (D061), messages per conversation and
     characters per string (D061), and NaN/Infinity, which standard JSON does not have (D062). Each finding carries
-    the JSON pointer of the offending value. Returns [] for a row within every bound (the usual case: a row of
-    fewer bytes than the smallest count bound is cleared without a walk)."""
-    small = len(data) < min(3 * limits.keys, 2 * limits.items, 2 * limits.messages, limits.content_chars)
-    odd_numbers = (b"NaN" in data or b"Infinity" in data or _BIG_EXPONENT.search(data) is not None)
+    the JSON pointer of the offending value. Returns [] for a row within every bound (the usual case: a row with
+    fewer separators and bytes than the smallest count bound is cleared without a walk)."""
+    # a bound can only be passed by a row with that many separators or bytes: count them in C first (an object of
+    # more than `keys` keys has as many ':' outside strings, an array of n items n-1 ',', a string of n characters
+    # n bytes), so that an ordinary row of any size is cleared without a walk
+    small = (len(data) <= limits.content_chars and data.count(b":") <= limits.keys
+             and data.count(b",") < min(limits.items, limits.messages))
+    if odd_numbers is None:   # (the gate's decoder says it while decoding: ``ingest._SEEN.odd``)
+        odd_numbers = (b"NaN" in data or b"Infinity" in data or _BIG_EXPONENT.search(data) is not None)
     if small and not odd_numbers:
         return []
     out: list[Finding] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tmplcheck import __version__
-from tmplcheck.validator.checks.dataset import check_conversation, has_reasoning
+from tmplcheck.validator.checks.dataset import check_conversation
 from tmplcheck.validator.codes import matches
 from tmplcheck.validator.findings import Finding, Severity, finding
 from tmplcheck.validator.store import FindingStore
@@ -75,7 +75,7 @@ class RowInfo:
     @classmethod
     def of(cls, conv: Conversation) -> "RowInfo":
         return cls(conv.line, conv.format, conv.key, conv.usable, tuple(m.role for m in conv.messages), conv.digest,
-                   has_reasoning(conv))
+                   conv.has_reasoning())
 
 
 class _DatasetWork:

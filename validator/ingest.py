@@ -100,6 +100,14 @@ class Conversation:
     documents: Any = None
     template_kwargs: dict[str, Any] | None = None   # the row's ``chat_template_kwargs``
     pointers: dict[str, str] | None = None          # JSON pointer of each row field above (tools, documents...)
+    reasoning: bool | None = None   # an assistant turn carries reasoning (None: not decided yet, see has_reasoning)
+
+    def has_reasoning(self) -> bool:
+        """An assistant turn of the row carries reasoning: a reasoning field, or a ``</think>`` in its content."""
+        if self.reasoning is None:
+            self.reasoning = any(m.role == "assistant" and ((m.fields and (m.reasoning or "").strip())
+                                                            or "</think>" in m.content) for m in self.messages)
+        return self.reasoning
 
     def dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]
@@ -166,11 +174,28 @@ def _escape(key: str) -> str:
     return str(key).replace("~", "~0").replace("/", "~1")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook)
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs_hook, parse_constant=lambda name: float(name.replace(
+    "Infinity", "inf")))
 
 
 class _SeenDuplicate(threading.local):
     hit = False
+    odd = False   # a NaN/Infinity constant or a float that overflows to infinity (D062), seen while decoding
+
+
+def _odd_constant(name: str) -> float:
+    _SEEN.odd = True
+    return float(name.replace("Infinity", "inf"))
+
+
+def _checked_float(text: str) -> float:
+    v = float(text)
+    if v in (_INF, -_INF):
+        _SEEN.odd = True
+    return v
+
+
+_INF = float("inf")
 
 
 _SEEN = _SeenDuplicate()
@@ -185,7 +210,8 @@ def _flag_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return d
 
 
-_FLAGGING = json.JSONDecoder(object_pairs_hook=_flag_duplicates)
+_FLAGGING = json.JSONDecoder(object_pairs_hook=_flag_duplicates, parse_constant=_odd_constant,
+                             parse_float=_checked_float)
 
 
 def _plain(obj: Any) -> Any:
@@ -346,7 +372,7 @@ def _decode(rec: _Record, path: str) -> tuple[Any, list[Finding]]:
                            path=path, line=rec.line, column=e.start + 1))
         text = rec.data.decode("utf-8", errors="replace")
         # keep checking the row with replacement characters: the other defects are still worth reporting
-    _SEEN.hit = False
+    _SEEN.hit = _SEEN.odd = False
     try:
         obj = _FLAGGING.decode(text)
     except json.JSONDecodeError as e:
@@ -590,10 +616,13 @@ def parse_record(line: int, data: bytes | None, found: list[Finding], *, path: s
     obj, more = _decode(_Record(line, data, found), path)
     if obj is None and more and more[-1].code == "D001":
         return Row(line, None, more)
-    over = check_decoded(obj, data, path=path, line=line)   # keys, messages, string sizes, NaN (D061, D062)
+    # keys, messages, string sizes (D061), NaN/Infinity and overflowing numbers the decoder saw (D062)
+    over = check_decoded(obj, data, path=path, line=line, odd_numbers=_SEEN.odd)
     if over:
         return Row(line, None, more + over)
     conv, rest = parse_row(obj, path=path, line=line, forced=input_format)
+    if conv is not None and not (b"</think>" in data or b"reasoning" in data or b"thinking" in data):
+        conv.reasoning = False   # one scan of the row's bytes instead of one per content
     if conv is not None and any(f.code == "D002" for f in more):
         conv.replaced_bytes = True
     return Row(line, conv, more + rest)

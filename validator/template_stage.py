@@ -72,6 +72,11 @@ class JinjaCross:
         except J.EngineUnavailable as e:
             self.why = str(e).splitlines()[0]
             return []
+        except (UnicodeError, ValueError, TypeError):
+            # a row llama.cpp's engine cannot be handed (a lone surrogate, D027, is not UTF-8): the shape is compared
+            # on its next row
+            self._shapes.discard(shape)
+            return []
         if c.same:
             return []
         where = {"path": conv.path, "line": conv.line, "data": {"causes": list(c.causes), "engine": c.engine}}

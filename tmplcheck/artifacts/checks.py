@@ -24,6 +24,7 @@ from typing import Any
 
 from tmplcheck.artifacts.patterns import HARMONY_SKIPPED, WORD_PREFIXES, ArtifactPatterns, Header, taglike
 from tmplcheck.validator.findings import Finding, finding
+from tmplcheck.validator.textshow import escape_controls
 
 SNIPPET = 24
 _CTRL = re.compile(r"[\x00-\x1f]")
@@ -81,7 +82,7 @@ def _content_text(c: Any) -> str:
 def _snip(text: str, start: int, end: int) -> str:
     a, b = max(0, start - SNIPPET), min(len(text), end + SNIPPET)
     s = ("…" if a else "") + text[a:b] + ("…" if b < len(text) else "")
-    return s.encode("unicode_escape").decode("ascii") if _CTRL.search(s) else s
+    return escape_controls(s)
 
 
 def _at(gen: Generation, code: str, msg: str, start: int, end: int, count: int = 1, *, view: str = "output",

@@ -94,14 +94,6 @@ def check_order(conv: Conversation) -> Iterator[Finding]:
 CONVERSATION_CHECKS = (check_content, check_order)
 
 
-def has_reasoning(conv: Conversation) -> bool:
-    """An assistant turn of the row carries reasoning: a reasoning field, or a ``<think>`` block in its content."""
-    for m in conv.messages:
-        if m.role == "assistant" and ((m.fields and (m.reasoning or "").strip()) or "</think>" in m.content):
-            return True
-    return False
-
-
 def check_conversation(conv: Conversation, *, tools: Any = None) -> Iterator[Finding]:
     """The row's D checks; ``tools``: the tools rows without their own are rendered with (``--tools``)."""
     for check in CONVERSATION_CHECKS:

@@ -201,10 +201,31 @@ def check_generation_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple
     s, e = offsets[first]
     t, _ = _locate(turns, s)
     desc = "; ".join(f"{k} ({len(v)} tokens)" for k, v in kinds.items())
+    # M006 says the markers disagree (once per file); each kind is the row's own finding under the code the labels
+    # would get for it: template or non-assistant text trained (M001), assistant output untrained (M002), an
+    # end-of-turn untrained (M003)
     yield finding("M006", f"the template's {{% generation %}} mask {desc}; first at token {first} "
                           f"{ctx.name(ids[first])} chars {s}-{e}: {text[s:e]!r}",
                   data={"kinds": {k: v[:50] for k, v in kinds.items()}},
                   **_where(ctx.path, line, t.pointer if t else ""))
+    for kind, code in _KIND_CODES.items():
+        toks = kinds.get(kind)
+        if not toks:
+            continue
+        a, b = offsets[toks[0]]
+        turn, part = _locate(turns, a)
+        where = (turn.pointer if part == "content" else turn.role_pointer) if turn else ""
+        yield finding(code, f"{len(toks)} token(s) {_KIND_WORDS[kind]} by the template's {{% generation %}} "
+                            f"markers, first {ctx.name(ids[toks[0]])} at chars {a}-{b}: {text[a:b]!r}",
+                      data={"token_indices": toks[:50], "source": "generation markers"},
+                      **_where(ctx.path, line, where))
+
+
+_KIND_CODES = {"marks template or non-assistant text": "M001", "leaves assistant content unmarked": "M002",
+               "end-of-turn not marked": "M003"}
+_KIND_WORDS = {"marks template or non-assistant text": "of template or non-assistant text are trained",
+               "leaves assistant content unmarked": "of assistant output are not trained",
+               "end-of-turn not marked": "of an end-of-turn are not trained"}
 
 
 #: How tmplcheck's mask differs, on purpose, from a ``{% generation %}`` mask that marks more (TRL's training

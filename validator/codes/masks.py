@@ -49,10 +49,12 @@ Fix: put whitespace or a special token between header and content in the templat
          """
 What: the template has `{% generation %}` markers (used by trl's `assistant_only_loss` and transformers'
 `return_assistant_tokens_mask`), and the characters they mark differ from the assistant content plus end-of-turn
-found from the render structure. The message gives the first differing position.
+found from the render structure. The message gives the first differing position. Reported once per file; each row's
+differences are also given under the code the labels would get (M001 template text marked, M002 assistant output
+unmarked, M003 an end-of-turn unmarked), with the source "generation markers".
 Why it hurts: trainers that trust the markers train other tokens than tmplcheck's verified mask.
 Fix: fix the markers (or train with tmplcheck's labels, which come from the structure).
-""", "tokens/generation_header_trained.jsonl"),
+""", "tokens/generation_header_trained.jsonl", per_file=True),
     Rule("M020", "history-rewritten", W, "An assistant turn renders otherwise once later turns follow.",
          """
 What: the template rewrites earlier assistant turns when the conversation goes on — most often it drops their
