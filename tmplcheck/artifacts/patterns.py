@@ -193,6 +193,19 @@ class ArtifactPatterns:
         return o_marks[k] + (i - s_marks[k])
 
 
+def _with_system(headers: dict[str, str]) -> dict[str, str]:
+    """A template's role headers plus the system header its user and assistant headers imply, when both are the
+    same text around the role name (Llama 3's ``<|start_header_id|>{role}<|end_header_id|>\\n\\n``): a template whose
+    structure was inferred from user/assistant probes still knows the header a model leaks most (``system``)."""
+    u, a = headers.get("user"), headers.get("assistant")
+    if "system" in headers or not u or not a or "user" not in u or "assistant" not in a:
+        return headers
+    pre, post = u.split("user", 1)
+    if a != pre + "assistant" + post:
+        return headers
+    return {**headers, "system": pre + "system" + post}
+
+
 def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: Any = None) -> ArtifactPatterns:
     """Artifact patterns for the template ``meta`` (a ``TemplateMeta``).
 
@@ -220,7 +233,7 @@ def patterns_for(meta: Any, *, known: Iterable[Any] | None = None, tokenizer: An
 
     def headers_of(m: Any) -> list[Header]:
         out = []
-        for role, h in (m.role_headers or {}).items():
+        for role, h in _with_system(m.role_headers or {}).items():
             if not h or not h.strip():
                 continue
             body = h.strip()
