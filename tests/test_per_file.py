@@ -5,7 +5,6 @@ select/ignore and the exit status treat it as before, and ``rows_with_errors`` s
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ from tmplcheck.validator.codes import RULES
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
 
-
-@pytest.fixture(scope="module")
-def base_tok(tmp_path_factory) -> str:
-    """A Llama 3 base model's tokenizer: <|eot_id|> is not in its stop set, so every row gets K005."""
-    from tmplcheck.validator.tokenizer import load_tokenizer
-
-    src = load_tokenizer("llama-3").hf_dir
-    d = tmp_path_factory.mktemp("llama3-base")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, d / name)
-    shutil.copy(FIX / "tokens" / "llama3-base" / "generation_config.json", d / "generation_config.json")
-    return str(d)
 
 
 @pytest.fixture(scope="module")

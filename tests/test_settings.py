@@ -25,18 +25,6 @@ def invoke(*args):
     return r
 
 
-@pytest.fixture(scope="module")
-def base_tok(tmp_path_factory) -> str:
-    """A Llama 3 *base* model's tokenizer (stops on <|end_of_text|> only): K005 on every row."""
-    from tmplcheck.validator.tokenizer import load_tokenizer
-
-    src = load_tokenizer("llama-3").hf_dir
-    d = tmp_path_factory.mktemp("llama3-base")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, d / name)
-    shutil.copy(FIX / "tokens" / "llama3-base" / "generation_config.json", d / "generation_config.json")
-    return str(d)
-
 
 def approve_for_train(data: Path, **settings_flags):
     """What `tmplcheck train DATA` does before loading anything: verify the stamp with the settings it reads."""
