@@ -57,6 +57,18 @@ def have_sdist() -> bool:
     return (sdist_dir() / ".complete").is_file()
 
 
+def download_sdist(into: str | os.PathLike) -> Path:
+    """``pip download --no-binary`` the pinned llama-cpp-python sdist into the folder ``into``; its tarball's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(into), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = list(Path(into).glob("llama_cpp_python-*.tar.gz"))
+    if proc.returncode != 0 or not found:
+        raise AssetError(f"could not download the {SDIST_NAME} {SDIST_VERSION} sdist from the package index:\n"
+                         f"{proc.stderr.strip()[-2000:]}")
+    return found[0]
+
+
 def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
     """Fetch (``pip download --no-binary``) and unpack the sdist's models folder into the cache, once."""
     dest = sdist_dir()
@@ -64,14 +76,7 @@ def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
         return dest
     with tempfile.TemporaryDirectory(prefix="tmplcheck-sdist-") as tmp:
         if tarball is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"{SDIST_NAME}=={SDIST_VERSION}", "-d", tmp, "-q"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            if proc.returncode != 0 or not found:
-                raise AssetError(f"could not download the {SDIST_NAME} {SDIST_VERSION} sdist from the package index:\n"
-                                 f"{proc.stderr.strip()[-2000:]}")
-            tarball = found[0]
+            tarball = download_sdist(tmp)
         staging = dest.parent / f".staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

@@ -139,26 +139,18 @@ def sources_dir() -> Path:
 def ensure_sources(tarball: str | os.PathLike | None = None) -> Path:
     """The engine's sources from the pinned sdist, unpacked once into the cache (from ``tarball``, else downloading
     the sdist with pip when they are not there yet)."""
-    from tmplcheck.assets import SDIST_NAME, SDIST_VERSION, AssetError
+    from tmplcheck.assets import SDIST_NAME, SDIST_VERSION, AssetError, download_sdist
 
     dest = sources_dir()
     if (dest / ".complete").is_file():
         return dest
     with tempfile.TemporaryDirectory(prefix="tmplcheck-jinja-src-") as tmp:
-        found = [Path(tarball)] if tarball else []
-        if not found:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   f"{SDIST_NAME}=={SDIST_VERSION}", "-d", tmp, "-q"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            found = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-            if proc.returncode != 0 or not found:
-                raise AssetError(f"could not download the {SDIST_NAME} {SDIST_VERSION} sdist: "
-                                 f"{proc.stderr.strip()[-1500:]}")
+        sdist = Path(tarball) if tarball else download_sdist(tmp)
         staging = dest.parent / f".jinja-src-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         want = set(SOURCES)
-        with tarfile.open(found[0]) as tf:
+        with tarfile.open(sdist) as tf:
             for m in tf:
                 rel = m.name.split("/", 1)[1] if "/" in m.name else ""
                 if not rel.startswith(_LLAMA) or rel[len(_LLAMA):] not in want or not m.isfile():

@@ -172,10 +172,9 @@ class TemplateRowChecker:
             if not out:
                 self._clean_shapes.add(roles)
         if not plain:
-            from tmplcheck.validator.checks.tools import check_tool_calls
+            from tmplcheck.validator.checks.tools import check_double_encoding
 
-            out.extend(f for f in check_tool_calls(conv, self.traits, self.render_defaults.get("tools"))
-                       if f.code == "D042")
+            out.extend(check_double_encoding(conv, self.traits))
         xs = list(self.cross(conv, self.template, r.text, filled=filled, render_kw=kw or None)) \
             if self.cross is not None else None
         if xs is not None and self.jinja is not None:

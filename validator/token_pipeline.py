@@ -435,7 +435,7 @@ class TokenPipeline:
         turns, trimmed = [], []
         for sp in enc.spans:
             i = sp.index
-            _r, c, ptr, rptr, _f = row[1][i]
+            _r, c, ptr, rptr, fields = row[1][i]
             if sp.content_start is None:
                 turns.append(Turn(i, sp.role, -1, -1, ptr, rptr))
                 continue
@@ -443,7 +443,7 @@ class TokenPipeline:
             if sp.method != "generated" and sp.content_end - sp.content_start != len(c):
                 if enc.text[sp.content_start:sp.content_end] == c.strip():
                     trimmed.append(i)   # (else the template wrote it as a JSON string, e.g. a tool result)
-            elif sp.method == "generated" and not _f and c != c.strip():
+            elif sp.method == "generated" and not fields and c != c.strip():
                 region = enc.text[sp.content_start:sp.content_end]
                 if c not in region and c.strip() in region:
                     trimmed.append(i)

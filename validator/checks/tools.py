@@ -144,8 +144,7 @@ def _call_parts(call: dict) -> tuple[dict, str]:
     return call, ""
 
 
-def check_tool_calls(conv: Conversation, traits: TemplateTraits = TemplateTraits(),
-                     tools: Any = None) -> Iterator[Finding]:
+def check_tool_calls(conv: Conversation, tools: Any = None) -> Iterator[Finding]:
     """D040-D045: the shape of each assistant tool call and that every tool result answers one.
 
     ``tools``: the tools the row is rendered with when the row has none of its own (``--tools``)."""
@@ -211,19 +210,40 @@ def check_tool_calls(conv: Conversation, traits: TemplateTraits = TemplateTraits
                 if not isinstance(parsed, dict):
                     yield finding("D043", f"tool call {k} of message {i}: arguments are a JSON "
                                           f"{type(parsed).__name__}, expected an object", pointer=ap, **where)
-                elif traits.double_encodes:
-                    yield finding("D042", f"tool call {k} of message {i}: arguments are a JSON string, and the "
-                                          "template writes them with tojson: the model is trained on a quoted, "
-                                          "escaped string instead of the JSON object it must generate",
-                                  pointer=ap, **where)
             elif not isinstance(args, dict):
                 yield finding("D043", f"tool call {k} of message {i}: arguments are "
                                       f"{type(args).__name__}, expected an object", pointer=ap, **where)
 
 
-def check_tools(conv: Conversation, traits: TemplateTraits = TemplateTraits(), tools: Any = None) \
-        -> Iterator[Finding]:
+def check_double_encoding(conv: Conversation, traits: TemplateTraits) -> Iterator[Finding]:
+    """D042: arguments given as a JSON string holding an object, for a template that writes them with ``tojson``
+    (the template stage's check: it depends on the template; the shape checks above are the dataset stage's)."""
+    if not traits.double_encodes:
+        return
+    for i, m in enumerate(conv.messages):
+        calls = m.tool_calls if m.role == "assistant" else None
+        if not isinstance(calls, list):
+            continue
+        for k, call in enumerate(calls):
+            if not isinstance(call, dict):
+                continue
+            fn, sub = _call_parts(call)
+            args = fn.get("arguments")
+            if not isinstance(args, str):
+                continue
+            try:
+                parsed = json.loads(args)
+            except (json.JSONDecodeError, RecursionError):
+                continue   # D043, from the dataset stage
+            if isinstance(parsed, dict):
+                yield finding("D042", f"tool call {k} of message {i}: arguments are a JSON string, and the template "
+                                      "writes them with tojson: the model is trained on a quoted, escaped string "
+                                      "instead of the JSON object it must generate", path=conv.path, line=conv.line,
+                              pointer=f"{m.pointer.rsplit('/', 1)[0]}/tool_calls/{k}{sub}/arguments")
+
+
+def check_tools(conv: Conversation, tools: Any = None) -> Iterator[Finding]:
     if conv.plain and tools is None:
         return
     yield from check_tool_schemas(conv)
-    yield from check_tool_calls(conv, traits, tools)
+    yield from check_tool_calls(conv, tools)
