@@ -65,16 +65,6 @@ def gemma4_tokenizer(get_tokenizer):
 def base_tok(tmp_path_factory) -> str:
     """A Llama 3 *base* model's tokenizer directory: its generation config stops on <|end_of_text|> only, so
     <|eot_id|> is not a stop id (K005 on every row)."""
-    import shutil
-    from pathlib import Path
+    import derived_tokenizers
 
-    from tmplcheck.validator.tokenizer import load_tokenizer
-
-    src = load_tokenizer("llama-3").hf_dir
-    d = tmp_path_factory.mktemp("llama3-base")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, d / name)
-    fix = Path(__file__).resolve().parent.parent / "fixtures" / "tokens" / "llama3-base" / "generation_config.json"
-    shutil.copy(fix, d / "generation_config.json")
-    return str(d)
-
+    return str(derived_tokenizers.llama3_base(tmp_path_factory.mktemp("llama3-base")))

@@ -5,10 +5,10 @@ counterpart that triggers nothing. A new code is one line in the manifest."""
 from __future__ import annotations
 
 import json
-import shutil
 import tomllib
 from pathlib import Path
 
+import derived_tokenizers
 import pytest
 from click.testing import CliRunner
 
@@ -27,33 +27,6 @@ CLEAN = {"D": ("dataset/clean.jsonl", None, None), "T": ("templates/rows.jsonl",
 
 
 # ----------------------------------------------------------------------------------------- derived tokenizers
-def _llama3_dir() -> Path:
-    from tmplcheck.validator.tokenizer import load_tokenizer
-
-    return load_tokenizer("llama-3").hf_dir
-
-
-def _llama3_base(d: Path) -> None:
-    """A Llama 3 *base* model directory: its generation config stops on <|end_of_text|> only."""
-    src = _llama3_dir()
-    shutil.copy(src / "tokenizer.json", d / "tokenizer.json")
-    shutil.copy(src / "tokenizer_config.json", d / "tokenizer_config.json")
-    shutil.copy(FIX / "tokens" / "llama3-base" / "generation_config.json", d / "generation_config.json")
-
-
-def _llama3_no_bos(d: Path) -> None:
-    """Llama 3 whose tokenizer.json adds no BOS (as transformers' GGUF conversion writes it)."""
-    src = _llama3_dir()
-    tj = json.loads((src / "tokenizer.json").read_text())
-    tj["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                            "use_regex": False}
-    (d / "tokenizer.json").write_text(json.dumps(tj))
-    cfg = json.loads((src / "tokenizer_config.json").read_text())
-    cfg["add_bos_token"] = True
-    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    shutil.copy(src / "generation_config.json", d / "generation_config.json")
-
-
 def _llama2_hf_gguf(d: Path) -> None:
     """Llama 2's vocabulary as transformers' GGUF loader converts it, next to the GGUF it came from (K010)."""
     from transformers import AutoTokenizer
@@ -65,7 +38,7 @@ def _llama2_hf_gguf(d: Path) -> None:
     (d / "tmplcheck-tokenizer.json").write_text(json.dumps({"source": str(gguf)}))
 
 
-DERIVED = {"llama3-base": _llama3_base, "llama3-no-bos": _llama3_no_bos, "llama2-hf-gguf": _llama2_hf_gguf}
+DERIVED = {"llama3-base": derived_tokenizers.llama3_base, "llama3-no-bos": derived_tokenizers.llama3_no_bos, "llama2-hf-gguf": _llama2_hf_gguf}
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+import derived_tokenizers
 import pytest
 
 from tmplcheck.validator.codes import RULES
@@ -29,37 +29,16 @@ def km(path: Path, template: str | None, tokenizer: str, max_length: int | None 
 
 
 @pytest.fixture(scope="session")
-def llama3_dir():
-    from tmplcheck.validator.tokenizer import load_tokenizer
-
-    return load_tokenizer("llama-3").hf_dir
-
-
-@pytest.fixture(scope="session")
-def llama3_base(tmp_path_factory, llama3_dir):
+def llama3_base(tmp_path_factory):
     """A Llama 3 *base* model directory: eos <|end_of_text|>, generation config stops on 128001 only."""
-    d = tmp_path_factory.mktemp("llama3-base")
-    shutil.copy(llama3_dir / "tokenizer.json", d / "tokenizer.json")
-    cfg = json.loads((llama3_dir / "tokenizer_config.json").read_text())
-    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    shutil.copy(FIX / "llama3-base" / "generation_config.json", d / "generation_config.json")
-    return d
+    return derived_tokenizers.llama3_base(tmp_path_factory.mktemp("llama3-base"))
 
 
 @pytest.fixture(scope="session")
-def llama3_no_bos(tmp_path_factory, llama3_dir):
+def llama3_no_bos(tmp_path_factory):
     """Llama 3 whose tokenizer.json does not add BOS (as transformers' GGUF conversion writes it) while its config
     says add_bos_token."""
-    d = tmp_path_factory.mktemp("llama3-nobos")
-    tj = json.loads((llama3_dir / "tokenizer.json").read_text())
-    tj["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                            "use_regex": False}
-    (d / "tokenizer.json").write_text(json.dumps(tj))
-    cfg = json.loads((llama3_dir / "tokenizer_config.json").read_text())
-    cfg["add_bos_token"] = True
-    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    shutil.copy(llama3_dir / "generation_config.json", d / "generation_config.json")
-    return d
+    return derived_tokenizers.llama3_no_bos(tmp_path_factory.mktemp("llama3-nobos"))
 
 
 # (fixture, template, tokenizer, max_length) -> expected (line, code, pointer) set, exactly (K and M codes only)
