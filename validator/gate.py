@@ -79,11 +79,13 @@ class RowInfo:
 
 
 class _DatasetWork:
-    def __init__(self, tools: Any = None):
+    def __init__(self, tools: Any = None, train_on: str | None = None):
         self.tools = tools
+        self.train_on = train_on
 
     def process(self, convs, ordinals):
-        return [None if c is None else list(check_conversation(c, tools=self.tools)) for c in convs]
+        return [None if c is None else list(check_conversation(c, tools=self.tools, train_on=self.train_on))
+                for c in convs]
 
 
 class DatasetStage:
@@ -91,9 +93,10 @@ class DatasetStage:
 
     name = "dataset"
 
-    def __init__(self, path: str, tools: Any = None):
+    def __init__(self, path: str, tools: Any = None, train_on: str | None = None):
         self.path = path
         self.tools = tools   # the tools rows without their own are rendered with (``--tools``)
+        self.train_on = train_on   # ``--train-on``: the assistant turns trained when a message has no flag
         self.reasoning_rows = 0
         self.first_reasoning: int | None = None
         self.plain_rows = 0
@@ -107,13 +110,14 @@ class DatasetStage:
         self.turns: Counter[str] = Counter()
 
     def check(self, conv: Conversation) -> Iterator[Finding]:
-        yield from self.take(RowInfo.of(conv), list(check_conversation(conv, tools=self.tools)))
+        yield from self.take(RowInfo.of(conv), list(check_conversation(conv, tools=self.tools,
+                                                                       train_on=self.train_on)))
 
     def prepare(self) -> list[Finding]:
         return []
 
     def chunk_worker(self) -> _DatasetWork:
-        return _DatasetWork(self.tools)
+        return _DatasetWork(self.tools, self.train_on)
 
     def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
         out: list[Finding] = []
@@ -181,6 +185,8 @@ class DatasetStage:
 class GateOptions:
     input_format: str | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    #: ``--train-on``: the assistant turns trained when a message has no flag of its own (validator/training_flags.py)
+    train_on: str | None = None
     #: template arguments for rows without their own (``--tools``, ``--documents``, ``--template-kwargs``)
     render_defaults: dict[str, Any] = field(default_factory=dict)
     select: list[str] = field(default_factory=list)
@@ -360,69 +366,98 @@ def _results(chunks: Iterator[tuple[list, int]], work: _ChunkWork, jobs: int) ->
 
 
 def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_path: str | None = None) -> GateResult:
-    opts = opts or GateOptions()
-    shown = display_path or str(path)
-    dataset = DatasetStage(shown, tools=opts.render_defaults.get("tools"))
-    stages: list[Stage] = [dataset] + [make(shown) for make in opts.stages]
-    split = [all(hasattr(st, a) for a in ("prepare", "chunk_worker", "take")) for st in stages]
-    out = FindingStore(spill_at=opts.spill_at)
-    folder = PerFileFolder()
+    run = GateRun(display_path or str(path), opts)
+    with open(path, "rb") as fh:
+        is_array, records = open_records(fh, path, max_line_bytes=run.opts.max_line_bytes, display_path=run.path)
+        work = run.work(is_array)
+        run.feed(_results(_chunks(records, max(1, run.opts.chunk_rows)), work, run.jobs))
+    return run.result()
 
-    def add(found: Iterable[Finding]) -> None:
+
+class GateRun:
+    """One file's gate, in three steps: set-up (the stages, their ``prepare``), ``feed`` (every row's chunk-worker
+    result, in file order: the order-dependent ``take`` of each stage, the per-file folding, the finding store) and
+    ``result`` (each stage's ``finish``, the summary). :func:`run_gate` feeds it the local results (this process or
+    the process pool); ``tmplcheck.ray_engine`` feeds it the same ``_ChunkWork``'s results computed as Ray Data
+    tasks, so both engines share every decision after the per-row work."""
+
+    def __init__(self, shown: str, opts: GateOptions | None = None):
+        self.opts = opts = opts or GateOptions()
+        self.path = shown
+        self.stages: list[Stage] = [DatasetStage(shown, tools=opts.render_defaults.get("tools"),
+                                                                train_on=opts.train_on)] + [
+            make(shown) for make in opts.stages]
+        self.split = [all(hasattr(st, a) for a in ("prepare", "chunk_worker", "take")) for st in self.stages]
+        self.out = FindingStore(spill_at=opts.spill_at)
+        self.folder = PerFileFolder()
+        for st, sp in zip(self.stages, self.split):
+            if sp:
+                self.add(st.prepare())
+        self.workers = [st.chunk_worker() if sp else None for st, sp in zip(self.stages, self.split)]
+        self.jobs = opts.jobs if opts.jobs is not None else max([getattr(st, "jobs", 1) or 1 for st in self.stages])
+        self.rows_with_conv = 0
+        self.bad_rows = 0
+
+    @property
+    def all_split(self) -> bool:
+        """Every stage's row work runs in chunk workers (else ``check`` needs each row's conversation here)."""
+        return all(self.split)
+
+    def work(self, is_array: bool) -> _ChunkWork:
+        return _ChunkWork(self.path, is_array, self.opts.input_format, self.workers, keep_conv=not self.all_split)
+
+    def add(self, found: Iterable[Finding]) -> None:
+        opts = self.opts
         for f in found:
             if opts.severity and f.code in opts.severity:
                 sev, note = opts.severity[f.code]
                 f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
             if not keep(f, opts):
                 continue
-            if opts.fold_per_file and folder.applies(f):
-                folder.add(f)
+            if opts.fold_per_file and self.folder.applies(f):
+                self.folder.add(f)
             else:
-                out.append(f)
+                self.out.append(f)
 
-    for st, sp in zip(stages, split):
-        if sp:
-            add(st.prepare())
-    workers = [st.chunk_worker() if sp else None for st, sp in zip(stages, split)]
-    jobs = opts.jobs if opts.jobs is not None else max([getattr(st, "jobs", 1) or 1 for st in stages])
-    rows_with_conv = 0
-    bad_rows = 0
-    with open(path, "rb") as fh:
-        is_array, records = open_records(fh, path, max_line_bytes=opts.max_line_bytes, display_path=shown)
-        work = _ChunkWork(shown, is_array, opts.input_format, workers, keep_conv=not all(split))
-        for found, info, payloads, conv in _results(_chunks(records, max(1, opts.chunk_rows)), work, jobs):
+    def feed(self, results: Iterable[tuple]) -> None:
+        """Take every row's ``_ChunkWork`` result, in file order."""
+        add, opts = self.add, self.opts
+        for found, info, payloads, conv in results:
             add(found)
             if info is None:
                 if any(f.code != "D005" for f in found):
-                    bad_rows += 1
+                    self.bad_rows += 1
                 continue
-            rows_with_conv += 1
-            for st, sp, payload in zip(stages, split, payloads):
+            self.rows_with_conv += 1
+            for st, sp, payload in zip(self.stages, self.split, payloads):
                 add(st.take(info, payload) if sp else st.check(conv))
-            if opts.progress and rows_with_conv % 256 == 0:
-                opts.progress(rows_with_conv)
-    for st in stages:
-        add(st.finish())
-    if rows_with_conv == 0 and bad_rows == 0:
-        add([finding("D023", "the dataset holds no rows", path=shown)])
-    out.extend(folder.findings())
-    by_sev = out.by_severity
-    by_code = out.by_code
-    rows_failed = _rows_with_errors(out, folder.error_lines, shown)
-    summary: dict[str, Any] = {
-        "path": shown,
-        "tmplcheck_version": __version__,
-        "rows": rows_with_conv + bad_rows,
-        "rows_read": rows_with_conv,
-        "rows_unreadable": bad_rows,
-        "rows_with_errors": rows_failed,
-        "errors": by_sev.get("error", 0),
-        "warnings": by_sev.get("warning", 0),
-        "infos": by_sev.get("info", 0),
-        "by_code": dict(sorted(by_code.items())),
-        "per_file_rows": folder.rows(),
-        "passed": by_sev.get("error", 0) == 0,
-    }
-    for st in stages:
-        summary[st.name] = st.summary()
-    return GateResult(shown, out, summary)
+            if opts.progress and self.rows_with_conv % 256 == 0:
+                opts.progress(self.rows_with_conv)
+
+    def result(self) -> GateResult:
+        shown, out, folder = self.path, self.out, self.folder
+        for st in self.stages:
+            self.add(st.finish())
+        if self.rows_with_conv == 0 and self.bad_rows == 0:
+            self.add([finding("D023", "the dataset holds no rows", path=shown)])
+        out.extend(folder.findings())
+        by_sev = out.by_severity
+        by_code = out.by_code
+        rows_failed = _rows_with_errors(out, folder.error_lines, shown)
+        summary: dict[str, Any] = {
+            "path": shown,
+            "tmplcheck_version": __version__,
+            "rows": self.rows_with_conv + self.bad_rows,
+            "rows_read": self.rows_with_conv,
+            "rows_unreadable": self.bad_rows,
+            "rows_with_errors": rows_failed,
+            "errors": by_sev.get("error", 0),
+            "warnings": by_sev.get("warning", 0),
+            "infos": by_sev.get("info", 0),
+            "by_code": dict(sorted(by_code.items())),
+            "per_file_rows": folder.rows(),
+            "passed": by_sev.get("error", 0) == 0,
+        }
+        for st in self.stages:
+            summary[st.name] = st.summary()
+        return GateResult(shown, out, summary)
