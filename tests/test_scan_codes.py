@@ -342,3 +342,24 @@ def test_the_seed_failure_on_ids(pats):
     lines = by_line(scan_rows(rows, pats))
     for line in (1, 2):
         assert {"A001", "A003", "A005", "A007", "A008"} <= lines[line], lines
+
+
+@pytest.mark.parametrize("prompt,text,leak", [
+    # from text alone, NAME.role ending the output is an attribute when NAME reads as code or the role word is what
+    # the conversation is about; a sentence's last word with a stripped header glued on stays a leak
+    ("Where is the current user in Django?", "In a view it is request.user", False),
+    ("Where does the handler get the caller?", "It reads ctx.user", False),
+    ("Where does the handler get the caller?", "It reads self.ctx.user", False),
+    ("Where does the handler get the caller?", "It reads the_ctx.user", False),
+    ("Where is the system prompt set?", "It is in config.system", False),
+    ("Is it finished?", "All done.assistant", True),
+    ("Where does the handler get the caller?", "It reads request.user", True),
+    # the template's header tail after it makes it a stripped header whatever NAME is
+    ("Where is the current user in Django?", "In a view it is request.user\n\nThanks!", True),
+])
+def test_attribute_or_stripped_header_from_text(pats, prompt, text, leak):
+    fs = scan_generation(Generation(1, text, prompt=[{"role": "user", "content": prompt}]), pats)
+    codes = {f.code for f in fs if f.severity is Severity.ERROR}
+    assert ("A001" in codes) is leak, (text, codes)
+    if not leak:
+        assert any(f.code == "A013" for f in fs), (text, [f.code for f in fs])

@@ -26,9 +26,6 @@ NO_CASES_YET = {"llama-3.2", "qwen3", "mistral-small-3.2", "mistral-nemo", "gemm
 
 # id -> why the scanner gets it wrong
 KNOWN_WRONG = {
-    "llama-3/TC10": "clean, text only (no output_ids): 'request.user' ends the output; from text alone a role word "
-                    "glued after a full stop reads as a leak ('Paris.assistant') and the two look the same. With its "
-                    "ids (llama-3/IC05) the ids decide: no header ids around the word, no finding",
     "chatml/TL02": "leaked, labelled A004: Qwen's '<|endoftext|>' is a special token of the qwen2 tokenizer, so it "
                    "is reported as A003 (a control token of this tokenizer), not as another family's fragment",
 }
@@ -69,13 +66,8 @@ def test_targets_per_family(scanned):
     for fam in FAMILIES:
         f = s["families"][fam]
         assert f["recall"] >= bench.RECALL_TARGET, (fam, s["misses"])
-        # one known false alarm, the text-only llama-3/TC10 (1 of 41 clean, 0.024), is over the 0.02 target for
-        # llama-3: asserted as it is
-        if fam == "llama-3":
-            assert (f["alarms"], f["clean"], f["false_alarm_rate"]) == (1, 41, 0.0244), s["false_alarms"]
-        else:
-            assert f["false_alarm_rate"] <= bench.FALSE_ALARM_TARGET, (fam, s["false_alarms"])
-    assert s["false_alarms"] == ["llama-3/TC10: ['A001']"]
+        assert f["false_alarm_rate"] <= bench.FALSE_ALARM_TARGET, (fam, s["false_alarms"])
+    assert s["false_alarms"] == []
 
 
 def test_ids_decide_over_text(scanned):
@@ -94,7 +86,13 @@ def test_role_words_decided_on_ids(scanned):
     around its tokens: an identifier (request.user, ctx.user) is text, a real header after one is a leak."""
     text_only, with_ids = scanned["llama-3/TC10"], scanned["llama-3/IC05"]
     assert text_only["output"] == with_ids["output"] and with_ids["output_ids"]
-    assert text_only["got"] == ["A001"] and with_ids["got"] == []
+    assert text_only["got"] == [] and with_ids["got"] == []
+    # from text alone the attribute is an info (A013), a leak only where the template's header tail follows it
+    assert "A013" in text_only["infos"] and "A013" not in with_ids["infos"]
+    for cid in ("llama-3/IC10", "chatml/IC03", "gemma/IC01"):
+        assert "output_ids" not in scanned[cid] and scanned[cid]["got"] == [], cid
+    for cid in ("llama-3/IL09", "chatml/IL04", "gemma/IL02"):
+        assert "output_ids" not in scanned[cid] and "A001" in scanned[cid]["got"], cid
     for cid in ("llama-3/IC06", "llama-3/IC07", "llama-3/IC08", "chatml/IC02"):
         assert scanned[cid]["output_ids"] and scanned[cid]["got"] == [], cid
     for cid in ("llama-3/IL01", "llama-3/IL02", "llama-3/IL03", "llama-3/IL04", "chatml/IL01", "llama-3/L26"):

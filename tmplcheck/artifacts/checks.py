@@ -107,6 +107,8 @@ class Context:
         self.shielded: list[tuple[int, int, str, str]] = []   # (start, end, what, where) in code or quotes
         self.view, self.s, self.o = pats.strip_controls(text)
         self.prompt = gen.prompt_text
+        self.user_text = "\n".join(_content_text(m.get("content")) for m in gen.prompt if isinstance(m, dict)
+                                   and m.get("role") == "user") if isinstance(gen.prompt, list) else self.prompt
         self._header_hits: dict[str, int] | None = None
         self._marks: dict[str, list[int]] | None = None
         self._landing: dict[int, set[int]] = {}
@@ -395,6 +397,32 @@ def check_headers(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> Iter
                           data={"view": "ids", "index": k, "role": role, "basis": "ids", "count": 1})
 
 
+# a lowercase dotted name right before ".role" (request.user, self.ctx.system)
+_ATTRIBUTE_OWNER = re.compile(r"(?:\A|[\s(\[{=,])((?:[a-z_][a-z0-9_]*\.)*[a-z_][a-z0-9_]*)\.\Z")
+
+
+def _attribute(ctx: Context, line_before: str, word: str, before: str) -> bool:
+    """From text alone, whether ``NAME.role`` reads as an attribute (``request.user``) rather than a sentence's last
+    word with a stripped header glued on (``All done.assistant``): NAME is a lowercase dotted name, and either it
+    looks like code (a chain ``a.b``, ``_`` or a digit, an abbreviation without a vowel: ``ctx``, ``cfg``, ``g``) or
+    the role word is what the conversation is about (a word of the user's messages or of the answer before it)."""
+    m = _ATTRIBUTE_OWNER.search(line_before)
+    if m is None:
+        return False
+    name = m.group(1)
+    if "." in name or re.search(r"[_0-9]", name) or not re.search(r"[aeiouy]", name):
+        return True
+    said = re.compile(rf"(?<![\w.]){re.escape(word)}\b", re.IGNORECASE)
+    return bool(said.search(ctx.user_text) or said.search(before))
+
+
+def _header_continues(pats: ArtifactPatterns, role: str | None, after: str) -> bool:
+    """Whether ``after`` (the text after a role word) continues the way this template's header for ``role`` does:
+    its tail ("\n\n" for Llama 3, "\n" for ChatML and Gemma) and then the turn's text."""
+    tails = {h.tail for h in pats.own_headers if h.role == role and h.tail}
+    return any(after.startswith(t) and after[len(t):len(t) + 1].strip() for t in tails)
+
+
 def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> Iterator[Finding]:
     """A001 a role word ending a line or the output, glued or alone (what a stripped header leaves); A002 one
     starting the output; A005 a stripped non-assistant header followed by the turn it opens."""
@@ -436,6 +464,12 @@ def check_role_words(gen: Generation, pats: ArtifactPatterns, ctx: Context) -> I
             stem = re.search(r"[A-Za-z]*\Z", line_before).group()
             if stem.lower() in WORD_PREFIXES and not confirmed:
                 continue  # "subsystem", "superuser"
+        elif prev == "." and not ctx.by_ids and _attribute(ctx, line_before, word, text[:i]) \
+                and not _header_continues(pats, role_of.get(word), after):
+            # "request.user" ending the output: an attribute (an info, as code is), unless the template's header
+            # shape follows; with ids the header's own ids decide above
+            ctx.shielded.append((*ctx.span(i, j), word, "code"))
+            continue
         a, b = ctx.span(i, j)
         if not (ctx.keep(a, b, word) or confirmed):
             continue
