@@ -18,6 +18,10 @@ RULES: list[Rule] = [
 What: "system", "user", "assistant", "model" (the role names the template's headers carry) at the end of a line or
 of the output, glued to the text before it ("EVERsystem") or standing alone on its line. The check looks at the
 text with every known control-token string removed, which is what a serving stack that hides special tokens shows.
+Not a role word: part of a word (`subsystem`), prose (`ask the user`); with `output_ids`, any word the ids do not
+hold the template's header around; from text alone, an attribute (`request.user`, `ctx.user`: a lowercase dotted
+name that reads as code, or whose role word the conversation is about) unless the template's header tail follows it
+(reported as the info A013).
 Why it hurts: it is the classic sign of a template that omitted the end-of-turn token after assistant turns. With
 packing, each answer was followed in training by the next row's header, so the model learned to go on into
 `<|start_header_id|>system<|end_header_id|>`; the control tokens are skipped when decoding and the role word
