@@ -96,12 +96,70 @@ def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, dest)
+        try:   # llama.cpp's GGUF converter, from the same tarball (``tmplcheck export`` runs it)
+            ensure_converter(tarball)
+        except Exception:  # noqa: BLE001 - optional here; ``prepare`` and ``export`` fetch it themselves
+            pass
         try:   # llama.cpp's Jinja engine sources, from the same tarball (validator/llamacpp_jinja.py builds them)
             from tmplcheck.validator.llamacpp_jinja import ensure_sources
 
             ensure_sources(tarball)
         except Exception:  # noqa: BLE001 - optional; building the engine later fetches them itself
             pass
+    return dest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# llama.cpp's own HF → GGUF converter (``tmplcheck export``)
+# --------------------------------------------------------------------------------------------------------------
+#
+# ``convert_hf_to_gguf.py`` with the ``conversion`` package it imports and the ``gguf-py`` it puts first on its own
+# path (the converter and its gguf-py move together; the pypi ``gguf`` may be older than the converter expects).
+
+_LLAMA_CPP = "vendor/llama.cpp/"
+_CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
+
+
+def converter_dir() -> Path:
+    return cache_root() / f"llama-cpp-python-{SDIST_VERSION}" / "convert"
+
+
+def converter_script() -> Path:
+    """``convert_hf_to_gguf.py`` of the pinned sdist, unpacked into the cache on first use."""
+    return ensure_converter() / "convert_hf_to_gguf.py"
+
+
+def ensure_converter(tarball: str | os.PathLike | None = None) -> Path:
+    """Unpack llama.cpp's converter (script, ``conversion/``, ``gguf-py/``) from the pinned sdist into the cache,
+    once (from ``tarball``, else downloading the sdist with pip)."""
+    dest = converter_dir()
+    if (dest / ".complete").is_file():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="tmplcheck-convert-") as tmp:
+        sdist = Path(tarball) if tarball else download_sdist(tmp)
+        staging = dest.parent / f".convert-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with tarfile.open(sdist) as tf:
+            for m in tf:
+                rel = m.name.split("/", 1)[1] if "/" in m.name else ""
+                if not rel.startswith(_LLAMA_CPP) or not m.isfile():
+                    continue
+                sub = rel[len(_LLAMA_CPP):]
+                if not any(sub == p or (p.endswith("/") and sub.startswith(p)) for p in _CONVERTER_PARTS):
+                    continue
+                target = staging / sub
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        missing = [p for p in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py")
+                   if not (staging / p).is_file()]
+        if missing:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise AssetError(f"the {SDIST_NAME} {SDIST_VERSION} sdist lacks {', '.join(missing)}")
+        (staging / ".complete").write_text(f"{SDIST_NAME}=={SDIST_VERSION}\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging, dest)
     return dest
 
 
@@ -600,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sdist models: {root}")
+    try:
+        print(f"GGUF converter: {ensure_converter()}")
+    except AssetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.cmd == "fetch":
         return 0
     vocabs = args.vocab or list(DEFAULT_VOCABS)
