@@ -128,10 +128,10 @@ def load_tokenizer_option(spec: str):
 @click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset "
                                               "(needs a template and a tokenizer).")
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
-@check_options(template_args=True)
+@check_options(template_args=True, train_on=True)
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
               input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train, tools, documents,
-              template_kwargs):
+              template_kwargs, train_on):
     """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
     from tmplcheck.validator.gate import run_gate
     from tmplcheck.validator.report import report_chunks
@@ -143,7 +143,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
                          format=fmt, select=select, ignore=ignore, exit_zero=exit_zero, max_findings=max_findings,
                          input_format=input_format, max_line_bytes=max_line_bytes, group=group,
                          add_special_tokens=add_special, jobs=jobs, for_train=for_train, tools=tools,
-                         documents=documents, template_kwargs=template_kwargs)
+                         documents=documents, template_kwargs=template_kwargs, train_on=train_on)
     if approve and (st.template is None or st.tokenizer is None):
         raise click.UsageError("--approve needs --template and --tokenizer (or both in the settings file): a stamp "
                                "vouches for the template and mask checks, which need both")

@@ -30,6 +30,8 @@ def _pipeline_kw(settings) -> dict:
     kw: dict = {"max_length": settings.max_length}
     if settings.add_special_tokens != "auto":
         kw["add_special_tokens"] = {"yes": True, "no": False}[settings.add_special_tokens]
+    if getattr(settings, "train_on", "all-assistant") != "all-assistant":
+        kw["train_on"] = settings.train_on
     return kw
 
 
@@ -49,7 +51,7 @@ def token_table(tmpl, tok, conv, settings=None) -> dict:
     messages = conv.dicts()
     pipe = TokenPipeline(tmpl, tok, path=conv.path, **(_pipeline_kw(settings) if settings is not None else {}))
     enc = encode_conversation(tmpl, tok, messages, add_special_tokens=pipe.add_special_tokens,
-                              render_kw=conv.render_kw())
+                              render_kw=conv.render_kw(), train_on=pipe.train_on)
     turns, _ = pipe.turns_of(row_in(conv), messages, enc)
     found = sorted((t for t in turns if t.found), key=lambda t: t.start)
     specials = set(getattr(tok, "special_ids", ()))
@@ -154,9 +156,9 @@ def render_rich(table: dict, console) -> None:
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
-@check_options(template_args=True)
+@check_options(template_args=True, train_on=True)
 def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
-             max_length, for_train, tools, documents, template_kwargs):
+             max_length, for_train, tools, documents, template_kwargs, train_on):
     """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
 
     Exit 0 shown; 1 the row cannot be read or the template refuses it (as the gate reports it); 2 usage error.
@@ -167,7 +169,8 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
 
     st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, input_format=input_format,
                          select=select, ignore=ignore, add_special_tokens=add_special, max_length=max_length,
-                         for_train=for_train, tools=tools, documents=documents, template_kwargs=template_kwargs)
+                         for_train=for_train, tools=tools, documents=documents, template_kwargs=template_kwargs,
+                         train_on=train_on)
     tmpl, tok = _load_pair(st.template, st.tokenizer)
     tmpl = tmpl.with_arguments(**st.render_defaults())   # a row's own tools/documents/kwargs still win
     conv = None

@@ -108,11 +108,11 @@ class _Display:
 @click.option("--loss-on", type=click.Choice(["assistant", "all"]), default="assistant", show_default=True,
               help="assistant: loss on the verified assistant masks; all: on every token (the naive pipeline, "
                    "for reproducing failures; recorded in run.json).")
-@check_options(max_length=False, for_train=False, template_args=True)
+@check_options(max_length=False, for_train=False, template_args=True, train_on=True)
 def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, lora_r, lora_alpha, mode,
               load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, eval_split, revalidate,
               force, merge, input_format, loss_on, config_path, select, ignore, add_special, tools, documents,
-              template_kwargs):
+              template_kwargs, train_on):
     """Fine-tune MODEL on DATA, which `tmplcheck check --approve` must have approved for TEMPLATE.
 
     The check settings (--config, --select, --ignore, --max-length, --add-special-tokens, template, tokenizer)
@@ -123,7 +123,7 @@ def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, l
 
     st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, max_length=max_length,
                          select=select, ignore=ignore, add_special_tokens=add_special, input_format=input_format,
-                         tools=tools, documents=documents, template_kwargs=template_kwargs)
+                         tools=tools, documents=documents, template_kwargs=template_kwargs, train_on=train_on)
     if not st.template:
         raise click.UsageError("--template is required (or template in tmplcheck.toml / [tool.tmplcheck])")
     template, tokenizer, max_length, input_format = st.template, st.tokenizer, st.max_length, st.input_format

@@ -17,7 +17,7 @@ from typing import Any
 KNOWN = {
     "template", "tokenizer", "max_length", "format", "select", "ignore", "exit_zero", "max_findings",
     "input_format", "max_line_bytes", "group", "jobs", "add_special_tokens", "for_train",
-    "tools", "documents", "template_kwargs",
+    "tools", "documents", "template_kwargs", "train_on",
 }
 
 #: the note K005 carries under ``for_train``: the trainer writes the stop set, so the base model's own is not final
@@ -91,6 +91,8 @@ def _load(path: Path, tool_table: bool) -> dict[str, Any] | None:
     for k in ("max_length", "max_line_bytes", "max_findings", "jobs"):
         if k in out and (not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] < 1):
             raise ConfigError(f"{path}: {k} must be a positive integer, not {out[k]!r}")
+    if "train_on" in out and out["train_on"] not in ("all-assistant", "last-assistant"):
+        raise ConfigError(f"{path}: train_on must be all-assistant or last-assistant, not {out['train_on']!r}")
     for k in ("exit_zero", "for_train"):
         if k in out and not isinstance(out[k], bool):
             raise ConfigError(f"{path}: {k} must be true or false, not {out[k]!r}")
@@ -147,6 +149,8 @@ class Settings:
     tools: str | None = None
     documents: str | None = None
     template_kwargs: Any = None
+    #: the assistant turns trained when a message has no ``weight``/``train`` flag: all-assistant | last-assistant
+    train_on: str = "all-assistant"
     source: Path | None = None
 
     @classmethod
@@ -197,6 +201,8 @@ class Settings:
             extra["add_special_tokens"] = {"yes": True, "no": False}[self.add_special_tokens]
         if self.for_train:
             extra["for_train"] = True
+        if self.train_on != "all-assistant":
+            extra["train_on"] = self.train_on
         return extra
 
     def stage_config(self, **override: Any):
@@ -215,7 +221,8 @@ class Settings:
         """``GateOptions`` with these settings' select/ignore, input format, line bound and severity changes."""
         from tmplcheck.validator.gate import GateOptions
 
-        opts = GateOptions(input_format=self.input_format, select=list(self.select), ignore=list(self.ignore),
+        opts = GateOptions(input_format=self.input_format, train_on=self.train_on,
+                           select=list(self.select), ignore=list(self.ignore),
                            severity=severity_overrides(self.for_train), render_defaults=self.render_defaults(), **kw)
         if self.max_line_bytes:
             opts.max_line_bytes = self.max_line_bytes
@@ -282,7 +289,7 @@ def severity_overrides(for_train: bool) -> dict:
 
 
 def check_options(*, max_length: bool = True, for_train: bool = True, add_special_tokens: bool = True,
-                  template_args: bool = False):
+                  template_args: bool = False, train_on: bool = False):
     """The check flags every command takes, the same names and meanings: --config, --select, --ignore,
     --max-length, --add-special-tokens (and --for-train where the command runs the gate)."""
     import click
@@ -296,6 +303,10 @@ def check_options(*, max_length: bool = True, for_train: bool = True, add_specia
                                                          "comma-separated."),
             click.option("--ignore", multiple=True, help="Drop these codes, families or names; comma-separated."),
         ]
+        if train_on:
+            opts.append(click.option("--train-on", "train_on", type=click.Choice(["all-assistant", "last-assistant"]),
+                                     help="Which assistant turns are trained when a message has no `weight`/"
+                                          "`train` flag of its own: every one (default) or only the row's last."))
         if add_special_tokens:
             opts.append(click.option("--add-special-tokens", "add_special", type=click.Choice(["auto", "yes", "no"]),
                          help="How your training pipeline tokenizes the render: auto = like apply_chat_template and "

@@ -99,12 +99,14 @@ LOSS_ON = ("assistant", "all")
 
 
 def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | None,
-           loss_on: str = "assistant", render_defaults: dict | None = None) -> Iterator[Example]:
+           loss_on: str = "assistant", render_defaults: dict | None = None,
+           train_on: str | None = None) -> Iterator[Example]:
     """Encode each conversation with the validator's ``encode_conversation``; labels = its verified mask.
 
     ``loss_on="all"`` makes every token of the row a label instead (system prompt, headers, control tokens
     included): the naive causal-LM pipeline, kept to reproduce what a wrong template does to such a pipeline —
-    not for real runs. ``max_length`` truncates (None: keep whole rows, e.g. for packing). Raises
+    not for real runs. ``train_on``: which assistant turns are trained when a message has no ``weight``/``train``
+    flag of its own (``validator/training_flags.py``, as the gate's mask checks read them). ``max_length`` truncates (None: keep whole rows, e.g. for packing). Raises
     ``TokenSetupError`` on a double BOS.
     """
     if loss_on not in LOSS_ON:
@@ -115,7 +117,7 @@ def encode(convs: Iterable[Any], template: Any, tok: Any, *, max_length: int | N
     add_special = add_special_tokens_for(template, tok)
     for c in convs:
         enc = encode_conversation(template, tok, c.dicts(), max_length=max_length, add_special_tokens=add_special,
-                                  render_kw=c.render_kw(render_defaults))
+                                  render_kw=c.render_kw(render_defaults), train_on=train_on)
         ids = list(enc.ids)
         labels = list(ids) if loss_on == "all" else list(enc.labels)
         if len(ids) != len(labels):

@@ -282,8 +282,9 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
     train_convs, eval_convs = D.split(rows.convs, cfg.eval_split, cfg.seed)
     try:
         defaults = cfg.settings.render_defaults() if getattr(cfg, "settings", None) is not None else {}
+        train_on = getattr(cfg.settings, "train_on", None) if getattr(cfg, "settings", None) is not None else None
         examples = list(D.encode(train_convs, template, tok, max_length=None if cfg.packing else block,
-                                 loss_on=cfg.loss_on, render_defaults=defaults))
+                                 loss_on=cfg.loss_on, render_defaults=defaults, train_on=train_on))
     except S.TokenSetupError as e:
         raise TrainError(str(e)) from None
     trained_per_row = [{"line": ex.line, "tokens": len(ex.ids), "trained": ex.trained} for ex in examples]

@@ -82,12 +82,12 @@ def _content_text(m: dict) -> str | None:
     return None
 
 
-def _is_trained(m: dict) -> bool:
-    if m.get("role") != "assistant":
-        return False
-    if m.get("weight") == 0 or m.get("train") is False or m.get("trainable") is False:
-        return False
-    return True
+def _trained(messages: Sequence[dict], train_on: str | None) -> frozenset[int]:
+    """The assistant messages whose turn carries labels: their own ``weight``/``train`` flag, else ``train_on``
+    (``validator/training_flags.py``, the one rule every mask follows)."""
+    from tmplcheck.validator.training_flags import trained_turns
+
+    return trained_turns(messages, train_on)
 
 
 class _SkeletonCache:
@@ -155,28 +155,32 @@ def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False
 
 
 def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | None = None,
-                    text: str | None = None, eots: Sequence[str] | None = None) -> Located:
+                    text: str | None = None, eots: Sequence[str] | None = None,
+                    train_on: str | None = None) -> Located:
     """Render ``messages`` (unless ``text`` is given) and find each message's content in the render.
 
     With ``eots`` (the end-of-turn strings), assistant turns are located as what they generate
     (:func:`assistant_regions`) wherever that differs from their content: rows with fields beyond role and string
     content (tool calls, reasoning, template arguments), and every row of a template whose plain rows are not simple
-    (:func:`_plain_rows_simple`)."""
+    (:func:`_plain_rows_simple`). ``train_on``: which assistant turns are trained when a message has no flag of
+    its own (``validator/training_flags.py``); each span's ``trained`` says it."""
     render_kw = dict(render_kw or {})
     messages = [dict(m) for m in messages]
     plain = not render_kw and all(len(m) == 2 and type(m.get("content")) is str for m in messages)
     token = _PREFIXES.set({})
     try:
-        return _locate(template, messages, render_kw, text, eots, plain)
+        return _locate(template, messages, render_kw, text, eots, plain, train_on)
     finally:
         _PREFIXES.reset(token)
 
 
-def _locate(template, messages: list[dict], render_kw: dict, text: str | None, eots, plain: bool) -> Located:
+def _locate(template, messages: list[dict], render_kw: dict, text: str | None, eots, plain: bool,
+            train_on: str | None = None) -> Located:
     if text is None:
         text = template.render(messages, add_generation_prompt=False, **render_kw)
+    trained = _trained(messages, train_on)
     spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=None, content_end=None,
-                         trained=_is_trained(m)) for i, m in enumerate(messages)]
+                         trained=i in trained) for i, m in enumerate(messages)]
     contents = {i: _content_text(m) for i, m in enumerate(messages)}
     locatable = [i for i, c in contents.items() if c and isinstance(messages[i].get("content"), str)
                  and not has_sentinel_chars(c)]
@@ -456,16 +460,19 @@ class FilledLocated(Located):
     text is the shape's sentinel render (the same skeleton) with every content put in as written, at ``at``. The
     spans are made when first read (the gate's regular path reads ``at`` directly)."""
 
-    def __init__(self, text: str, messages: Sequence[dict], at: dict[int, tuple[int, int]]):
+    def __init__(self, text: str, messages: Sequence[dict], at: dict[int, tuple[int, int]],
+                 train_on: str | None = None):
         self.text, self.messages, self.at = text, messages, at
+        self.train_on = train_on
         self._spans: list[MessageSpan] | None = None
 
     @property
     def spans(self) -> list[MessageSpan]:  # type: ignore[override]
         if self._spans is None:
             at = self.at
+            trained = _trained(self.messages, self.train_on)
             self._spans = [MessageSpan(index=i, role=str(m.get("role")), content_start=at[i][0],
-                                       content_end=at[i][1], trained=_is_trained(m), method="sentinel")
+                                       content_end=at[i][1], trained=i in trained, method="sentinel")
                            for i, m in enumerate(self.messages)]
         return self._spans
 

@@ -112,7 +112,7 @@ def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
                                                                                           None) else None,
                           tokenizer_name=str(cfg.tokenizer),
                           add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True),
-                          render_defaults=extra.get("render_defaults"))
+                          render_defaults=extra.get("render_defaults"), train_on=extra.get("train_on"))
 
     return make
 

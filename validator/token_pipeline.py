@@ -177,9 +177,12 @@ class TokenPipeline:
                  check_generation: bool = True, add_special_tokens: bool | str = "auto",
                  prefix_all: int = 256, prefix_every: int = 50, generation_all: int = 256,
                  generation_every: int = 50, regular: bool = True, fill: bool = True,
-                 render_defaults: dict | None = None):
+                 render_defaults: dict | None = None, train_on: str | None = None):
         from tmplcheck.validator.tokens import end_of_turn_strings, resolve_add_special_tokens
+        from tmplcheck.validator.training_flags import valid_train_on
 
+        #: which assistant turns are trained when a message has no flag of its own (``--train-on``)
+        self.train_on = valid_train_on(train_on)
         self.template = template
         self.tokenizer = tokenizer
         self.path = path
@@ -329,8 +332,8 @@ class TokenPipeline:
                     got = self.filler.fill(m)
                     if got is not None:
                         known, at = got[0].text, got[1]
-                loc = FilledLocated(known, m, at) if at is not None else \
-                    locate_messages(self.template, m, text=known, render_kw=kw, eots=eots)
+                loc = FilledLocated(known, m, at, self.train_on) if at is not None else \
+                    locate_messages(self.template, m, text=known, render_kw=kw, eots=eots, train_on=self.train_on)
                 if not loc.text.isascii():
                     loc.text.encode("utf-8")   # a lone surrogate (D027) cannot be tokenized: the row is not encoded
                 located.append(loc)
@@ -402,8 +405,10 @@ class TokenPipeline:
         ids = sp.ids
         if ctx.max_length and len(ids) > ctx.max_length:
             return None
+        if self.train_on != "all-assistant" and sum(m["role"] == "assistant" for m in messages) > 1:
+            return None   # an assistant turn is not trained: the full checks compare the mask turn by turn
         turns = []
-        if isinstance(loc, FilledLocated):   # every content placed as written; a gate row's assistant is trained
+        if isinstance(loc, FilledLocated):   # every content placed as written; a plain row's assistant is trained
             for i, m in enumerate(messages):
                 a, b = loc.at[i]
                 turns.append(Turn(i, m["role"], a, b))
@@ -474,12 +479,18 @@ class TokenPipeline:
         cands = K.find_end_of_turns(turns, ids, idx, ctx, len(text))
         out.extend(K.check_end_of_turn(turns, ids, cands, ctx, line=line))
         eots = K.accepted(cands, ids, ctx)
-        expected = M.expected_mask(text, ids, offsets, turns, eots, idx)[0] if all(t.found for t in turns) else None
+        trained = frozenset(s.index for s in enc.spans if s.trained)
+        every = frozenset(t.index for t in turns if t.role == "assistant")
+        found = all(t.found for t in turns)
+        expected = M.expected_mask(text, ids, offsets, turns, eots, idx, trained)[0] if found else None
         out.extend(M.check_mask(text, ids, offsets, labels, turns, eots, ctx, line=line, expected=expected))
         gen = getattr(enc, "generation_spans", None)
         if self.has_markers and gen is not None:
+            # {% generation %} marks what each assistant turn generates, whatever the row's training flags say
+            structural = expected if trained == every or not found else \
+                M.expected_mask(text, ids, offsets, turns, eots, idx)[0]
             out.extend(M.check_generation_mask(text, ids, offsets, gen, turns, eots, ctx, line=line,
-                                               expected=expected, idx=idx))
+                                               expected=structural, idx=idx))
         out.extend(M.check_boundary_merges(ids, idx, turns, ctx, text=text, line=line))
         out.extend(K.check_control_in_content([(t.index, t.role, row[1][t.index][1], t.pointer)
                                                for t in turns], ctx, line=line, encode=self.encode_plain))

@@ -247,7 +247,8 @@ def generation_spans(template, messages, render_kw) -> list[tuple[int, int]] | N
 
 def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable[Sequence[dict]], *,
                          max_length: int | None = None, add_special_tokens: bool | str = "auto",
-                         errors: str = "raise", render_kw: dict | None = None) -> list[Any]:
+                         errors: str = "raise", render_kw: dict | None = None,
+                         train_on: str | None = None) -> list[Any]:
     """``encode_conversation`` for many rows with one ``encode_batch`` call.
 
     ``errors="raise"`` re-raises the first render error; ``errors="return"`` puts the exception object in that
@@ -263,7 +264,7 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
     for msgs in conversations:
         msgs = [dict(m) for m in msgs]
         try:
-            loc = locate_messages(template, msgs, render_kw=render_kw, eots=eots)
+            loc = locate_messages(template, msgs, render_kw=render_kw, eots=eots, train_on=train_on)
             located.append(loc)
             gens.append(generation_spans(template, msgs, render_kw))
         except Exception as e:  # a TemplateRenderError is data: the caller turns it into a finding
@@ -285,14 +286,16 @@ def encode_conversations(template, tokenizer: Tokenizer, conversations: Iterable
 
 def encode_conversation(template, tokenizer: Tokenizer, messages: Sequence[dict], *,
                         max_length: int | None = None, add_special_tokens: bool | str = "auto",
-                        render_kw: dict | None = None) -> EncodedConversation:
+                        render_kw: dict | None = None, train_on: str | None = None) -> EncodedConversation:
     """Render, tokenize once, and label one conversation (see the module docstring).
 
     ``add_special_tokens="auto"`` (default) is the trainer's policy (:func:`add_special_tokens_for`): the tokenizer's
     post-processor runs on the render unless the template writes BOS itself and the tokenizer adds it too.
     ``True`` runs it regardless, as ``tokenizer(text)`` does (with such a pair ``bos_count`` is then 2); ``False``
     never.
-    Render errors (``TemplateRenderError``) propagate.
+    ``train_on``: which assistant turns get labels when a message has no ``weight``/``train`` flag of its own
+    (``validator/training_flags.py``; None: every assistant turn). Render errors (``TemplateRenderError``)
+    propagate.
     """
     return encode_conversations(template, tokenizer, [messages], max_length=max_length,
-                                add_special_tokens=add_special_tokens, render_kw=render_kw)[0]
+                                add_special_tokens=add_special_tokens, render_kw=render_kw, train_on=train_on)[0]

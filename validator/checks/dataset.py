@@ -94,11 +94,16 @@ def check_order(conv: Conversation) -> Iterator[Finding]:
 CONVERSATION_CHECKS = (check_content, check_order)
 
 
-def check_conversation(conv: Conversation, *, tools: Any = None) -> Iterator[Finding]:
-    """The row's D checks; ``tools``: the tools rows without their own are rendered with (``--tools``)."""
+def check_conversation(conv: Conversation, *, tools: Any = None, train_on: str | None = None) -> Iterator[Finding]:
+    """The row's D checks; ``tools``: the tools rows without their own are rendered with (``--tools``);
+    ``train_on``: which assistant turns are trained when a message has no flag of its own (``--train-on``)."""
     for check in CONVERSATION_CHECKS:
         yield from check(conv)
     if not conv.plain or tools is not None:
         from tmplcheck.validator.checks.tools import check_tools
 
         yield from check_tools(conv, tools=tools)
+    if not conv.plain:   # a plain row has no message fields, so no training flag
+        from tmplcheck.validator.training_flags import check_training_flags
+
+        yield from check_training_flags(conv, train_on)

@@ -31,9 +31,13 @@ def _locate(turns: Sequence[Turn], pos: int) -> tuple[Turn | None, str]:
 
 
 def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]], turns: Sequence[Turn],
-                  eots: dict[int, int | None], idx: TokenIndex | None = None) -> tuple[list[int], list[int]]:
+                  eots: dict[int, int | None], idx: TokenIndex | None = None,
+                  trained: frozenset[int] | None = None) -> tuple[list[int], list[int]]:
     """The structural mask: 1 must be trained, 0 must not, -1 don't care (boundary merges, whitespace after eot).
 
+    ``trained``: the indices of the assistant messages whose turn is trained (``training_flags.trained_turns``:
+    per-message ``weight``/``train`` flags and ``--train-on``); None: every assistant turn. An assistant turn left
+    out is expected untrained, like any other message.
     Returns (mask, straddling token indices). Works on token ranges (bisect over offsets), not token by token.
     """
     n = len(ids)
@@ -41,7 +45,7 @@ def expected_mask(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, in
     mask = [0] * n
     straddle: list[int] = []
     for t in turns:
-        if t.role != "assistant" or not t.found:
+        if t.role != "assistant" or not t.found or (trained is not None and t.index not in trained):
             continue
         if t.end > t.start:
             r = idx.inside(t.start, t.end)

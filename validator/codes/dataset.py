@@ -278,4 +278,29 @@ Why it hurts: reasoning templates (Qwen3, DeepSeek-R1) insert an empty `<think><
 reasoning, so the model learns to skip thinking on some share of prompts you did not choose.
 Fix: make it deliberate: add reasoning, drop it, or set `enable_thinking` per row (`chat_template_kwargs`).
 """, "dataset/reasoning_mixed.jsonl"),
+    Rule("D051", "training-flag-not-assistant", E, "A non-assistant message carries a training flag.",
+         """
+What: a system, user or tool message has `weight` (OpenAI's fine-tuning format) or `train`/`trainable` (axolotl's
+per-message flag). Only assistant turns are trained: tmplcheck's expected mask and `tmplcheck train` ignore the flag.
+Why it hurts: the flag says someone meant this message to be trained (or not); trainers disagree on it — axolotl's
+per-message `train: true` trains any role, OpenAI rejects `weight` outside assistant messages — so what is trained
+depends on the trainer, not on the data.
+Fix: remove the flag, or make the message an assistant turn.
+""", "dataset/training_flag_not_assistant.jsonl"),
+    Rule("D052", "training-flag-invalid", E, "A training flag has a value no trainer reads the same way.",
+         """
+What: `weight` is not 0 or 1, or `train`/`trainable` is not `true`/`false` (a string "false", a number). A `null`
+flag counts as absent (columnar files fill absent struct fields with null).
+Why it hurts: `"false"` is truthy in Python, a weight of 0.5 is rejected by OpenAI and read as "trained" by others:
+the turn is trained or not depending on the trainer. tmplcheck treats the turn as unflagged (`--train-on` decides).
+Fix: write `"weight": 0` / `1`, or `"train": false` / `true`.
+""", "dataset/training_flag_invalid.jsonl"),
+    Rule("D053", "nothing-to-train", E, "Every assistant turn of the row is flagged not to be trained.",
+         """
+What: after the per-message flags (`weight: 0`, `train: false`) and `--train-on`, no assistant turn of the row is
+left in the loss.
+Why it hurts: the row's labels are all -100: it costs compute and contributes nothing, and some trainers divide
+by zero on it (NaN loss) or drop it silently.
+Fix: drop the row, or flag at least one assistant turn for training.
+""", "dataset/nothing_to_train.jsonl"),
 ]
