@@ -1,7 +1,7 @@
 """The one table of finding codes.
 
 Each family lives in its own module (D dataset, T template, X cross-renderer, K tokens, M masks/training,
-A artifacts in generations) so that the table stays readable; this module joins them and guarantees that a code is
+L labels of a tokenized dataset, A artifacts in generations) so that the table stays readable; this module joins them and guarantees that a code is
 defined once and never reused. ``tmplcheck rule CODE`` prints a rule's explanation.
 """
 
@@ -34,10 +34,10 @@ class Rule:
 
 
 def _load() -> dict[str, Rule]:
-    from tmplcheck.validator.codes import artifacts, bounds, cross, dataset, masks, template, tokens
+    from tmplcheck.validator.codes import artifacts, bounds, cross, dataset, labels, masks, template, tokens
 
     table: dict[str, Rule] = {}
-    for mod in (dataset, bounds, template, cross, tokens, masks, artifacts):
+    for mod in (dataset, bounds, template, cross, tokens, masks, labels, artifacts):
         for rule in mod.RULES:
             if rule.code in table:
                 raise RuntimeError(f"finding code {rule.code} defined twice")
