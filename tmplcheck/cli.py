@@ -115,14 +115,14 @@ def load_tokenizer_option(spec: str):
 
 
 @cli.command("check")
-@click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("data", nargs=-1, required=True, type=click.Path())
 @click.option("--template", "-t", help="Template: a built-in name, a .jinja file, a model dir, a GGUF, a hub id.")
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Output format (default text).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the report to FILE (atomically).")
 @click.option("--exit-zero", is_flag=True, default=None, help="Exit 0 even when errors are found.")
 @click.option("--max-findings", type=int, help="Show at most N findings (all are still counted).")
-@click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+@click.option("--input-format", type=click.Choice(["sharegpt", "openai", "alpaca"]), help="Force the row format.")
 @click.option("--max-line-bytes", type=int, help="Skip (and report) lines larger than this (default 10 MiB).")
 @click.option("--group", type=click.Choice(["line", "code"]), help="Group text output by line or by code.")
 @click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset "
@@ -132,8 +132,12 @@ def load_tokenizer_option(spec: str):
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
               input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train, tools, documents,
               template_kwargs, train_on):
-    """Check DATA (JSONL or a .json list of rows) and exit 0 clean, 1 findings, 2 error."""
-    from tmplcheck.validator.gate import run_gate
+    """Check DATA and exit 0 clean, 1 findings, 2 error.
+
+    DATA: JSONL or a .json list of rows, a parquet or Arrow file, a datasets save_to_disk folder, or a dataset id
+    in the local Hugging Face cache (read offline). Rows are ShareGPT, OpenAI or Alpaca."""
+    from tmplcheck.validator.gate import run_gate, run_source
+    from tmplcheck.validator.sources import SourceError, open_source
     from tmplcheck.validator.report import report_chunks
     from tmplcheck.validator.stages import build_stages
     from tmplcheck.validator.render import TemplateLoadError
@@ -147,9 +151,18 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
     if approve and (st.template is None or st.tokenizer is None):
         raise click.UsageError("--approve needs --template and --tokenizer (or both in the settings file): a stamp "
                                "vouches for the template and mask checks, which need both")
+    sources = []
     for d in data:
-        if not Path(d).exists():
-            raise click.UsageError(f"{d}: no such file")
+        try:
+            sources.append(open_source(d, display_path=d, input_format=st.input_format,
+                                       max_line_bytes=st.max_line_bytes))
+        except SourceError as e:
+            raise (click.UsageError if "no such file" in str(e) else ToolFailure)(str(e)) from None
+        except ImportError as e:
+            raise missing_extra("hf", f"reading {d}", e) from None
+    if approve and any(s.objects for s in sources):
+        raise click.UsageError("--approve stamps JSONL files (what `tmplcheck train` reads); check the JSONL export "
+                               "of this dataset to approve it")
     stage_cfg = st.stage_config()
     try:
         stages = build_stages(stage_cfg)
@@ -161,10 +174,16 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         raise click.UsageError(f"--tokenizer: {e}") from None
     opts = st.gate_options(stages=stages)
     results = []
-    for d in data:
+    for d, src in zip(data, sources):
         p = Path(d)
-        with _progress(p) as opts.progress:
-            results.append(run_gate(p, opts, display_path=d))
+        if not src.objects and p.is_file():
+            with _progress(p) as opts.progress:
+                results.append(run_gate(p, opts, display_path=d))
+            continue
+        try:
+            results.append(run_source(src, opts))
+        except SourceError as e:
+            raise ToolFailure(str(e)) from None
     color = st.format == "text" and output is None and sys.stdout.isatty()
     write_output(report_chunks(st.format, results, max_findings=st.max_findings, group=st.group, color=color),
                  output)

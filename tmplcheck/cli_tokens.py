@@ -155,7 +155,7 @@ def render_rich(table: dict, console) -> None:
 @click.option("--template", "-t", help="Template (default: the tokenizer's own, or the registry's default for it).")
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+@click.option("--input-format", type=click.Choice(["sharegpt", "openai", "alpaca"]), help="Force the row format.")
 @check_options(template_args=True, train_on=True)
 def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
              max_length, for_train, tools, documents, template_kwargs, train_on):

@@ -104,7 +104,7 @@ class _Display:
 @click.option("--revalidate", is_flag=True, help="Run the gate first and stamp the dataset when it passes.")
 @click.option("--force", is_flag=True, help="Skip the gate (recorded as forced=true in run.json). Not for real runs.")
 @click.option("--merge", is_flag=True, help="Also save the LoRA adapter merged into the base model (merged/).")
-@click.option("--input-format", type=click.Choice(["sharegpt", "openai"]), help="Force the row format.")
+@click.option("--input-format", type=click.Choice(["sharegpt", "openai", "alpaca"]), help="Force the row format.")
 @click.option("--loss-on", type=click.Choice(["assistant", "all"]), default="assistant", show_default=True,
               help="assistant: loss on the verified assistant masks; all: on every token (the naive pipeline, "
                    "for reproducing failures; recorded in run.json).")

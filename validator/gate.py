@@ -30,7 +30,7 @@ from tmplcheck.validator.checks.dataset import check_conversation
 from tmplcheck.validator.codes import matches
 from tmplcheck.validator.findings import Finding, Severity, finding
 from tmplcheck.validator.store import FindingStore
-from tmplcheck.validator.ingest import DEFAULT_MAX_LINE_BYTES, Conversation, open_records, parse_record
+from tmplcheck.validator.ingest import DEFAULT_MAX_LINE_BYTES, Conversation, open_records, parse_object, parse_record
 
 
 class Stage(Protocol):
@@ -310,14 +310,20 @@ class _ChunkWork:
     """The per-row work of one chunk of raw records: parse, then every stage's chunk worker. Runs in the gate's
     process (small files) or in a worker process (``validator/parallel.py``)."""
 
-    def __init__(self, path: str, is_array: bool, input_format: str | None, workers: list, keep_conv: bool):
+    def __init__(self, path: str, is_array: bool, input_format: str | None, workers: list, keep_conv: bool,
+                 objects: bool = False):
         self.path, self.is_array, self.input_format = path, is_array, input_format
         self.workers = workers
         self.keep_conv = keep_conv
+        self.objects = objects   # records carry decoded rows (validator/sources.py), not a JSONL record's bytes
 
-    def process(self, recs: Sequence[tuple[int, bytes | None, list[Finding]]], first: int) -> list[tuple]:
-        rows = [parse_record(line, data, found, path=self.path, is_array=self.is_array,
-                             input_format=self.input_format) for line, data, found in recs]
+    def process(self, recs: Sequence[tuple[int, Any, list[Finding]]], first: int) -> list[tuple]:
+        if self.objects:
+            rows = [parse_object(line, obj, found, path=self.path, input_format=self.input_format)
+                    for line, obj, found in recs]
+        else:
+            rows = [parse_record(line, data, found, path=self.path, is_array=self.is_array,
+                                 input_format=self.input_format) for line, data, found in recs]
         convs = [r.conversation for r in rows]
         ordinals = range(first, first + len(rows))
         payloads = [w.process(convs, ordinals) if w is not None else None for w in self.workers]
@@ -372,6 +378,28 @@ def run_gate(path: str | os.PathLike, opts: GateOptions | None = None, display_p
         work = run.work(is_array)
         run.feed(_results(_chunks(records, max(1, run.opts.chunk_rows)), work, run.jobs))
     return run.result()
+
+
+def run_source(source, opts: GateOptions | None = None) -> GateResult:
+    """The gate over a ``validator/sources.py`` Source (parquet, Arrow, a save_to_disk folder, a cached dataset id,
+    in-memory rows; a JSONL file too): the same stages and decisions as :func:`run_gate`. Findings on rows of a
+    columnar or in-memory source carry where the row is (``row``, and ``file``/``row_group`` where the source has
+    them) in their ``data``; the summary says what the source was (``source``)."""
+    run = GateRun(source.path, opts)
+    work = run.work(source.is_array)
+    work.objects = source.objects
+    if source.located:
+        add = run.add
+        where = source.where
+
+        def add_located(found: Iterable[Finding]) -> None:
+            add(dataclasses.replace(f, data={**f.data, **where(f.line)}) if f.line else f for f in found)
+
+        run.add = add_located   # type: ignore[method-assign]
+    run.feed(_results(_chunks(source.records(), max(1, run.opts.chunk_rows)), work, run.jobs))
+    res = run.result()
+    res.summary["source"] = source.describe()
+    return res
 
 
 class GateRun:

@@ -38,8 +38,13 @@ KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "ip
 #: where reasoning lives in a message: transformers passes the message as written, and templates read one of these
 #: (Qwen3, DeepSeek-R1, GLM: ``reasoning_content``; GPT-OSS: ``thinking``; others ``reasoning``)
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
-FORMATS = ("sharegpt", "openai")
+FORMATS = ("sharegpt", "openai", "alpaca")
 _FIELDS = {"sharegpt": ("conversations", "from", "value"), "openai": ("messages", "role", "content")}
+#: Alpaca rows (``instruction``, optional ``input``, ``output``, optional ``system``) → system/user/assistant turns.
+#: The user turn is the instruction, then a blank line, then the input when the input is not empty — what
+#: Alpaca-style chat conversions (axolotl's ``alpaca_chat``, Stanford Alpaca's prompt without its headers) do;
+#: LLaMA-Factory joins with a single newline instead. README "Inputs" says so.
+ALPACA_JOIN = "\n\n"
 #: row fields that go to the template (``apply_chat_template(messages, tools=..., documents=..., **kwargs)``)
 ROW_FIELDS = ("tools", "documents", "chat_template_kwargs")
 
@@ -131,6 +136,8 @@ class Conversation:
         return kw
 
     def role_pointer(self, index: int) -> str:
+        if self.format == "alpaca":   # no role field: the field the message came from
+            return self.messages[index].pointer
         return f"{self.key}/{index}/{_FIELDS[self.format][1]}"
 
 
@@ -395,7 +402,47 @@ def detect_format(obj: Any) -> str | None:
         return "sharegpt"
     if "messages" in obj:
         return "openai"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
     return None
+
+
+def _alpaca_row(obj: dict, path: str, line: int) -> tuple[Conversation | None, list[Finding]]:
+    """An Alpaca row → system (``system``), user (``instruction`` + ``ALPACA_JOIN`` + ``input``), assistant
+    (``output``). Each message points at the field it came from (the user turn at ``/instruction``)."""
+    out: list[Finding] = []
+    for key in ("instruction", "output"):
+        if key not in obj:
+            out.append(finding("D007", f"Alpaca row has no {key!r} field (forced format alpaca)", path=path,
+                               line=line))
+    if out:
+        return None, out
+    texts: dict[str, str] = {}
+    for key in ("system", "instruction", "input", "output"):
+        v = obj.get(key)
+        if v is None and key in ("system", "input"):
+            continue
+        if not isinstance(v, str):
+            out.append(finding("D011", f"{key!r} is {_kind(v)}, expected a string", path=path, line=line,
+                               pointer=f"/{key}"))
+            continue
+        texts[key] = v
+    if "instruction" not in texts or "output" not in texts:
+        return None, out
+    messages = []
+    if texts.get("system"):
+        messages.append(Message("system", texts["system"], "/system", "system"))
+    user = texts["instruction"] + (ALPACA_JOIN + texts["input"] if texts.get("input") else "")
+    messages.append(Message("user", user, "/instruction", "instruction"))
+    messages.append(Message("assistant", texts["output"], "/output", "output"))
+    extra = _row_fields(obj, path, line, out)
+    conv = Conversation(path=path, line=line, format="alpaca", messages=messages, key="", tools=extra.get("tools"),
+                        documents=extra.get("documents"), template_kwargs=extra.get("chat_template_kwargs"))
+    canon = "".join(f"{len(m.role)}:{m.role}{len(m.content)}:{m.content}" for m in messages)
+    if not conv.plain:
+        canon += json.dumps(extra, sort_keys=True, default=repr)
+    conv.digest = hashlib.blake2b(canon.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return conv, out
 
 
 
@@ -477,9 +524,12 @@ def parse_row(obj: Any, *, path: str, line: int, forced: str | None = None) -> t
     fmt = forced or detect_format(obj)
     if fmt is None:
         keys = ", ".join(sorted(map(str, obj))[:6]) or "none"
-        out.append(finding("D007", f"row has no 'conversations' or 'messages' field (keys: {keys})", path=path,
-                           line=line, hint="use --input-format if the file is ShareGPT or OpenAI under another shape"))
+        out.append(finding("D007", f"row has no 'conversations' or 'messages' field, nor Alpaca's 'instruction' and "
+                                   f"'output' (keys: {keys})", path=path, line=line,
+                           hint="use --input-format if the file is ShareGPT or OpenAI under another shape"))
         return None, out
+    if fmt == "alpaca":
+        return _alpaca_row(obj, path, line)
     key, role_f, content_f = _FIELDS[fmt]
     if key not in obj:
         out.append(finding("D007", f"row has no {key!r} field (forced format {fmt})", path=path, line=line))
@@ -626,6 +676,14 @@ def parse_record(line: int, data: bytes | None, found: list[Finding], *, path: s
     if conv is not None and any(f.code == "D002" for f in more):
         conv.replaced_bytes = True
     return Row(line, conv, more + rest)
+
+
+def parse_object(line: int, obj: Any, found: list[Finding] | None = None, *, path: str,
+                 input_format: str | None = None) -> Row:
+    """One decoded row (a columnar or in-memory source's, ``validator/sources.py``) → a Row: the checks of
+    :func:`parse_record` after decoding (the byte-level ones belong to JSONL)."""
+    conv, rest = parse_row(obj, path=path, line=line, forced=input_format)
+    return Row(line, conv, list(found or ()) + rest)
 
 
 def read_rows(path: str | Path, *, input_format: str | None = None,

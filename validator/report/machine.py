@@ -115,6 +115,9 @@ def iter_sarif(results: Sequence[GateResult], *, max_findings: int | None = None
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": f.path or "."}, "region": region}}],
         }
         props = {"pointer": f.pointer} if f.pointer else {}
+        for key in ("row", "row_group", "file"):   # a row of a parquet/Arrow/in-memory source (startLine: row + 1)
+            if key in f.data:
+                props[key] = f.data[key]
         if "rows" in f.data:   # a per-file finding: how many rows it applies to, and the first of them
             props.update(rows=f.data["rows"], lines=f.data.get("lines", []))
         if props:

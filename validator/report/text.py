@@ -13,6 +13,7 @@ from tmplcheck.validator.codes import RULES
 from tmplcheck.validator.textshow import escape_controls
 from tmplcheck.validator.findings import Finding, Severity
 from tmplcheck.validator.gate import GateResult
+from tmplcheck.validator.sources import location_text
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
@@ -25,7 +26,7 @@ def visible(s: str, limit: int = 80) -> str:
 
 def _finding_line(f: Finding) -> Text:
     t = Text()
-    loc = f"{f.path}:{f.line}" if f.line else f.path
+    loc = location_text(f)   # path:line, or path:row N (row group G) for a parquet/Arrow/in-memory row
     t.append(loc, style="bold")
     t.append(": ")
     t.append(f.code, style=_STYLE[f.severity])
