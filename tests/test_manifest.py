@@ -23,7 +23,8 @@ FIELDS = {"data", "template", "tokenizer", "args", "scope", "also", "ignore", "c
 #: the clean counterpart of each family: (data, template, tokenizer)
 CLEAN = {"D": ("dataset/clean.jsonl", None, None), "T": ("templates/rows.jsonl", "llama-3", None),
          "X": ("dataset/clean.jsonl", "chatml", None), "K": ("tokens/clean.jsonl", "llama-3", "llama-3"),
-         "M": ("tokens/clean.jsonl", "llama-3", "llama-3"), "A": ("generations/clean.jsonl", "llama-3", "llama-3")}
+         "M": ("tokens/clean.jsonl", "llama-3", "llama-3"), "A": ("generations/clean.jsonl", "llama-3", "llama-3"),
+         "L": ("audit/clean.jsonl", "llama-3", "llama-3")}
 
 
 # ----------------------------------------------------------------------------------------- derived tokenizers
@@ -80,6 +81,8 @@ def run(e: dict, spec, data: str, template: str | None, tokenizer: str | None) -
         args += ["--tokenizer", spec(tokenizer)]
     if command == "check":
         args += ["--select", e["scope"], "--jobs", "1"] + [a for c in e.get("ignore", []) for a in ("--ignore", c)]
+    elif command == "audit":
+        args += ["--select", e["scope"]]
     args += [str(a) for a in e.get("args", [])]
     r = CliRunner().invoke(cli, args)
     if r.exception is not None and not isinstance(r.exception, SystemExit):
