@@ -110,7 +110,7 @@ def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
         return TokenStage(path, template, tokenizer, max_length=cfg.max_length, jobs=jobs,
                           llamacpp_vocab=str(tokenizer.gguf_path) if llama_cpp and getattr(tokenizer, "gguf_path",
                                                                                           None) else None,
-                          tokenizer_name=str(cfg.tokenizer),
+                          tokenizer_name=str(extra.get("tokenizer_name") or cfg.tokenizer),
                           add_special_tokens=extra.get("add_special_tokens", "auto"), fill=extra.get("fill", True),
                           render_defaults=extra.get("render_defaults"), train_on=extra.get("train_on"))
 

@@ -91,26 +91,49 @@ def iter_text(results: Sequence[GateResult], *, max_findings: int | None = None,
         console.print(Text(f"… {total_f - shown} more findings not shown (--max-findings {max_findings})",
                            style="dim"))
     for r in results:
-        s = r.summary
-        table = Table(title=f"tmplcheck {r.path}", show_header=True, header_style="bold")
-        table.add_column("code")
-        table.add_column("name")
-        table.add_column("severity")
-        table.add_column("count", justify="right")
-        per_file = s.get("per_file_rows") or {}
-        for code, n in s["by_code"].items():
-            rule = RULES[code]
-            count = f"once, {per_file[code]} rows" if code in per_file else str(n)
-            table.add_row(code, rule.name, Text(rule.severity.value, style=_STYLE[rule.severity]), count)
-        if s["by_code"]:
-            console.print(table)
-        verdict = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
-        line = Text()
-        line.append_text(verdict)
-        line.append(f"  {r.path}: {s['rows']} rows, {s['errors']} errors, {s['warnings']} warnings, "
-                    f"{s['infos']} infos; {s['rows_with_errors']} rows with errors")
-        console.print(line)
-        for key, val in s.items():
-            if isinstance(val, dict) and key not in ("by_code", "dataset") and val.get("headline"):
-                console.print(Text(f"  {key}: {val['headline']}", style="dim"))
+        for part in summary_renderables(r):
+            console.print(part)
     yield flush()
+
+
+def summary_renderables(r: GateResult) -> list:
+    """A file's summary as rich renderables: the table of codes (when any fired), the verdict line and each
+    stage's headline (the text report's end; ``tmplcheck.Result`` shows the same in a terminal)."""
+    s = r.summary
+    out: list = []
+    table = Table(title=f"tmplcheck {r.path}", show_header=True, header_style="bold")
+    table.add_column("code")
+    table.add_column("name")
+    table.add_column("severity")
+    table.add_column("count", justify="right")
+    per_file = s.get("per_file_rows") or {}
+    for code, n in s["by_code"].items():
+        rule = RULES[code]
+        count = f"once, {per_file[code]} rows" if code in per_file else str(n)
+        table.add_row(code, rule.name, Text(rule.severity.value, style=_STYLE[rule.severity]), count)
+    if s["by_code"]:
+        out.append(table)
+    verdict = Text("PASS", style="bold green") if r.passed else Text("FAIL", style="bold red")
+    line = Text()
+    line.append_text(verdict)
+    line.append(f"  {r.path}: {s['rows']} rows, {s['errors']} errors, {s['warnings']} warnings, "
+                f"{s['infos']} infos; {s['rows_with_errors']} rows with errors")
+    out.append(line)
+    for key, val in s.items():
+        if isinstance(val, dict) and key not in ("by_code", "dataset") and val.get("headline"):
+            out.append(Text(f"  {key}: {val['headline']}", style="dim"))
+    return out
+
+
+def finding_renderables(findings, max_findings: int | None = None, total: int | None = None) -> list:
+    """Findings as the text report prints them, a line each, cut at ``max_findings`` (with a line saying how
+    many more there are)."""
+    out = []
+    for k, f in enumerate(findings):
+        if max_findings is not None and k >= max_findings:
+            break
+        out.append(_finding_line(f))
+    total = total if total is not None else len(findings)
+    if len(out) < total:
+        out.append(Text(f"… {total - len(out)} more findings not shown", style="dim"))
+    return out
