@@ -305,13 +305,16 @@ def save_to_disk_source(d: Path, shown: str, input_format: str | None = None) ->
 
 # ---------------------------------------------------------------------------------------------- the local hub cache
 def hub_cache_dir() -> str:
+    """The hub cache: ``HF_HUB_CACHE`` (read now, so that a process can point it elsewhere), else
+    huggingface_hub's own default (``HF_HOME``/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
     try:
         from huggingface_hub import constants
 
         return str(constants.HF_HUB_CACHE)
     except ImportError:
-        return os.environ.get("HF_HUB_CACHE") or os.path.join(
-            os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+        return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
 
 
 def _split_of(p: Path, root: Path) -> str:

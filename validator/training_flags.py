@@ -88,6 +88,12 @@ def trained_turns(conversation: Any, train_on: str | None = DEFAULT_TRAIN_ON) ->
     return frozenset(out)
 
 
+def _shown(v: Any) -> Any:
+    """A flag's value as the message shows it: a whole float as the integer (parquet stores 0/1 weights as
+    doubles when any weight of the column is fractional)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def _flag_pointer(m: Any, key: str) -> str:
     ptr = getattr(m, "pointer", "") or ""
     base = ptr.rsplit("/", 1)[0] if ptr.count("/") >= 2 else ptr
@@ -115,10 +121,10 @@ def check_training_flags(conv: Any, train_on: str | None = DEFAULT_TRAIN_ON) -> 
                 ok = isinstance(v, bool)
                 want = "true or false"
             if not ok:
-                yield finding("D052", f"{m.role} message {i} has {key}={v!r}; expected {want}", **where)
+                yield finding("D052", f"{m.role} message {i} has {key}={_shown(v)!r}; expected {want}", **where)
                 continue
             if m.role != "assistant":
-                yield finding("D051", f"{m.role} message {i} has {key}={v!r}: only assistant turns are trained, so "
+                yield finding("D051", f"{m.role} message {i} has {key}={_shown(v)!r}: only assistant turns are trained, so "
                                       "tmplcheck's mask and `tmplcheck train` ignore it"
                                       + (" (axolotl would train this message)" if key != "weight" and v else ""),
                               **where)
