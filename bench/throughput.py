@@ -1,23 +1,32 @@
 #!/usr/bin/env python
-"""Throughput of the token gate against the loop users write today, on the same generated rows in one run.
+"""Throughput of the token gate against the loops users write today, on the same generated rows in one run, at three
+row lengths.
 
-    .venv/bin/python bench/throughput.py [--rows 20000] [--memory-rows 100000 1000000] [--jobs 2]
+    .venv/bin/python bench/throughput.py [--rows 20000] [--lengths short,medium,long] [--repeat 2] [--jobs 2]
+                                         [--memory-rows 100000 1000000] [--memory-length short]
 
-(a) naive:     transformers' PreTrainedTokenizerFast on the Llama 3 vocabulary,
-               ``tokenizer.apply_chat_template(conv, tokenize=True)`` per row, timed from loading the tokenizer;
+Row sets (``--lengths``), ShareGPT rows made from one word list, deterministic: ``short`` ~45 tokens a row (one
+question and a one-line answer, like the tweets of the seed's data), ``medium`` ~150, ``long`` ~500 (1-3 turns of up
+to 300 words; the set this script measured before the lengths existed). For each set, on the Llama 3 vocabulary:
+
+(a) naive:     transformers' PreTrainedTokenizerFast, ``tokenizer.apply_chat_template(conv, tokenize=True)`` per
+               row, timed from loading the tokenizer;
+(d) map:       what a power user writes: ``datasets.Dataset.from_json`` on the same file and
+               ``.map(batched=True, num_proc=--jobs)`` calling ``apply_chat_template(batch, tokenize=True)`` on each
+               batch, in a fresh process, timed from loading the tokenizer (after the imports) to the mapped dataset;
 (b) tmplcheck: the full gate on the JSONL file with every check on (D, T, X, K, M codes; llama.cpp ids, prompt
                renders and the generation-marker mask on their samples), ``--template llama-3 --tokenizer llama-3
                --max-length 4096``, process pool over ``--jobs`` cores, in a fresh Python process as the command
                line runs it, timed from starting that process (imports, loading the template, tokenizer and
                llama.cpp vocabulary) to the verdict;
-(c) floor:     the Rust tokenizer's own ``encode_batch`` on the already rendered texts (loaded tokenizer).
+(c) floor:     the Rust tokenizer's own ``encode_batch`` on the already rendered texts (loaded tokenizer; its own
+               thread pool over every core).
 
-Each is run ``--repeat`` times, interleaved (a, b, c, a, b, c, ...), and the best run of each counts: the machine's
-other load only ever slows a run down.
-
-Prints rows/s and tokens/s of each, the ratios (b)/(a) (target >= 2.5) and (b)/(c) (target >= 0.8), and the peak
-memory (max RSS of the gate process and its workers) of gate runs over ``--memory-rows`` rows, each in its own
-subprocess, which must not grow with the number of rows.
+Each is run ``--repeat`` times, interleaved (a, d, b, c, a, d, b, c, ...), and the best run of each counts: the
+machine's other load only ever slows a run down. Targets, at every length: (b)/(a) >= 2.5, (b)/(d) >= 1.5,
+(b)/(c) >= 0.8. Then the peak memory (max RSS of the gate process and of its largest worker) of gate runs over
+``--memory-rows`` rows of the ``--memory-length`` set, each in its own subprocess, which must not grow with the
+number of rows.
 """
 
 from __future__ import annotations
@@ -37,30 +46,52 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a model learns to an
          "Python, Rust, databases, cooking, history and travel; it explains, lists steps, writes code, "
          "and ends politely").split()
 
+#: row set -> (share of rows with a system prompt, min and max user/assistant pairs, question words min/max,
+#: answer words min/max); ~45, ~150 and ~500 tokens a row with the Llama 3 template and vocabulary
+LENGTHS = {"short": (0.2, 1, 1, 3, 12, 5, 18), "medium": (0.4, 1, 2, 5, 25, 20, 80),
+           "long": (0.5, 1, 3, 5, 40, 20, 300)}
+TARGETS = {"naive": 2.5, "map": 1.5, "floor": 0.8}
 
-def make_rows(n: int, seed: int = 0):
-    """Deterministic ShareGPT rows: optional system, 1-3 user/assistant pairs, answers of 20-300 words."""
+
+def make_rows(n: int, seed: int = 0, length: str = "long"):
+    """Deterministic ShareGPT rows of one row set (see ``LENGTHS``): optional system, user/assistant pairs."""
+    sys_share, pmin, pmax, qmin, qmax, amin, amax = LENGTHS[length]
     rnd = random.Random(seed)
     for i in range(n):
         conv = []
-        if rnd.random() < 0.5:
+        if rnd.random() < sys_share:
             conv.append({"from": "system", "value": "You are a helpful assistant. Answer concisely."})
-        for _ in range(rnd.randint(1, 3)):
-            q = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(5, 40))) + f"? (#{i})"
-            a = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(20, 300))) + "."
+        for _ in range(rnd.randint(pmin, pmax)):
+            q = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(qmin, qmax))) + f"? (#{i})"
+            a = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(amin, amax))) + "."
             conv += [{"from": "human", "value": q.capitalize()}, {"from": "gpt", "value": a.capitalize()}]
         yield {"conversations": conv}
 
 
-def write_rows(path: Path, n: int) -> None:
+def write_rows(path: Path, n: int, length: str = "long") -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for r in make_rows(n):
+        for r in make_rows(n, length=length):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+ROLE = {"system": "system", "human": "user", "gpt": "assistant"}
+
+
 def as_messages(row) -> list[dict]:
-    role = {"system": "system", "human": "user", "gpt": "assistant"}
-    return [{"role": role[m["from"]], "content": m["value"]} for m in row["conversations"]]
+    return [{"role": ROLE[m["from"]], "content": m["value"]} for m in row["conversations"]]
+
+
+def hf_tokenizer():
+    """transformers' fast tokenizer on the Llama 3 vocabulary with the llama-3 template, as a user loads it."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tmplcheck.templates import load_template
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(load_tokenizer("llama-3").hf_dir / "tokenizer.json"),
+                                 bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+    hf.chat_template = load_template("llama-3").source
+    return hf
 
 
 def gate(path: Path, jobs: int):
@@ -81,11 +112,33 @@ def gate_child(path: str, jobs: int) -> None:
         "tokens", "rows_encoded", "regular_rows", "llamacpp_rows_compared", "prefix_rows_rendered")}}))
 
 
-def memory_child(n: int, jobs: int) -> None:
+def map_child(path: str, jobs: int) -> None:
+    """Subprocess body of (d): ``datasets.map(batched=True, num_proc=jobs)`` with ``apply_chat_template`` on the
+    file, from loading the tokenizer (after the imports) to the mapped dataset; prints seconds and tokens."""
+    import datasets
+    import transformers  # noqa: F401 - imported before the clock starts, as the gate's imports are not
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as cache:
+        t = time.perf_counter()
+        hf = hf_tokenizer()
+
+        def encode(batch):
+            convs = [[{"role": ROLE[m["from"]], "content": m["value"]} for m in c] for c in batch["conversations"]]
+            return {"input_ids": hf.apply_chat_template(convs, tokenize=True, return_dict=False)}
+
+        ds = datasets.Dataset.from_json(path, cache_dir=cache)
+        out = ds.map(encode, batched=True, num_proc=jobs, remove_columns=ds.column_names)
+        dt = time.perf_counter() - t
+        n = sum(len(x) for x in out.data.column("input_ids").to_pylist())
+    print(json.dumps({"seconds": dt, "tokens": n, "rows": len(out)}))
+
+
+def memory_child(n: int, jobs: int, length: str) -> None:
     """Subprocess body: generate n rows into a temp file, run the gate, print rows and peak RSS (self + workers)."""
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "rows.jsonl"
-        write_rows(p, n)
+        write_rows(p, n, length)
         t = time.perf_counter()
         res = gate(p, jobs)
         dt = time.perf_counter() - t
@@ -121,51 +174,31 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=20000, help="rows timed for (a), (b) and (c)")
-    ap.add_argument("--memory-rows", type=int, nargs="*", default=[100_000, 1_000_000],
-                    help="row counts for the peak-memory runs (each in a subprocess)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of (a), (b), (c); the best of each counts")
-    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--gate-child", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.gate_child:
-        gate_child(a.gate_child, a.jobs)
-        return
-    if a.memory_child:
-        memory_child(a.memory_child, a.jobs)
-        return
-
+def measure(length: str, rows: int, jobs: int, repeat: int) -> dict:
+    """(a), (d), (b), (c) on one row set, interleaved ``repeat`` times; the best of each."""
     from tmplcheck.templates import load_template
     from tmplcheck.validator.tokenizer import load_tokenizer
 
     tok = load_tokenizer("llama-3")
     tmpl = load_template("llama-3")
-    tok_file = str(tok.hf_dir / "tokenizer.json")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "rows.jsonl"
-        write_rows(path, a.rows)
+        write_rows(path, rows, length)
         convs = [as_messages(json.loads(line)) for line in path.open(encoding="utf-8")]
         texts = [tmpl.render(c) for c in convs]
-        print(f"{a.rows} rows, {path.stat().st_size / 1e6:.1f} MB, Llama 3 vocabulary, {os.cpu_count()} cores, "
-              f"jobs={a.jobs}, best of {a.repeat} interleaved runs each")
 
         def run_a():
             # the loop users write today, from loading the tokenizer to the last row
-            from transformers import PreTrainedTokenizerFast
-
             t = time.perf_counter()
-            hf = PreTrainedTokenizerFast(tokenizer_file=tok_file, bos_token="<|begin_of_text|>",
-                                         eos_token="<|eot_id|>")
-            hf.chat_template = tmpl.source
-            loaded = time.perf_counter()
+            hf = hf_tokenizer()
             n = 0
             for c in convs:
                 n += len(hf.apply_chat_template(c, tokenize=True, return_dict=False))
-            end = time.perf_counter()
-            return end - t, end - loaded, n
+            return time.perf_counter() - t, n
+
+        def run_d():
+            out = run_child("--map-child", str(path), "--jobs", str(jobs))
+            return out["seconds"], out["tokens"]
 
         def run_b():
             # the gate with every check on, in a fresh process as the command line runs it: from starting Python
@@ -173,7 +206,7 @@ def main() -> None:
             # process and its workers too (on a shared machine it varies less than wall time)
             c = cpu_seconds()
             t = time.perf_counter()
-            out = run_child("--gate-child", str(path), "--jobs", str(a.jobs))
+            out = run_child("--gate-child", str(path), "--jobs", str(jobs))
             return time.perf_counter() - t, cpu_seconds() - c, out
 
         def run_c():
@@ -182,41 +215,92 @@ def main() -> None:
             encs = tok.backend.encode_batch(texts, add_special_tokens=False)
             return time.perf_counter() - t, sum(len(e.ids) for e in encs)
 
-        ra, rb, rc = [], [], []
-        for _ in range(a.repeat):
+        ra, rd, rb, rc = [], [], [], []
+        for _ in range(repeat):
             ra.append(run_a())
+            rd.append(run_d())
             rb.append(run_b())
             rc.append(run_c())
-        ta, ta_loop, n_a = min(ra)
-        tb, cb, res = min(rb, key=lambda r: r[0])
-        tc, n_c = min(rc)
-        tk = res["summary"]
-        n_b = tk["tokens"]
+    tb, cb, res = min(rb, key=lambda r: r[0])
+    return {"length": length, "rows": rows, "a": min(ra), "d": min(rd), "b": (tb, res["summary"]["tokens"]),
+            "c": min(rc), "cpu_b": cb, "res": res, "all": {"a": [r[0] for r in ra], "d": [r[0] for r in rd],
+                                                           "b": [r[0] for r in rb], "c": [r[0] for r in rc]}}
 
-    def line(name, secs, toks):
-        print(f"  {name:<52} {secs:8.2f} s  {a.rows / secs:10.0f} rows/s  {toks / secs:12.0f} tokens/s")
 
-    line("(a) apply_chat_template(tokenize=True) loop", ta, n_a)
-    line("(b) tmplcheck gate, every check on", tb, n_b)
-    line("(c) tokenizers encode_batch (floor)", tc, n_c)
-    print(f"  all runs (s): a {[round(r[0], 2) for r in ra]}  b {[round(r[0], 2) for r in rb]}  "
-          f"c {[round(r[0], 2) for r in rc]}; (a) without loading the tokenizer: {ta_loop:.2f} s")
-    print(f"  tokens: a={n_a} b={n_b} c={n_c} ({n_b / a.rows:.0f} a row); findings: {res['findings']}; rows checked "
-          f"as regular rows: "
-          f"{tk.get('regular_rows')}, with the full checks: {tk['rows_encoded'] - tk.get('regular_rows', 0)} "
-          f"(llama.cpp ids compared on {tk.get('llamacpp_rows_compared')}, prompts rendered on "
-          f"{tk.get('prefix_rows_rendered')})")
-    print(f"  (b) CPU time, gate process + workers: {cb:.2f} s = {cb / a.rows * 1e3:.2f} ms/row "
-          f"(wall {tb / a.rows * 1e3:.2f} ms/row)")
-    ba, bc = ta / tb, tc / tb
-    print(f"speed-up (b)/(a): {ba:.2f}x  (target >= 2.5x)  {'OK' if ba >= 2.5 else 'BELOW TARGET'}")
-    print(f"rate (b)/(c):     {bc:.2f}x  (target >= 0.8x)  {'OK' if bc >= 0.8 else 'BELOW TARGET'}")
+def report(m: dict) -> None:
+    rows = m["rows"]
+    print(f"\n{m['length']}: {rows} rows, best of {len(m['all']['a'])} interleaved runs each")
+    names = {"a": "(a) apply_chat_template(tokenize=True) loop", "d": "(d) datasets.map(batched, num_proc)",
+             "b": "(b) tmplcheck gate, every check on", "c": "(c) tokenizers encode_batch (floor)"}
+    for k in "adbc":
+        secs, toks = m[k]
+        print(f"  {names[k]:<46} {secs:8.2f} s  {rows / secs:9.0f} rows/s  {toks / secs:11.0f} tokens/s")
+    print("  all runs (s): " + "  ".join(f"{k} {[round(x, 2) for x in m['all'][k]]}" for k in "adbc"))
+    tk, res = m["res"]["summary"], m["res"]
+    print(f"  tokens a row: {tk['tokens'] / rows:.0f} (a={m['a'][1]} d={m['d'][1]} b={tk['tokens']} c={m['c'][1]}); "
+          f"findings: {res['findings']}; regular rows: {tk.get('regular_rows')}, full checks: "
+          f"{tk['rows_encoded'] - (tk.get('regular_rows') or 0)} (llama.cpp ids compared on "
+          f"{tk.get('llamacpp_rows_compared')}, prompts rendered on {tk.get('prefix_rows_rendered')})")
+    print(f"  (b) CPU time, gate process + workers: {m['cpu_b']:.2f} s = {m['cpu_b'] / rows * 1e6:.0f} us/row "
+          f"(wall {m['b'][0] / rows * 1e6:.0f} us/row)")
+
+
+def table(ms: list[dict]) -> None:
+    def mark(x, target):
+        return f"**{x:.2f}x** {'PASS' if x >= target else 'MISS'}"
+
+    print("\n| rows | tokens a row | (a) naive `apply_chat_template` loop | (d) `datasets.map(batched, num_proc)` "
+          "| (b) tmplcheck (every check) | (c) `encode_batch` floor | (b)/(a), target >= 2.5x "
+          "| (b)/(d), target >= 1.5x | (b)/(c), target >= 0.8x |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m in ms:
+        n = m["rows"]
+        ta, td, tb, tc = m["a"][0], m["d"][0], m["b"][0], m["c"][0]
+        print(f"| {m['length']} ({n}) | {m['res']['summary']['tokens'] / n:.0f} | {n / ta:,.0f} rows/s "
+              f"| {n / td:,.0f} | {n / tb:,.0f} | {n / tc:,.0f} | {mark(ta / tb, TARGETS['naive'])} "
+              f"| {mark(td / tb, TARGETS['map'])} | {mark(tc / tb, TARGETS['floor'])} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=20000, help="rows timed for (a), (d), (b) and (c) at each length")
+    ap.add_argument("--lengths", default="short,medium,long", help="row sets, comma-separated: short, medium, long")
+    ap.add_argument("--memory-rows", type=int, nargs="*", default=[100_000, 1_000_000],
+                    help="row counts for the peak-memory runs (each in a subprocess); none: skip them")
+    ap.add_argument("--memory-length", default="short", choices=sorted(LENGTHS),
+                    help="the row set of the peak-memory runs")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each; the best of each counts")
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--gate-child", help=argparse.SUPPRESS)
+    ap.add_argument("--map-child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.gate_child:
+        gate_child(a.gate_child, a.jobs)
+        return
+    if a.map_child:
+        map_child(a.map_child, a.jobs)
+        return
+    if a.memory_child:
+        memory_child(a.memory_child, a.jobs, a.memory_length)
+        return
+    lengths = [x.strip() for x in a.lengths.split(",") if x.strip()]
+    bad = [x for x in lengths if x not in LENGTHS]
+    if bad:
+        ap.error(f"unknown row set(s) {', '.join(bad)}; known: {', '.join(LENGTHS)}")
+
+    print(f"Llama 3 vocabulary and template, {os.cpu_count()} cores, jobs={a.jobs}, {a.rows} rows a set")
+    ms = []
+    for length in lengths:
+        ms.append(measure(length, a.rows, a.jobs, a.repeat))
+        report(ms[-1])
+    table(ms)
 
     peaks = []
     for n in a.memory_rows:
-        m = run_child("--memory-child", str(n), "--jobs", str(a.jobs))
+        m = run_child("--memory-child", str(n), "--jobs", str(a.jobs), "--memory-length", a.memory_length)
         peaks.append(max(m["max_rss_kib"], m["max_rss_workers_kib"]))
-        print(f"peak memory at {n:>9} rows: gate {m['max_rss_kib'] / 1024:7.1f} MiB, largest worker "
+        print(f"peak memory at {n:>9} {a.memory_length} rows: gate {m['max_rss_kib'] / 1024:7.1f} MiB, largest worker "
               f"{m['max_rss_workers_kib'] / 1024:7.1f} MiB ({m['seconds']:.0f} s, {m['rows'] / m['seconds']:.0f} "
               f"rows/s)")
     if len(peaks) >= 2:
