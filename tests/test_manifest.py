@@ -24,7 +24,7 @@ FIELDS = {"data", "template", "tokenizer", "args", "scope", "also", "ignore", "c
 CLEAN = {"D": ("dataset/clean.jsonl", None, None), "T": ("templates/rows.jsonl", "llama-3", None),
          "X": ("dataset/clean.jsonl", "chatml", None), "K": ("tokens/clean.jsonl", "llama-3", "llama-3"),
          "M": ("tokens/clean.jsonl", "llama-3", "llama-3"), "A": ("generations/clean.jsonl", "llama-3", "llama-3"),
-         "L": ("audit/clean.jsonl", "llama-3", "llama-3")}
+         "L": ("audit/clean.jsonl", "llama-3", "llama-3"), "G": ("serving/clean.gguf", "llama-3", "llama-3")}
 
 
 # ----------------------------------------------------------------------------------------- derived tokenizers
@@ -81,7 +81,7 @@ def run(e: dict, spec, data: str, template: str | None, tokenizer: str | None) -
         args += ["--tokenizer", spec(tokenizer)]
     if command == "check":
         args += ["--select", e["scope"], "--jobs", "1"] + [a for c in e.get("ignore", []) for a in ("--ignore", c)]
-    elif command == "audit":
+    elif command in ("audit", "verify-model"):
         args += ["--select", e["scope"]]
     args += [str(a) for a in e.get("args", [])]
     r = CliRunner().invoke(cli, args)

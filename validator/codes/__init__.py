@@ -34,10 +34,10 @@ class Rule:
 
 
 def _load() -> dict[str, Rule]:
-    from tmplcheck.validator.codes import artifacts, bounds, cross, dataset, labels, masks, template, tokens
+    from tmplcheck.validator.codes import artifacts, bounds, cross, dataset, labels, masks, serving, template, tokens
 
     table: dict[str, Rule] = {}
-    for mod in (dataset, bounds, template, cross, tokens, masks, labels, artifacts):
+    for mod in (dataset, bounds, template, cross, tokens, masks, labels, artifacts, serving):
         for rule in mod.RULES:
             if rule.code in table:
                 raise RuntimeError(f"finding code {rule.code} defined twice")
