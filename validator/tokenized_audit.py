@@ -473,7 +473,8 @@ def audit_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = 
                 by_pad[0], by_pad[0] + 1, positions=by_pad)
         if other:
             add("L003", f"{len(other)} end-of-turn token(s) of trained assistant turns are masked (at "
-                f"{_list(other)}, id {ids[other[0]]})", other[0], other[0] + 1, positions=other)
+                f"{_list(other)}, id {ids[other[0]]})", other[0], other[0] + 1, positions=other,
+                eot_id=ids[other[0]])
     # trained tokens outside what is expected: one finding per row, naming the regions and the first run
     runs: list[tuple[int, int, str]] = []
     k = 0
@@ -541,6 +542,17 @@ def audit_rows(rows: Iterable[tuple[int, int | None, Mapping[str, Any]]], st: St
         if any(f.severity is Severity.ERROR for f in got):
             summ.rows_with_errors += 1
         fs.extend(got)
+    if summ.pad_stop is not None:
+        # a row without padding cannot tell that its masked end-of-turn id is the pad id; the dataset's can
+        pid = summ.pad_stop[0]
+        for k, f in enumerate(fs):
+            if f.code == "L003" and f.data.get("eot_id") == pid:
+                pos = f.data.get("positions", [])
+                fs[k] = finding("L006", f"row {f.data['row']}: {len(pos)} end-of-turn token(s) (id {pid}, at "
+                                f"{_list(pos)}) are masked and that id is the pad id of this dataset: the collator "
+                                "masks padding by id, so every end-of-turn is masked", path=f.path, line=f.line,
+                                pointer=f.pointer, data=f.data)
+                pad_stop_l006 = True
     if summ.pad_stop is not None and not pad_stop_l006:
         pid, first = summ.pad_stop
         fs.append(finding("L007", f"padding positions hold id {pid}, a stop id (end-of-turn / eos) of this "
