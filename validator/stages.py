@@ -100,8 +100,9 @@ def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
     from tmplcheck.validator.token_stage import TokenStage, resolve_template
     from tmplcheck.validator.tokenizer import load_tokenizer
 
-    # llama.cpp's vocabulary (for K010) loads in a background thread while the HF tokenizer does
-    tokenizer = load_tokenizer(cfg.tokenizer, prefetch_llama_cpp=llama_cpp)
+    # llama.cpp's vocabulary (for K010) is not loaded here: the token stage starts loading it in a background thread
+    # of the gate's process once the workers have forked (``TokenStage.take``), so that start-up does not wait for it
+    tokenizer = load_tokenizer(cfg.tokenizer)
     template = resolve_template(cfg.template, tokenizer)
     extra = cfg.extra or {}
     jobs = extra.get("jobs")

@@ -170,6 +170,7 @@ class TokenStage:
         self._regular_rows = 0
         self._lc_pool = None
         self._lc_jobs: deque = deque()
+        self._lc_started = False
         self.template_stage = None
 
     def attach(self, template_stage) -> None:
@@ -190,7 +191,7 @@ class TokenStage:
             self.pipeline.tokenizer._byte_table()
         from tmplcheck.validator.tokenizer import before_fork
 
-        before_fork()   # the llama.cpp vocabulary has loaded (since the tokenizer did) and the heap is trimmed
+        before_fork()   # no llama.cpp vocabulary still loading (``take`` starts it after the fork); the heap trimmed
         ts = self.template_stage
         if ts is None or ts._broken:
             return RowPipeline(self.pipeline)
@@ -198,6 +199,8 @@ class TokenStage:
                            share_renders=can_share_renders(ts.template, self.pipeline.template))
 
     def take(self, info, payload: tuple | None) -> list[Finding]:
+        if not self._lc_started:
+            self._start_llamacpp()
         out: list[Finding] = []
         r, t = payload if payload is not None else (None, None)
         if self.template_stage is not None:
@@ -217,6 +220,16 @@ class TokenStage:
         return out
 
     _LC_IN_FLIGHT = 64
+
+    def _start_llamacpp(self) -> None:
+        """Start loading llama.cpp's vocabulary (K010) in a background thread, on the first row taken: by then the
+        gate's workers have forked (no thread may be inside llama.cpp at a fork), and the load overlaps with their
+        work instead of delaying it (llama.cpp releases the GIL while it reads the vocabulary)."""
+        self._lc_started = True
+        if self.pipeline.llamacpp_vocab and self.pipeline._lc is None:
+            from tmplcheck.validator.tokenizer import prefetch_llama_cpp_tokenizer
+
+            prefetch_llama_cpp_tokenizer(self.pipeline.llamacpp_vocab)
 
     def _compare_later(self, r: RowOut) -> None:
         """K010 for a row on the llama.cpp sample, in a helper thread of the gate's process: llama.cpp releases the
