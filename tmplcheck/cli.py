@@ -128,10 +128,14 @@ def load_tokenizer_option(spec: str):
 @click.option("--approve", is_flag=True, help="On success write an approval stamp next to the dataset "
                                               "(needs a template and a tokenizer).")
 @click.option("--jobs", "-j", type=int, help="Worker processes for large files (default: all cores).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the per-chunk work as Ray Data tasks on a Ray cluster (DATA may also be URIs of JSONL or "
+                   "parquet files that pyarrow reads: s3://, gs://...); the same findings as local.")
+@click.option("--ray-address", help="The Ray cluster for --engine ray (default: RAY_ADDRESS, else a local one).")
 @check_options(template_args=True, train_on=True)
 def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore, exit_zero, max_findings,
-              input_format, max_line_bytes, group, add_special, approve, jobs, config_path, for_train, tools, documents,
-              template_kwargs, train_on):
+              input_format, max_line_bytes, group, add_special, approve, jobs, engine, ray_address, config_path,
+              for_train, tools, documents, template_kwargs, train_on):
     """Check DATA and exit 0 clean, 1 findings, 2 error.
 
     DATA: JSONL or a .json list of rows, a parquet or Arrow file, a datasets save_to_disk folder, or a dataset id
@@ -152,7 +156,7 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         raise click.UsageError("--approve needs --template and --tokenizer (or both in the settings file): a stamp "
                                "vouches for the template and mask checks, which need both")
     sources = []
-    for d in data:
+    for d in data if engine == "local" else ():   # --engine ray opens them where it reads them (URIs too)
         try:
             sources.append(open_source(d, display_path=d, input_format=st.input_format,
                                        max_line_bytes=st.max_line_bytes))
@@ -174,6 +178,15 @@ def check_cmd(data, template, tokenizer, max_length, fmt, output, select, ignore
         raise click.UsageError(f"--tokenizer: {e}") from None
     opts = st.gate_options(stages=stages)
     results = []
+    if engine == "ray":
+        from tmplcheck.ray_engine import RayEngineError, check_paths_ray
+
+        try:
+            results = check_paths_ray(list(data), st, address=ray_address, stages=stages)
+        except RayEngineError as e:
+            raise (click.UsageError if "no such file" in str(e) else ToolFailure)(str(e)) from None
+        if approve and any("source" in r.summary for r in results):
+            raise click.UsageError("--approve stamps JSONL files (what `tmplcheck train` reads)")
     for d, src in zip(data, sources):
         p = Path(d)
         if not src.objects and p.is_file():

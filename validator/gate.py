@@ -385,9 +385,14 @@ def run_source(source, opts: GateOptions | None = None) -> GateResult:
     in-memory rows; a JSONL file too): the same stages and decisions as :func:`run_gate`. Findings on rows of a
     columnar or in-memory source carry where the row is (``row``, and ``file``/``row_group`` where the source has
     them) in their ``data``; the summary says what the source was (``source``)."""
+    run = source_run(source, opts)
+    run.feed(_results(_chunks(source.records(), max(1, run.opts.chunk_rows)), source_work(run, source), run.jobs))
+    return source_result(run, source)
+
+
+def source_run(source, opts: GateOptions | None = None) -> "GateRun":
+    """A source's ``GateRun``: findings on rows of a located source carry where the row is."""
     run = GateRun(source.path, opts)
-    work = run.work(source.is_array)
-    work.objects = source.objects
     if source.located:
         add = run.add
         where = source.where
@@ -396,7 +401,16 @@ def run_source(source, opts: GateOptions | None = None) -> GateResult:
             add(dataclasses.replace(f, data={**f.data, **where(f.line)}) if f.line else f for f in found)
 
         run.add = add_located   # type: ignore[method-assign]
-    run.feed(_results(_chunks(source.records(), max(1, run.opts.chunk_rows)), work, run.jobs))
+    return run
+
+
+def source_work(run: "GateRun", source) -> "_ChunkWork":
+    work = run.work(source.is_array)
+    work.objects = source.objects
+    return work
+
+
+def source_result(run: "GateRun", source) -> GateResult:
     res = run.result()
     res.summary["source"] = source.describe()
     return res
