@@ -61,6 +61,10 @@ EXPECTED: dict[str, set[tuple[int, str, str]]] = {
     "mixed_role_conventions.jsonl": {(2, "D049", "/conversations")},
     "reasoning_mixed.jsonl": {(0, "D050", "")},
     "tool_arguments_string.jsonl": set(),   # D042 needs a template that double-encodes (tests/test_tool_rows.py)
+    "training_flag_not_assistant.jsonl": {(1, "D051", "/messages/0/weight")},
+    "training_flag_invalid.jsonl": {(1, "D052", "/messages/1/weight"), (2, "D052", "/messages/1/train")},
+    "nothing_to_train.jsonl": {(1, "D053", "/messages")},
+    "training_flags_clean.jsonl": set(),
 }
 
 ALL_CODES = [
@@ -109,8 +113,9 @@ def test_every_d_code_has_a_fixture_that_triggers_it():
 def test_all_codes_fixture_reports_each_at_its_line():
     res = run_gate(FIX / "all_codes.jsonl", GateOptions(max_line_bytes=2048))
     assert [(f.line, f.code, f.pointer) for f in res.findings] == ALL_CODES
-    # D023 (empty file) cannot share a file; tool-use and reasoning codes have their own fixtures (EXPECTED)
-    tool_codes = {f"D{n:03d}" for n in range(40, 51)} | {"D060", "D061", "D062"}   # the row bounds: fixtures/bounds
+    # D023 (empty file) cannot share a file; tool-use, reasoning and training-flag codes have their own fixtures
+    # (EXPECTED)
+    tool_codes = {f"D{n:03d}" for n in range(40, 54)} | {"D060", "D061", "D062"}   # the row bounds: fixtures/bounds
     assert {c for c in RULES if c.startswith("D")} - {c for _, c, _ in ALL_CODES} - tool_codes == {"D023"}
     assert res.exit_code == 1
 
