@@ -251,3 +251,36 @@ def test_correct_pipeline_passes_audit_and_trains(setup, tmp_path):
     assert err is None, err
     assert trainer.state.global_step == 1
     assert cb.audited_rows == len(ROWS) and cb.summary["errors"] == 0
+
+
+def test_unsloth_train_on_responses_only(setup, tmp_path):
+    """Unsloth's own masking (unsloth_zoo ``train_on_responses_only``, in its own process: ``import unsloth``
+    patches the process): every assistant turn passes; ``last_response_only=True`` is L005 under the default
+    ``--train-on all-assistant`` and passes under ``--train-on last-assistant``."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("unsloth") is None:
+        pytest.skip("Unsloth is not installed (scripts/setup installs it)")
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(ROWS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")}
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "unsloth_responses_probe.py"), str(setup["llama3"]),
+                        str(rows), str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0 and "PROBE ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+    def audit(name: str, *extra: str):
+        res = CliRunner().invoke(cli, ["audit", str(tmp_path / name), "--tokenizer", str(setup["llama3"]),
+                                       "--format", "json", *extra])
+        out = json.loads(res.output[res.output.find("{"):])
+        return res.exit_code, {f["code"] for f in out["findings"]}, out
+
+    status, codes, out = audit("all")
+    assert status == 0 and not codes - {"L007"}, out
+    status, codes, out = audit("last")
+    assert status == 1 and codes == {"L005"}, out
+    assert all(f["data"]["row"] == 1 for f in out["findings"])   # the one multi-turn row
+    status, codes, out = audit("last", "--train-on", "last-assistant")
+    assert status == 0 and not codes, out

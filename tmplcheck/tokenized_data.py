@@ -107,7 +107,9 @@ def _arrow(p: Path) -> Iterator[Row]:
 
 
 def _datasets_obj(ds, where: str, split: str | None) -> Iterator[Row]:
-    if hasattr(ds, "keys") and not hasattr(ds, "column_names"):   # a DatasetDict
+    from datasets import DatasetDict, IterableDatasetDict
+
+    if isinstance(ds, (DatasetDict, IterableDatasetDict)):
         splits = list(ds.keys())
         name = split or ("train" if "train" in splits else splits[0] if len(splits) == 1 else None)
         if name is None or name not in splits:

@@ -275,11 +275,12 @@ def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure) -> tu
         if kept and h[0] < kept[-1][1]:
             continue
         kept.append(h)
-    conv_starts = [0]
+    real = [k for k in range(n) if not pads[k]]
+    conv_starts = [real[0] if real else 0]
     if st.bos_id is not None:
-        for k in range(1, n):
-            if ids[k] == st.bos_id and not pads[k] and ids[k - 1] != st.bos_id:
-                conv_starts.append(k)
+        for a, b in zip(real, real[1:]):    # a BOS after a real token that is no BOS opens another conversation
+            if ids[b] == st.bos_id and ids[a] != st.bos_id:
+                conv_starts.append(b)
     turns: list[Turn] = []
     for j, (hs, he, role) in enumerate(kept):
         limit = kept[j + 1][0] if j + 1 < len(kept) else pos
