@@ -75,7 +75,17 @@ def _table_rows(table, where: str, batch: int = 256) -> Iterator[Row]:
             index += 1
 
 
+def _pyarrow(p: Path):
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        raise TokenizedReadError(f"{p}: reading Parquet/Arrow needs pyarrow (pip install pyarrow): {e}") from None
+    return pyarrow
+
+
 def _parquet(p: Path) -> Iterator[Row]:
+    _pyarrow(p)
     import pyarrow.parquet as pq
 
     try:
@@ -91,7 +101,7 @@ def _parquet(p: Path) -> Iterator[Row]:
 
 
 def _arrow(p: Path) -> Iterator[Row]:
-    import pyarrow as pa
+    pa = _pyarrow(p)
 
     table = None
     for opener in (pa.ipc.open_stream, pa.ipc.open_file):
