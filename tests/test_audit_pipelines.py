@@ -256,7 +256,8 @@ def test_correct_pipeline_passes_audit_and_trains(setup, tmp_path):
 def test_unsloth_train_on_responses_only(setup, tmp_path):
     """Unsloth's own masking (unsloth_zoo ``train_on_responses_only``, in its own process: ``import unsloth``
     patches the process): every assistant turn passes; ``last_response_only=True`` is L005 under the default
-    ``--train-on all-assistant`` and passes under ``--train-on last-assistant``."""
+    ``--train-on all-assistant`` and passes under ``--train-on last-assistant``; the callback's audit of the batch
+    ``DataCollatorForSeq2Seq`` (an Unsloth notebook's collator) makes of the masked rows says the same."""
     import importlib.util
     import os
     import subprocess
@@ -269,7 +270,9 @@ def test_unsloth_train_on_responses_only(setup, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNSLOTH_")}
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "unsloth_responses_probe.py"), str(setup["llama3"]),
                         str(rows), str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
-    assert r.returncode == 0 and "PROBE ok" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    line = next((x for x in r.stdout.splitlines() if x.startswith("PROBE ")), None)
+    assert r.returncode == 0 and line, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads(line[6:]) == {"all": [], "last": ["L005"]}    # AuditCallback on the collated batch
 
     def audit(name: str, *extra: str):
         res = CliRunner().invoke(cli, ["audit", str(tmp_path / name), "--tokenizer", str(setup["llama3"]),

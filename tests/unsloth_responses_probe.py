@@ -27,12 +27,23 @@ def main(tok_dir: str, rows_json: str, out: str) -> None:
         rows = json.load(f)
     ds = Dataset.from_list([{"input_ids": tok.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"]}
                             for m in rows])
+    from transformers import DataCollatorForSeq2Seq
+
+    from tmplcheck.integrations import AuditCallback
+
+    tok.pad_token = "<|reserved_special_token_2|>"
+    result = {}
     for name, last in (("all", False), ("last", True)):
         fn = train_on_responses_only(None, instruction_part="<|start_header_id|>user<|end_header_id|>\n\n",
                                      response_part="<|start_header_id|>assistant<|end_header_id|>\n\n",
                                      tokenizer=tok, return_function=True, last_response_only=last)
-        ds.map(fn, batched=True).save_to_disk(os.path.join(out, name))
-    print("PROBE ok")
+        masked = ds.map(fn, batched=True)
+        masked.save_to_disk(os.path.join(out, name))
+        # the callback's audit on the batch an Unsloth notebook's collator makes of the masked rows
+        batch = DataCollatorForSeq2Seq(tok)([dict(r) for r in masked])
+        cb = AuditCallback(batches=1)
+        result[name] = sorted({f.code for f in cb.audit_batches([batch], hf_tokenizer=tok)})
+    print("PROBE " + json.dumps(result))
 
 
 if __name__ == "__main__":
