@@ -79,7 +79,8 @@ class AuditCallback(TrainerCallback):
     ``template``: a spec for ``load_template`` (name, .jinja, model dir) or a Template; default: the trainer's
     tokenizer's chat_template. ``tokenizer``: a spec, a tmplcheck Tokenizer or a transformers tokenizer; default:
     the trainer's ``processing_class``. ``train_on``: ``all-assistant`` or ``last-assistant``. ``raise_on_error``:
-    False only records (``.findings``, ``.summary``) and stops training through ``control.should_training_stop``.
+    False records the findings (``.findings``, ``.summary``), prints them and sets ``control.should_training_stop``
+    instead of raising; transformers looks at that flag only after a step, so one step runs.
     """
 
     def __init__(self, template: Any = None, tokenizer: Any = None, *, batches: int = 2,
