@@ -353,13 +353,18 @@ class TokenPipeline:
         """The checks of each row, given its ids and spans (the Python half after tokenization)."""
         from tmplcheck.validator.tokens import Located
 
+        regular = self._regular_batch(prep, token_spans)
         spans = iter(token_spans)
         out = []
-        for row, messages, loc, ordinal in zip(prep.rows, prep.msgs, prep.located, prep.ordinals):
+        for j, (row, messages, loc, ordinal) in enumerate(zip(prep.rows, prep.msgs, prep.located, prep.ordinals)):
             if not isinstance(loc, Located):
                 out.append(RowOut(row[0], [], -1, 0, self.sampled(ordinal)))
                 continue
             sp = next(spans)
+            r = regular.get(j)
+            if r is not None:
+                out.append(r)
+                continue
             gen = self._generation(messages, ordinal, self.render_kw(row))
             r = self._fast(row, messages, loc, sp, ordinal, gen) \
                 if is_plain_row(row) and not self.render_defaults else None
@@ -368,6 +373,106 @@ class TokenPipeline:
                                 ordinal)
             r.sampled = self.sampled(ordinal)
             out.append(r)
+        return out
+
+    def _regular_batch(self, prep: "_Prepared", token_spans) -> dict[int, RowOut]:
+        """:meth:`_fast` for every filled plain row of a batch at once, when the tokenizer gave the batch's spans as
+        one concatenated text (``tokenizer.FlatSpans``): the content edges and generation points of all rows are
+        looked up in one ``searchsorted``, and each row's remaining test (the end-of-turn id after each answer) reads
+        the results. The same conditions as :func:`checks.tokens.regular_row` (``tests/test_regular_rows.py``);
+        rows it does not take (not filled, non-ASCII, sampled, markers...) go through :meth:`_fast` one by one.
+        Returns the regular rows' results by their place in the batch."""
+        from tmplcheck.validator.tokens import Located
+
+        flat = getattr(token_spans, "flat", None)
+        ctx = self.ctx
+        gap = self.gap
+        if flat is None or not self.regular or not self.structure_ok or self.render_defaults or gap is None or \
+                (self.has_markers and self.markers_inline):
+            return {}
+        markers = self.has_markers   # a separate training variant: its spans are compared on its sample's rows
+        import numpy as np
+
+        rx = ctx.special_re
+        maxlen = ctx.max_length
+        first, base, exact = flat.first, flat.base, flat.exact
+        cand: list[tuple[int, int, list[tuple[int, int]], int]] = []   # (place in batch, in spans, answers, points)
+        pts: list[int] = []      # per candidate: its answers' starts, their ends, then its generation points
+        s = -1
+        for j, (row, messages, loc, ordinal) in enumerate(zip(prep.rows, prep.msgs, prep.located, prep.ordinals)):
+            if not isinstance(loc, Located):
+                continue
+            s += 1
+            if type(loc) is not FilledLocated or not exact[s] or self._lc_sampled(ordinal) or \
+                    self._prefix_sampled(ordinal) or not is_plain_row(row) or \
+                    (markers and self._generation_sampled(ordinal)):
+                continue
+            n = first[s + 1] - first[s]
+            if n == 0 or (maxlen and n > maxlen):
+                continue
+            if rx is not None and any(rx.search(c) for _r, c, *_ in row[1]):
+                continue   # K006 and whatever the control token does to the structure: the full checks say it
+            at = loc.at
+            b0 = base[s]
+            answers = []
+            points = []
+            for i, m in enumerate(messages):
+                if m["role"] == "assistant":
+                    a, e = at[i]
+                    answers.append((a, e))
+                    if i > 0 and messages[i - 1]["role"] == "user":
+                        points.append(b0 + a - gap)
+            if not answers or (len(answers) > 1 and self.train_on != "all-assistant"):
+                continue   # (an assistant turn not trained: the full checks compare the mask turn by turn)
+            pts.extend([b0 + a for a, _ in answers])
+            pts.extend([b0 + e for _, e in answers])
+            pts.extend(points)
+            cand.append((j, s, answers, len(points)))
+        if not cand:
+            return {}
+        P = np.fromiter(pts, dtype=np.int64, count=len(pts))
+        st, en = flat.starts, flat.ends
+        ks = np.searchsorted(st, P, "left")           # first token starting at or after each point
+        before = en[np.maximum(ks - 1, 0)]
+        kc = np.minimum(ks, len(st) - 1)
+        spans_here = (before > P).tolist()           # (with the token past the row's first token: checked below)
+        kl = ks.tolist()
+        start_at = st[kc].tolist()
+        end_at = en[kc].tolist()
+        eots = self.eot_strings
+        out: dict[int, RowOut] = {}
+        at_p = 0
+        for j, s, answers, n_points in cand:
+            m = len(answers)
+            lo, hi = first[s], first[s + 1]
+            b0 = base[s]
+            row_pts = range(at_p, at_p + 2 * m + n_points)
+            at_p += 2 * m + n_points
+            if any(kl[q] > lo and spans_here[q] for q in row_pts):
+                continue                              # a token spans a content edge or a generation point
+            ids = token_spans[s].ids
+            text = prep.located[j].text
+            trained = 0
+            ok = True
+            for x, (a_c, e_c) in enumerate(answers):
+                qa, qe = row_pts[x], row_pts[m + x]
+                a, b = kl[qa], kl[qe]
+                if b >= hi or a >= b or start_at[qe] != b0 + e_c:
+                    ok = False
+                    break
+                tok = ids[b - lo]
+                hit = None
+                for es, sid in eots:
+                    if sid == tok and text.startswith(es, e_c) and end_at[qe] == b0 + e_c + len(es):
+                        hit = es
+                        break
+                if hit is None or not K.is_end_of_turn(tok, ctx) or (ctx.stop_ids and tok not in ctx.stop_ids):
+                    ok = False
+                    break
+                trained += b - a + 1
+            if ok:
+                line = prep.rows[j][0]
+                out[j] = RowOut(line, list(K.check_bos(ids, ctx, line=line)), len(ids), trained, regular=True)
         return out
 
     def _generation(self, messages, ordinal: int, kw: dict) -> list[tuple[int, int]] | None:

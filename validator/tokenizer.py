@@ -128,11 +128,19 @@ class Tokenizer:
         if table is None:
             return [TokenSpans.of(e) for e in self._tk.encode_batch(texts, add_special_tokens=add_special_tokens)]
         front, back = (len(self._pp_front), len(self._pp_back)) if add_special_tokens else (0, 0)
-        out = []
-        for text, enc in zip(texts, self._tk.encode_batch_fast(texts, add_special_tokens=add_special_tokens)):
-            sp = _spans_from_bytes(text, enc.ids, table, front, back)
+        encs = self._tk.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in encs]
+        flat = _flat_spans(texts, ids, table) if not (front or back) else None
+        out: SpanList = SpanList()
+        for k, (text, row) in enumerate(zip(texts, ids)):
+            if flat is not None and flat.exact[k]:
+                a, b = flat.first[k], flat.first[k + 1]
+                out.append(TokenSpans(row, flat.local_starts[a:b], flat.local_ends[a:b]))
+                continue
+            sp = _spans_from_bytes(text, row, table, front, back)
             out.append(sp if sp is not None else TokenSpans.of(self._tk.encode(text,
                                                                                add_special_tokens=add_special_tokens)))
+        out.flat = flat
         return out
 
     def _byte_table(self):
@@ -314,6 +322,54 @@ def _byte_alphabet() -> list[str]:
             cs.append(256 + n)
             n += 1
     return [chr(c) for c in cs]
+
+
+class SpanList(list):
+    """``encode_batch_spans``' result: one :class:`TokenSpans` per text, and ``flat`` (a :class:`FlatSpans`, or None)
+    for checks that run over the whole batch at once."""
+
+    flat: "FlatSpans | None" = None
+
+
+@dataclass
+class FlatSpans:
+    """The spans of a batch of texts as if the texts were one concatenated text (byte-level vocabularies, no
+    post-processor tokens): token ``first[k] + i`` is token i of text k; ``starts``/``ends`` are its span in the
+    concatenation's bytes, ``local_starts``/``local_ends`` in text k; ``base[k]`` is where text k starts.
+    ``exact[k]``: text k is ASCII (bytes are characters) and its byte lengths add up to it, so its spans here are
+    its character spans; the other texts' spans are made per text."""
+
+    starts: Any
+    ends: Any
+    local_starts: Any
+    local_ends: Any
+    first: list[int]
+    base: list[int]
+    exact: list[bool]
+
+
+def _flat_spans(texts: Sequence[str], ids: Sequence[list[int]], table) -> FlatSpans | None:
+    """Every text's spans in one pass over the batch's ids (a few array operations per batch instead of per row);
+    None when an id is past the table."""
+    import itertools
+
+    import numpy as np
+
+    counts = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    total = int(counts.sum())
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+    if total and int(flat.max()) >= len(table):
+        return None
+    lens = table[flat]
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    first = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    row_base = np.concatenate(([0], ends))[first[:-1]]          # bytes before each text
+    row_bytes = np.concatenate(([0], ends))[first[1:]] - row_base
+    shift = np.repeat(row_base, counts)
+    exact = [t.isascii() and n == len(t) for t, n in zip(texts, row_bytes.tolist())]
+    return FlatSpans(starts, ends, starts - shift, ends - shift, first.tolist(), row_base.tolist(), exact)
 
 
 def _spans_from_bytes(text: str, ids: list[int], table, front: int, back: int) -> TokenSpans | None:
