@@ -96,9 +96,12 @@ def scan_cmd(generations, template, tokenizer, fmt, output, threshold, warn_only
 @click.option("--generations", "gen_file", type=click.Path(dir_okay=False, exists=True),
               help="Re-scan these generations (written by an earlier report) instead of generating.")
 @click.option("--warn-only", is_flag=True, help="Report artifacts as warnings and exit 0.")
+@click.option("--engine", type=click.Choice(["hf", "llamacpp", "both"]), default="hf", show_default=True,
+              help="Generate with the trained model (transformers), with RUN_DIR/export/model.gguf through "
+                   "llama-cpp-python's chat completion (`tmplcheck export` first), or both, side by side.")
 @check_options(max_length=False, for_train=False, add_special_tokens=False)
 def report_cmd(run_dir, threshold, samples, max_prompts, max_new_tokens, temperature, seed, out_dir, gen_file,
-               warn_only, config_path, select, ignore):
+               warn_only, engine, config_path, select, ignore):
     """Generate on RUN_DIR's held-out prompts, scan the outputs, write report.json and report.html.
 
     Exit 1 when an artifact rate passes its threshold or a saved generation config misses an end-of-turn id of the
@@ -111,7 +114,8 @@ def report_cmd(run_dir, threshold, samples, max_prompts, max_new_tokens, tempera
     try:
         rep = build_report(Path(run_dir), out_dir=Path(out_dir) if out_dir else None, thresholds=th,
                            samples=samples, max_prompts=max_prompts, max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed, generations_file=gen_file, warn_only=warn_only)
+                           temperature=temperature, seed=seed, generations_file=gen_file, warn_only=warn_only,
+                           engine=engine)
     except ReportError as e:
         raise click.ClickException(str(e)) from None
     except ImportError as e:

@@ -124,3 +124,71 @@ def write_generations(rows: Sequence[dict], path: Path) -> None:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     tmp.replace(path)
+
+
+def generate_llamacpp(gguf_path: Path, prompts: Sequence[tuple], cfg: GenerationConfig, *,
+                      n_ctx: int = 2048, n_threads: int | None = None) -> list[dict]:
+    """Greedy (+ sampled) generations through llama-cpp-python's ``create_chat_completion`` on the exported GGUF:
+    the chat handler ``Llama`` picks from the GGUF's metadata (its ``tokenizer.chat_template`` through
+    ``Jinja2ChatFormatter``, or a built-in Python format it guesses, or its "llama-2" fallback when there is no
+    template), the GGUF's end-of-generation ids and the handler's stop strings, as llama-cpp-python's server formats
+    chat. The message content it returns is ``output_skipped`` (special tokens are not detokenized); the sampled ids
+    are recorded from ``Llama.generate`` (every token the completion loop consumed, the end-of-generation one
+    included) for ``output_ids`` and ``output`` (detokenized with special tokens kept).
+
+    Sampling matches the transformers path: temperature 0 for greedy; for sampled, ``cfg.temperature``/``top_p``,
+    no top-k or min-p cut, no repeat penalty (llama-cpp-python's chat defaults would add 1.1)."""
+    import os
+
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:  # pragma: no cover - llama-cpp-python is a base dependency
+        raise ImportError(f"--engine llamacpp needs llama-cpp-python: {e}") from e
+
+    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=n_threads or max(1, (os.cpu_count() or 2)),
+                seed=cfg.seed, verbose=False)
+    record: dict[str, list[int]] = {}
+    original = llm.generate
+
+    def recording_generate(tokens, **kw):
+        record["prompt"] = [int(t) for t in tokens]
+        record["out"] = out = []
+        for t in original(tokens, **kw):
+            out.append(int(t))
+            yield t
+
+    llm.generate = recording_generate   # the instance's completion loop calls self.generate
+
+    def text(ids: list[int], special: bool) -> str:
+        return llm.detokenize(ids, special=special).decode("utf-8", errors="replace")
+
+    rows: list[dict] = []
+    modes = [("greedy", 0)] + [("sampled", k) for k in range(cfg.samples)]
+    for mode, k in modes:
+        for i, p in enumerate(prompts):
+            line, msgs, ref = p[:3]
+            kw: dict[str, Any] = dict(max_tokens=cfg.max_new_tokens, repeat_penalty=1.0, min_p=0.0,
+                                      seed=cfg.seed + 1000 * k + i)
+            if mode == "greedy":
+                kw.update(temperature=0.0, top_k=1, top_p=1.0)
+            else:
+                kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+            res = llm.create_chat_completion(messages=[dict(m) for m in msgs], **kw)
+            choice = res["choices"][0]
+            ids = list(record.get("out", []))
+            rows.append({
+                "prompt": msgs,
+                "output": text(ids, True),
+                "output_skipped": choice["message"].get("content") or "",
+                "output_ids": ids,
+                "finish_reason": choice.get("finish_reason") or "length",
+                "mode": mode,
+                "sample": k,
+                "eval_line": line,
+                "reference": ref,
+                "prompt_text": text(record.get("prompt", []), True),
+                "engine": "llamacpp",
+                "chat_format": llm.chat_format,
+            })
+    llm.close() if hasattr(llm, "close") else None
+    return rows

@@ -149,6 +149,9 @@ def render_html(data: dict[str, Any]) -> str:
              f'{pct(scan["any_artifact_rate"])}</b> of scanned texts. Over threshold: '
              f'{escape(", ".join(scan["over_threshold"]) or "none")}.</p>')
 
+    engines = data.get("engines") or {}
+    if len(engines) > 1:
+        h.append(_side_by_side(engines, data.get("codes") or {}))
     h.append("<h2>Examples</h2>")
     exs = data.get("examples") or []
     if not exs:
@@ -178,4 +181,47 @@ def render_html(data: dict[str, Any]) -> str:
     h.append("<h2>Run</h2>")
     h.append(_kv(run))
     h.append("</body></html>\n")
+    return "".join(h)
+
+
+def _side_by_side(engines: dict[str, dict], codes: dict[str, dict]) -> str:
+    """The engines' artifact rates next to each other, then their greedy outputs per held-out prompt."""
+    names = list(engines)
+    h = ['<h2 id="engines">transformers and llama.cpp side by side</h2><p class="meta">'
+         + " · ".join(f'{escape(engines[n]["label"])}: {engines[n]["generations"]} generations ('
+                      f'{escape(engines[n]["generations_file"])}'
+                      + (f', chat format {escape(str(engines[n]["chat_format"]))}' if engines[n].get("chat_format")
+                         else "") + ")" for n in names) + "</p>"]
+    h.append('<table id="engine-rates"><thead><tr><th>code</th><th>artifact</th>')
+    for n in names:
+        h.append(f'<th class="num">{escape(n)} greedy/skipped</th><th class="num">{escape(n)} overall</th>')
+    h.append("</tr></thead><tbody>")
+    for c in next(iter(engines.values()))["scan"]["rates"]:
+        h.append(f'<tr data-code="{c}"><td>{c}</td><td>{escape((codes.get(c) or {}).get("name", ""))}</td>')
+        for n in names:
+            sc = engines[n]["scan"]
+            g = sc.get("groups", {}).get("greedy/skipped", {}).get("rates", {}).get(c, 0.0)
+            over = c in sc["over_threshold"]
+            h.append(f'<td class="num rate" data-engine="{n}" data-code="{c}" data-group="greedy/skipped" '
+                     f'data-rate="{g!r}">{pct(g)}</td><td class="num rate{" over" if over else ""}" data-engine="{n}" '
+                     f'data-code="{c}" data-group="overall" data-rate="{sc["rates"][c]!r}">{pct(sc["rates"][c])}</td>')
+        h.append("</tr>")
+    h.append('<tr><td colspan="2">any artifact</td>' + "".join(
+        f'<td></td><td class="num" data-engine="{n}" data-any="{engines[n]["scan"]["any_artifact_rate"]!r}">'
+        f'{pct(engines[n]["scan"]["any_artifact_rate"])}</td>' for n in names) + "</tr></tbody></table>")
+    by_line: dict[Any, dict[str, dict]] = {}
+    for n in names:
+        for r in engines[n].get("side_by_side") or []:
+            by_line.setdefault(r.get("eval_line"), {})[n] = r
+    h.append('<table id="engine-outputs"><thead><tr><th>eval row</th>'
+             + "".join(f"<th>{escape(n)} (greedy, as shown: special tokens skipped)</th>" for n in names)
+             + "</tr></thead><tbody>")
+    for line, per in list(by_line.items())[:12]:
+        h.append(f'<tr data-eval-line="{escape(str(line))}"><td>{escape(str(line))}</td>')
+        for n in names:
+            r = per.get(n)
+            h.append("<td>" + (f'<pre class="gen">{_show(r.get("output_skipped") or "")}</pre><span class="meta">'
+                               f'finish {escape(str(r.get("finish_reason")))}</span>' if r else "") + "</td>")
+        h.append("</tr>")
+    h.append("</tbody></table>")
     return "".join(h)

@@ -36,7 +36,8 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return max(self.result.exit_code, int(not (self.data.get("stop_check") or {}).get("passed", True)))
+        return max(self.result.exit_code, int(not (self.data.get("stop_check") or {}).get("passed", True)),
+                   int(self.data.get("exit_code") or 0))
 
 
 def _read_json(p: Path, what: str) -> Any:
@@ -217,13 +218,32 @@ def examples(result: Any, scanned: list[dict], pats: ArtifactPatterns, per_code:
     return out
 
 
+ENGINES = ("hf", "llamacpp")
+#: generations file per engine, in the report folder
+GENERATION_FILES = {"hf": "generations.jsonl", "llamacpp": "generations-llamacpp.jsonl"}
+ENGINE_LABELS = {"hf": "transformers (trained model)", "llamacpp": "llama.cpp (exported GGUF)"}
+
+
+def _read_generations(p: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(p).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
 def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict[str, float] | None = None,
                  samples: int = 1, max_prompts: int | None = None, max_new_tokens: int = 64,
                  temperature: float = 0.8, seed: int = 0, generations_file: str | Path | None = None,
-                 warn_only: bool = False) -> Report:
-    """Generate (or re-read ``generations_file``), scan, and write report.json, report.html, generations.jsonl."""
+                 warn_only: bool = False, engine: str = "hf") -> Report:
+    """Generate (or re-read ``generations_file``), scan, and write report.json, report.html, generations.jsonl.
+
+    ``engine``: "hf" (the trained model through transformers), "llamacpp" (RUN_DIR/export/model.gguf through
+    llama-cpp-python's chat completion; ``tmplcheck export`` first) or "both". The primary engine (the first) fills
+    report.json's ``scan``/``examples``/``generation``; ``engines`` holds every engine's, and with llamacpp an
+    earlier HF report's generations.jsonl in the same folder is scanned again for the side-by-side comparison."""
     from tmplcheck.artifacts.generate import GenerationConfig, eval_prompts, generate, write_generations
     from tmplcheck.artifacts.html import render_html
+
+    if engine not in (*ENGINES, "both"):
+        raise ReportError(f"--engine must be hf, llamacpp or both, not {engine!r}")
+    wanted = list(ENGINES) if engine == "both" else [engine]
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -237,24 +257,53 @@ def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict
     stops = _stop_ids(run, run_dir)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature, seed=seed,
                            max_prompts=max_prompts)
-    gen_path = out / "generations.jsonl"
-    if generations_file:
-        rows = [json.loads(x) for x in Path(generations_file).read_text(encoding="utf-8").splitlines() if x.strip()]
-    else:
+    gguf = run_dir / "export" / "model.gguf"
+    if "llamacpp" in wanted and not generations_file and not gguf.is_file():
+        raise ReportError(f"{run_dir}: no export/model.gguf for --engine llamacpp; run `tmplcheck export {run_dir}` "
+                          "first")
+    prompts: list = []
+    if not generations_file:
         eval_path = run_dir / "eval.jsonl"
         if not eval_path.is_file():
             raise ReportError(f"{run_dir}: no eval.jsonl with held-out rows to generate on")
         prompts = list(eval_prompts(eval_path, max_prompts))
         if not prompts:
             raise ReportError(f"{eval_path}: no usable held-out prompts")
-        from tmplcheck.trainer import load_run
+    generated: dict[str, list[dict]] = {}
+    for name in wanted:
+        gen_path = out / GENERATION_FILES[name]
+        if generations_file:   # re-scan only: the primary engine's file given, the others' from this folder
+            if name == wanted[0]:
+                generated[name] = _read_generations(Path(generations_file))
+            elif gen_path.is_file():
+                generated[name] = _read_generations(gen_path)
+            continue
+        if name == "hf":
+            from tmplcheck.trainer import load_run
 
-        model, tokenizer, _ = load_run(run_dir)
-        rows = generate(model, tokenizer, template, prompts, stops, cfg)
-        write_generations(rows, gen_path)
+            model, tokenizer, _ = load_run(run_dir)
+            generated[name] = generate(model, tokenizer, template, prompts, stops, cfg)
+        else:
+            from tmplcheck.artifacts.generate import generate_llamacpp
+
+            generated[name] = generate_llamacpp(gguf, prompts, cfg)
+        write_generations(generated[name], gen_path)
+    for name in ENGINES:   # an earlier report's generations of the other engine, for the side-by-side view
+        p = out / GENERATION_FILES[name]
+        if name not in generated and "llamacpp" in wanted and p.is_file() and p.stat().st_size:
+            generated[name] = _read_generations(p)
     pats = _run_patterns(run_dir, template)
     pats.stop_ids = frozenset(stops) | pats.stop_ids
-    result, scanned = scan_views(rows, pats, thresholds=thresholds, warn_only=warn_only, path=str(gen_path))
+    engines: dict[str, dict[str, Any]] = {}
+    primary = wanted[0]
+    for name, erows in generated.items():
+        if not erows and name != primary:
+            continue
+        gpath = str(Path(generations_file) if generations_file and name == primary else out / GENERATION_FILES[name])
+        res, sc = scan_views(erows, pats, thresholds=thresholds, warn_only=warn_only, path=gpath)
+        engines[name] = {"result": res, "scanned": sc, "rows": erows, "path": gpath}
+    result, scanned, rows = engines[primary]["result"], engines[primary]["scanned"], engines[primary]["rows"]
+    gen_path = Path(engines[primary]["path"])
     stop_check = check_stop_ids(run_dir, run, template)
     approval = _read_json(run_dir / "approval.json", "approval stamp")
     metrics = _read_json(run_dir / "metrics.json", "training metrics") or {}
@@ -283,11 +332,34 @@ def build_report(run_dir: Path, *, out_dir: Path | None = None, thresholds: dict
         "summary": {k: v for k, v in result.summary.items() if k != "artifacts"},
         "examples": examples(result, scanned, pats),
         "findings": [f.to_dict() for f in result.findings],
+        "engine": primary,
+        "engines": {name: {
+            "label": ENGINE_LABELS[name], "generations_file": Path(e["path"]).name,
+            "generated_now": name in wanted and not generations_file,
+            "generations": len(e["rows"]), "prompts": len({r.get("eval_line") for r in e["rows"]}),
+            "finish_reasons": _count(r.get("finish_reason") for r in e["rows"]),
+            "chat_format": next((r["chat_format"] for r in e["rows"] if r.get("chat_format")), None),
+            "scan": e["result"].summary["artifacts"], "exit_code": e["result"].exit_code,
+            "examples": examples(e["result"], e["scanned"], pats),
+            "side_by_side": [{"eval_line": r.get("eval_line"), "output": r.get("output"),
+                              "output_skipped": r.get("output_skipped"), "finish_reason": r.get("finish_reason")}
+                             for r in e["rows"] if r.get("mode") == "greedy"][:12],
+        } for name, e in engines.items()},
     }
+    data["exit_code"] = max([data["exit_code"]] + [e["result"].exit_code for n, e in engines.items() if n in wanted])
+    if data["exit_code"] and data["verdict"] == "pass":
+        data["verdict"] = "fail"
     json_path, html_path = out / "report.json", out / "report.html"
     _atomic(json_path, json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     _atomic(html_path, render_html(data))
     return Report(data, result, out, json_path, html_path)
+
+
+def _count(xs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[str(x)] = out.get(str(x), 0) + 1
+    return out
 
 
 def _atomic(p: Path, text: str) -> None:
@@ -321,11 +393,32 @@ def render_terminal(rep: Report, *, color: bool = False, width: int = 110) -> st
         t.add_row(c, RULES[c].name, *cells, Text(f"{art['rates'][c]:.1%}", style="bold red" if over else ""),
                   f"{art['thresholds'][c]:.1%}")
     con.print(t)
+    engines = rep.data.get("engines") or {}
+    if len(engines) > 1:
+        et = Table(title="side by side: greedy generations, special tokens skipped / overall", header_style="bold")
+        et.add_column("code")
+        for name, e in engines.items():
+            et.add_column(f"{name} ({e['generations']} gen.)", justify="right")
+        for c in A_CODES:
+            cells = [f"{e['scan'].get('groups', {}).get('greedy/skipped', {}).get('rates', {}).get(c, 0):.1%} / "
+                     f"{e['scan']['rates'][c]:.1%}" for e in engines.values()]
+            if any(not x.startswith("0.0% / 0.0%") for x in cells):
+                et.add_row(c, *cells)
+        et.add_row("any", *[f"{e['scan']['any_artifact_rate']:.1%}" for e in engines.values()])
+        con.print(et)
+    elif rep.data.get("engine") == "llamacpp":
+        con.print(Text("  generated through llama.cpp from export/model.gguf (chat format "
+                       f"{engines.get('llamacpp', {}).get('chat_format')})", style="dim"))
     stop = rep.data.get("stop_check") or {"passed": True}
-    ok = art["verdict"] == "pass" and stop["passed"]
+    ok = rep.data.get("verdict", art["verdict"]) == "pass" and stop["passed"]
     line = Text("PASS" if ok else "FAIL", style="bold green" if ok else "bold red")
-    line.append(f"  {art['headline']}")
+    line.append(f"  {art['headline']}" + (f" ({rep.data.get('engine')})" if len(engines) > 1 else ""))
     con.print(line)
+    for name, e in engines.items():
+        if name != rep.data.get("engine") and len(engines) > 1:
+            con.print(Text(f"      {e['scan']['headline']} ({name}"
+                           + (", from the earlier report's generations" if not e.get("generated_now") else "")
+                           + ")"))
     if stop.get("message"):
         con.print(Text(f"  stop ids: {stop['message']}", style="" if stop["passed"] else "bold red"))
     if rep.data.get("forced"):
