@@ -98,7 +98,12 @@ class _Display:
 @click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "unsloth", "hf"]), default="auto", show_default=True,
-              help="auto: Unsloth when CUDA and Unsloth are present, else transformers+PEFT.")
+              help="auto: Unsloth when CUDA and Unsloth are present, else transformers+PEFT. Unsloth trains on one "
+                   "GPU only (one process); --nproc above 1 uses hf.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Training processes (hf backend, DDP via torchrun: gloo on the CPU, one process per GPU with "
+                   "CUDA). --batch-size stays the global batch, split evenly; the stamp is checked once and rank 0 "
+                   "writes the run directory.")
 @click.option("--eval-split", type=float, default=0.1, show_default=True,
               help="Share of rows held out for the artifact report (eval.jsonl).")
 @click.option("--revalidate", is_flag=True, help="Run the gate first and stamp the dataset when it passes.")
@@ -110,7 +115,7 @@ class _Display:
                    "for reproducing failures; recorded in run.json).")
 @check_options(max_length=False, for_train=False, template_args=True, train_on=True)
 def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, lora_r, lora_alpha, mode,
-              load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, eval_split, revalidate,
+              load_in_4bit, packing, max_length, batch_size, grad_accum, seed, backend, nproc, eval_split, revalidate,
               force, merge, input_format, loss_on, config_path, select, ignore, add_special, tools, documents,
               template_kwargs, train_on):
     """Fine-tune MODEL on DATA, which `tmplcheck check --approve` must have approved for TEMPLATE.
@@ -152,10 +157,15 @@ def train_cmd(data, model, template, tokenizer, output, epochs, max_steps, lr, l
                           load_in_4bit=load_in_4bit, packing=packing, max_length=max_length, batch_size=batch_size,
                           grad_accum=grad_accum, seed=seed, eval_split=eval_split, revalidate=revalidate,
                           force=force, merge=merge, input_format=input_format,
-                          loss_on=loss_on, settings=st)
+                          loss_on=loss_on, settings=st, nproc=nproc)
         hooks = Hooks(info=disp.info, warn=disp.warn, progress=disp.step, loss=disp.loss)
         try:
-            res = run_training(cfg, hooks)
+            if nproc > 1:
+                from tmplcheck.trainer.ddp import launch
+
+                res = launch(cfg, hooks)
+            else:
+                res = run_training(cfg, hooks)
         finally:
             disp.close()
     except Refused as e:

@@ -152,7 +152,8 @@ def _load_hf(model_path: str, args: TrainArgs):
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=kw["dtype"])
     if torch.cuda.is_available():
-        kw["device_map"] = {"": 0}
+        # one GPU per process: a distributed run's process trains on the GPU of its local rank (torchrun's LOCAL_RANK)
+        kw["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         kw["attn_implementation"] = "sdpa"
     return AutoModelForCausalLM.from_pretrained(model_path, **kw)
 

@@ -63,6 +63,7 @@ class TrainConfig:
     input_format: str | None = None
     loss_on: str = "assistant"         # "assistant": the verified masks; "all": every token (the naive pipeline)
     settings: Any = None               # tmplcheck.config.Settings: the check settings (select/ignore/...) to verify
+    nproc: int = 1                     # training processes (DDP, trainer/ddp.py); batch_size is the global batch
 
     def __post_init__(self):
         self.data = Path(self.data)
@@ -74,6 +75,11 @@ class TrainConfig:
             raise TrainError("--load-in-4bit is for LoRA (QLoRA); a full fine-tune needs 16-bit weights")
         if self.loss_on not in ("assistant", "all"):
             raise TrainError(f"--loss-on must be assistant or all, not {self.loss_on!r}")
+        if self.nproc < 1:
+            raise TrainError(f"--nproc must be 1 or more, not {self.nproc}")
+        if self.batch_size % self.nproc:
+            raise TrainError(f"--batch-size {self.batch_size} is the global batch, split evenly over the --nproc "
+                             f"{self.nproc} processes: make it a multiple of {self.nproc}")
 
 
 @dataclass
@@ -239,8 +245,9 @@ def _versions() -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------------- train
-def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
-    hooks = hooks or Hooks()
+def precheck(cfg: TrainConfig) -> tuple[str, Path]:
+    """What is refused before anything loads: missing libraries, model, data, a used run directory. Returns the
+    model path and the run directory."""
     from tmplcheck.trainer import backends as B
 
     B.check_train_libraries()
@@ -250,11 +257,29 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
     out = cfg.output or default_output(cfg.data)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainError(f"--output {out}: already exists and is not empty; choose another run directory")
+    return model_path, out
+
+
+def run_training(cfg: TrainConfig, hooks: Hooks | None = None, *, approved: tuple | None = None,
+                 launcher_pid: int | None = None) -> RunResult | None:
+    """Train and write the run directory. In a process of a distributed run (``trainer/ddp.py``: ``RANK`` and
+    ``WORLD_SIZE`` set by torchrun) ``approved`` is what the launcher's :func:`approve` returned (the stamp is
+    checked once, there), every process trains its share of each batch, and only rank 0 writes the run directory
+    (``RUN_DIR.tmp-<launcher_pid>``, renamed at the end) and returns the result; the other ranks return None."""
+    hooks = hooks or Hooks()
+    from tmplcheck.trainer import backends as B
+
+    rank, world = dist_rank_world()
+    model_path, out = precheck(cfg)
     # Unsloth must be imported before transformers: resolve (and import) the backend before anything else loads.
     backend = B.resolve_backend(cfg.backend)
-    hooks.info(f"backend: {backend}")
+    if world > 1 and backend != "hf":
+        raise TrainError(f"the {backend} backend trains in one process (one GPU); several processes need --backend hf")
+    if cfg.batch_size % world:
+        raise TrainError(f"--batch-size {cfg.batch_size} cannot be split over {world} processes")
+    hooks.info(f"backend: {backend}" + (f", {world} processes (DDP)" if world > 1 else ""))
 
-    stamp, tok_spec, max_length, revalidated = approve(cfg, hooks)
+    stamp, tok_spec, max_length, revalidated = approved if approved is not None else approve(cfg, hooks)
 
     from tmplcheck.templates import load_template
     from tmplcheck.trainer import data as D
@@ -319,19 +344,28 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
     hooks.info(f"pad token: {pad.token} ({pad_id}, {pad.reason}); stop ids: {stops}")
 
     lr = cfg.lr if cfg.lr is not None else (2e-4 if cfg.mode == "lora" else 2e-5)
+    # per process: the global batch split evenly, so that N processes take the same optimiser steps as one
     targs = B.TrainArgs(mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, load_in_4bit=cfg.load_in_4bit,
-                        lr=lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+                        lr=lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size // world,
                         grad_accum=cfg.grad_accum, max_length=block, seed=cfg.seed)
 
-    _stale_tmp_dirs(out)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if rank == 0:
+        _stale_tmp_dirs(out)
+        tmp = out.parent / f"{out.name}.tmp-{launcher_pid or os.getpid()}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    else:   # the other ranks write nothing into the run directory; the trainer's scratch folder only
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f"tmplcheck-rank{rank}-"))
     try:
         result = _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad, pad_id, stops, targs,
                                  features, trained_per_row, eval_convs, rows, train_convs, stamp, tok_spec, block,
-                                 revalidated, tmp, examples=examples)
+                                 revalidated, tmp, examples=examples, rank=rank, world=world)
+        if rank != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
@@ -346,6 +380,24 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None) -> RunResult:
         raise
     result.run_dir = out
     return result
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (torchrun's ``RANK``/``WORLD_SIZE``; 0 and 1 alone)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _reduce_across(value: float, op: str, world: int) -> float:
+    """``value`` summed (``op`` "sum") or maximised ("max") over the processes of a distributed run."""
+    if world <= 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(value)], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _max_positions(model_path: str) -> int | None:
@@ -420,13 +472,17 @@ def _check_same_ids(hf_tok, tok, template, conv) -> None:
 
 def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad, pad_id, stops, targs, features,
                     trained_per_row, eval_convs, rows, train_convs, stamp, tok_spec, block, revalidated,
-                    tmp: Path, examples=()) -> RunResult:
+                    tmp: Path, examples=(), rank: int = 0, world: int = 1) -> RunResult | None:
     from tmplcheck.trainer import backends as B
     from tmplcheck.trainer import data as D
     from tmplcheck.validator.approval import sha256_file, sha256_text
 
     import datasets
 
+    import transformers
+
+    # the adapter's initial weights come from the seed: the same run gives the same model (in every process)
+    transformers.set_seed(cfg.seed)
     hooks.info(f"loading {model_path}")
     try:
         model = B.load_model(backend, model_path, targs, tokenizer_dir=str(tok.hf_dir))
@@ -465,9 +521,15 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
     trainer.train()
     train_s = time.perf_counter() - t0
     peak, peak_kind = B.peak_memory()
+    # every process's tokens (each collates its share of a batch), the largest peak and the slowest clock
+    tokens = int(_reduce_across(collator.tokens_in(trainer.state.global_step * cfg.grad_accum), "sum", world))
+    peak = int(_reduce_across(peak, "max", world))
+    train_s = _reduce_across(train_s, "max", world)
     model = trainer.model
     B.own_special_tokens(model, pad_id=pad_id, bos_id=tok.bos_id, stop_ids=stops)
     shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+    if rank != 0:
+        return None
 
     # ---- save
     (tmp / "model").mkdir()
@@ -498,7 +560,6 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
     if stamp is not None:
         _json(tmp / "approval.json", stamp)
 
-    tokens = collator.tokens_in(trainer.state.global_step * cfg.grad_accum)
     step_times = cb.step_times
     steady = step_times[len(step_times) // 10:] or step_times
     metrics = {
@@ -513,6 +574,7 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
         "median_step_seconds": sorted(steady)[len(steady) // 2] if steady else None,
         "trained_tokens_per_row": trained_per_row,
         "trained_tokens": sum(r["trained"] for r in trained_per_row),
+        "processes": world,
     }
     _json(tmp / "metrics.json", metrics)
     run_config = {
@@ -544,6 +606,8 @@ def _train_and_save(cfg, hooks, backend, model_path, hf_tok, tok, template, pad,
         "max_steps": cfg.max_steps,
         "lr": targs.lr,
         "batch_size": cfg.batch_size,
+        "processes": world,
+        "per_process_batch_size": cfg.batch_size // world,
         "grad_accum": cfg.grad_accum,
         "max_length": block,
         "lora": ({"r": targs.lora_r, "alpha": targs.lora_alpha or targs.lora_r, "dropout": targs.lora_dropout,
@@ -575,4 +639,4 @@ def _check_saved_tokenizer(path: Path, chat_template: str, pad_id: int) -> None:
 
 
 __all__ = ["TrainConfig", "TrainError", "Refused", "Hooks", "RunResult", "run_training", "approve",
-           "check_model_spec", "write_generation_config"]
+           "check_model_spec", "write_generation_config", "precheck", "dist_rank_world"]
