@@ -234,3 +234,33 @@ def test_core_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------ every registry template
+def _registry_pairs():
+    from tmplcheck.templates import registry
+
+    return sorted((name, m.default_tokenizer) for name, m in registry().items() if m.default_tokenizer)
+
+
+@pytest.mark.parametrize("name, tokenizer", _registry_pairs())
+def test_tmplchecks_own_labels_pass_and_a_masked_end_of_turn_does_not(name, tokenizer, get_tokenizer):
+    """The audit agrees with the gate's verified labels (encode_conversation) on every built-in template with a
+    default tokenizer — byte-level BPE (Llama 3, Qwen2) and SentencePiece (Llama 2, Phi-3, whose added tokens
+    strip the newline after them) — and finds the end-of-turn masked."""
+    from tmplcheck.templates import load_template, registry
+    from tmplcheck.validator.tokenized_audit import audit_row, build_structure
+    from tmplcheck.validator.tokens import encode_conversation
+
+    tok, tmpl = get_tokenizer(tokenizer), load_template(name)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+            {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "A colour?"},
+            {"role": "assistant", "content": "Blue."}]
+    if not registry()[name].system_role:
+        msgs = msgs[1:]
+    enc = encode_conversation(tmpl, tok, msgs)
+    st = build_structure(tmpl, tok)
+    assert audit_row({"input_ids": list(enc.ids), "labels": list(enc.labels)}, st, index=0).findings == []
+    masked = [-100 if i in st.eot_ids else lab for i, lab in zip(enc.ids, enc.labels)]
+    res = audit_row({"input_ids": list(enc.ids), "labels": masked}, st, index=0)
+    assert [f.code for f in res.findings] == ["L003"] and len(res.findings[0].data["positions"]) == 2

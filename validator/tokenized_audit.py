@@ -48,6 +48,8 @@ class Structure:
     pad_id: int | None
     vocab_size: int
     token_bytes: "TokenBytes"
+    header_patterns: dict[str, re.Pattern] = field(default_factory=dict)   # role -> header, trailing space optional
+    not_headers: frozenset[bytes] = frozenset()   # end-of-turn, stop and BOS/EOS/pad strings: never a role header
 
 
 class TokenBytes:
@@ -97,6 +99,14 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs)}
 
 
+def _tail(h: bytes) -> bytes:
+    """A header as a regex whose trailing whitespace is optional: special tokens that strip the whitespace after
+    them (Phi-3's ``<|assistant|>``, ``rstrip=True``) leave no trace of it in the ids."""
+    core = h.rstrip()
+    ws = h[len(core):]
+    return re.escape(core) + (b"(?:" + re.escape(ws) + b")?" if ws else b"")
+
+
 def build_structure(template, tokenizer, *, pad_id: int | None = None) -> Structure:
     """The audit's view of the pair. Raises ValueError when the template's assistant header cannot be known."""
     from tmplcheck.validator.tokens import end_of_turn_strings
@@ -120,10 +130,15 @@ def build_structure(template, tokenizer, *, pad_id: int | None = None) -> Struct
     user = headers.get("user", "")
     if "user" in user:   # the header with any role name in it: tool / ipython / developer turns are named too
         a, _, b = user.partition("user")
-        pattern = re.compile(re.escape(a.encode()) + rb"([A-Za-z_][\w-]{0,31})" + re.escape(b.encode()))
+        pattern = re.compile(re.escape(a.encode()) + rb"([A-Za-z_][\w-]{0,31})" + _tail(b.encode()))
     eots = tuple(e for e in end_of_turn_strings(template, tokenizer) if e)
     eot_ids = frozenset(i for i in (tokenizer.single_id(e) for e in eots) if i is not None)
-    return Structure(headers=hb, role_pattern=pattern, end_of_turn=tuple(e.encode() for e in eots),
+    return Structure(headers=hb, role_pattern=pattern,
+                     header_patterns={r: re.compile(_tail(h)) for r, h in hb.items()},
+                     not_headers=frozenset(t.encode() for t in (*eots, tokenizer.bos_token, tokenizer.eos_token,
+                                                                tokenizer.pad_token,
+                                                                *(tokenizer.id_to_token(i) for i in tokenizer.stop_ids))
+                                           if t), end_of_turn=tuple(e.encode() for e in eots),
                      eot_ids=eot_ids, stop_ids=frozenset(tokenizer.stop_ids) | eot_ids,
                      bos_id=tokenizer.bos_id, pad_id=pad_id if pad_id is not None else tokenizer.pad_id,
                      vocab_size=tokenizer.vocab_size, token_bytes=TokenBytes(tokenizer))
@@ -219,13 +234,6 @@ def read_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = "
     return out, []
 
 
-def _find_all(buf: bytes, needle: bytes) -> Iterator[int]:
-    p = buf.find(needle)
-    while p >= 0:
-        yield p
-        p = buf.find(needle, p + 1)
-
-
 def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure) -> tuple[list[Turn], list[int]]:
     """The turns of a row (several conversations when packed) and the token index where each conversation starts
     (a BOS, or 0)."""
@@ -259,12 +267,15 @@ def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure) -> tu
     heads: list[tuple[int, int, str]] = []   # (byte start, byte end, role)
     taken: set[int] = set()
     for role, h in sorted(st.headers.items(), key=lambda kv: -len(kv[1])):
-        for p in _find_all(buf, h):
-            if p not in taken:
-                heads.append((p, p + len(h), role))
-                taken.add(p)
+        pat = st.header_patterns.get(role) or re.compile(re.escape(h))
+        for m in pat.finditer(buf):
+            if m.start() not in taken:
+                heads.append((m.start(), m.end(), role))
+                taken.add(m.start())
     if st.role_pattern is not None:
         for m in st.role_pattern.finditer(buf):
+            if m.group(0).rstrip() in st.not_headers:   # <|end|>, <|endoftext|>: Phi-3 writes them like headers
+                continue
             if m.start() not in taken:
                 heads.append((m.start(), m.end(), m.group(1).decode("utf-8", "replace")))
                 taken.add(m.start())
