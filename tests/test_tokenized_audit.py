@@ -264,3 +264,27 @@ def test_tmplchecks_own_labels_pass_and_a_masked_end_of_turn_does_not(name, toke
     masked = [-100 if i in st.eot_ids else lab for i, lab in zip(enc.ids, enc.labels)]
     res = audit_row({"input_ids": list(enc.ids), "labels": masked}, st, index=0)
     assert [f.code for f in res.findings] == ["L003"] and len(res.findings[0].data["positions"]) == 2
+
+
+def test_trl_padding_free_chatml_packing_is_found_by_position_ids(get_tokenizer):
+    """ChatML writes no BOS: packed conversations are told apart by the restarts of TRL's position ids; a label on
+    a restart's token (a collator that does not mask it) is L010."""
+    pytest.importorskip("trl")
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tmplcheck.templates import load_template
+    from tmplcheck.validator.tokenized_audit import audit_rows, batch_rows, build_structure
+    from tmplcheck.validator.tokens import encode_conversation
+
+    tok, tmpl = get_tokenizer("qwen2"), load_template("chatml")
+    st = build_structure(tmpl, tok)
+    encs = [encode_conversation(tmpl, tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+            for q, a in (("Hi", "Hello!"), ("2+2?", "4"))]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_id or 0, padding_free=True)(
+        [{"input_ids": list(e.ids), "labels": list(e.labels)} for e in encs])
+    fs, _ = audit_rows(batch_rows(batch), st)
+    assert fs == []
+    second = len(encs[0].ids)
+    batch["labels"][0, second] = batch["input_ids"][0, second]
+    fs, _ = audit_rows(batch_rows(batch), st)
+    assert [(f.code, f.data["tokens"]) for f in fs] == [("L010", [second, second + 1])]

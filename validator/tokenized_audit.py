@@ -234,9 +234,11 @@ def read_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = "
     return out, []
 
 
-def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure) -> tuple[list[Turn], list[int]]:
-    """The turns of a row (several conversations when packed) and the token index where each conversation starts
-    (a BOS, or 0)."""
+def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure,
+                  position_ids: Sequence[int] | None = None) -> tuple[list[Turn], list[int]]:
+    """The turns of a row (several conversations when packed) and the token index where each conversation starts:
+    the first real token, each BOS after a real token that is no BOS, and each restart of ``position_ids`` (how a
+    padding-free collator packs templates without BOS, ChatML)."""
     tb = st.token_bytes
     starts_b: list[int] = []    # byte start of each token (pads contribute nothing)
     parts: list[bytes] = []
@@ -292,6 +294,9 @@ def recover_turns(ids: Sequence[int], pads: Sequence[bool], st: Structure) -> tu
         for a, b in zip(real, real[1:]):    # a BOS after a real token that is no BOS opens another conversation
             if ids[b] == st.bos_id and ids[a] != st.bos_id:
                 conv_starts.append(b)
+    if position_ids is not None:
+        restarts = [b for a, b in zip(real, real[1:]) if position_ids[b] == 0 and position_ids[a] != 0]
+        conv_starts = sorted(set(conv_starts) | set(restarts))
     turns: list[Turn] = []
     for j, (hs, he, role) in enumerate(kept):
         limit = kept[j + 1][0] if j + 1 < len(kept) else pos
@@ -360,7 +365,7 @@ def audit_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = 
     n = len(ids)
     pads = [m == 0 for m in cols["attention_mask"]] if "attention_mask" in cols else [False] * n
     actual, source = actual_mask(cols)
-    turns, conv_starts = recover_turns(ids, pads, st)
+    turns, conv_starts = recover_turns(ids, pads, st, cols.get("position_ids"))
     fs: list[Finding] = []
 
     def add(code: str, msg: str, a: int | None = None, b: int | None = None, **data) -> None:
@@ -436,7 +441,7 @@ def audit_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = 
                     f"{conv_starts.index(c)}: positions do not restart, attention runs across conversations",
                     c, c + 1)
         if pos_ids is None and not any(f.code == "L010" for f in fs):
-            add("L011", f"the row packs {len(conv_starts)} conversations (BOS at tokens "
+            add("L011", f"the row packs {len(conv_starts)} conversations (starting at tokens "
                 f"{', '.join(map(str, conv_starts))}) without position_ids")
     # --- per turn --------------------------------------------------------------------------------------------
     pad_id = st.pad_id
