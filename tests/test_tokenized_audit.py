@@ -105,6 +105,8 @@ def test_columnar_dataset_without_input_ids_is_a_clear_usage_error(tmp_path):
     ({"input_ids": "hello"}, "input_ids is a str"),
     ({"input_ids": [[1, 2], [3, 4]]}, "nested"),
     ({"input_ids": [128000, 5], "labels": [5, None]}, "labels[1] is None"),
+    ({"input_ids": [128000, 5, 6, 7], "labels": [5, 6, 7, -100]}, "the labels are shifted by one"),
+    ({"input_ids": [128000, 5, 6, 7], "labels": [-100, 5, 9, 7]}, "labels[2] = 9 but input_ids[2] = 6"),
 ])
 def test_bad_rows_are_located_findings(row, where, tmp_path):
     p = tmp_path / "d.jsonl"

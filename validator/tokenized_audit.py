@@ -231,6 +231,16 @@ def read_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = "
             elif not isinstance(t, int):
                 return fail(f"{col}[{k}] is {t!r}, not an integer", f"/{col}/{k}")
         out[col] = v
+    labels = out.get("labels")
+    if labels is not None:
+        wrong = [k for k, (lab, t) in enumerate(zip(labels, ids)) if lab != IGNORE and lab != t]
+        if wrong:
+            k = wrong[0]
+            shifted = all(labels[j] == ids[j + 1] for j in wrong if j + 1 < len(ids))
+            return fail(f"labels[{k}] = {labels[k]} but input_ids[{k}] = {ids[k]} ({len(wrong)} trained labels differ "
+                        "from the id at their position" + ("; the labels are shifted by one — transformers "
+                                                          "shifts them itself" if shifted else "") + ")",
+                        f"/labels/{k}")
     return out, []
 
 

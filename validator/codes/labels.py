@@ -104,8 +104,9 @@ Fix: pack with position ids that restart per conversation, or do not pack.
 """, "audit/packed_no_boundaries.jsonl"),
     Rule("L012", "label-bad-row", E, "A row of the tokenized dataset cannot be audited as it is.",
          """
-What: the row has no `input_ids`, ids that are not integers or lie past the tokenizer's vocabulary, or `labels` /
-masks whose length differs from `input_ids`. The message names the field and the position.
+What: the row has no `input_ids`, ids that are not integers or lie past the tokenizer's vocabulary, `labels` /
+masks whose length differs from `input_ids`, or trained labels that are not the id at their position (labels
+shifted by one, or taken from another tokenization). The message names the field and the position.
 Why it hurts: the trainer crashes on it or silently trains on misaligned labels.
 Fix: re-tokenize the row with the model's tokenizer; keep labels and masks aligned with the ids.
 """, "audit/bad_rows.jsonl"),
