@@ -468,17 +468,23 @@ def fold_per_file(findings: Iterable[Finding]) -> list[Finding]:
 
 
 def summarize(findings: Iterable[Finding], checked: list[str], expected: Expected) -> dict[str, Any]:
+    """The gate's summary shape (the reporters read it), with verify-model's headline."""
     fs = list(findings)
     by: dict[str, int] = {}
     for f in fs:
         by[f.code] = by.get(f.code, 0) + 1
-    errors = sum(f.severity.value == "error" for f in fs)
-    head = (f"{', '.join(checked)} against {expected.template.meta.name}"
+    sev = {k: sum(f.severity.value == k for f in fs) for k in ("error", "warning", "info")}
+    probes = len(expected.conversations()) - len(expected.rows)
+    head = (f"{', '.join(checked)} against the template {expected.template.meta.name}"
             + (f" ({expected.origin})" if expected.origin else "")
-            + f": {len(expected.rows)} approved row(s) and {len(PROBES)} probes rendered; "
-            + ("no finding" if not fs else f"{errors} error(s), {len(fs) - errors} other finding(s)"))
-    return {"checked": checked, "template": expected.template.meta.name, "rows": len(expected.rows),
-            "by_code": dict(sorted(by.items())), "errors": errors, "headline": head}
+            + f"; {len(expected.rows)} approved row(s) and {probes} probe conversations rendered")
+    return {"rows": len(expected.rows) + probes, "errors": sev["error"], "warnings": sev["warning"],
+            "infos": sev["info"],
+            "rows_with_errors": len({(f.path, f.line) for f in fs if f.severity.value == "error" and f.line}),
+            "by_code": dict(sorted(by.items())),
+            "per_file_rows": {f.code: (f.data or {})["rows"] for f in fs if (f.data or {}).get("rows")},
+            "checked": checked, "template": expected.template.meta.name,
+            "verify_model": {"headline": head}}
 
 
 def unified_template_diff(a: str, b: str, n: int = 2) -> str:
