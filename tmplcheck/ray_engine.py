@@ -63,11 +63,17 @@ def ensure_ray(address: str | None = None):
 
 
 def _data_context():
+    import logging
+    import sys
+
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True   # results come back in (file, chunk) order
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    # the report is the output: Ray Data's execution notes (plan, timing) stay in its log files, warnings still show
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ctx
 
 
@@ -314,17 +320,20 @@ def check_ray_dataset(ds, settings: Settings | None = None, *, name: str = "<ray
         import ray.data
 
         _data_context()
-        try:
-            S._check_columns(ds.columns(), name, settings.input_format)
-        except S.SourceError as e:
-            raise RayEngineError(str(e)) from None
+        S._check_columns(ds.columns(), name, settings.input_format)   # SourceError, as tmplcheck.check raises it
         source = S.Source("ray_dataset", name, lambda: iter(()), columns=list(ds.columns()))
         run = source_run(source, _gate_options(settings, _build_stages(settings), chunk_rows))
         blob = _dumps(_Spec(settings, (name,), (False,), (True,)))
         ds = ds.materialize()
         n = ds.count()
         if n:
-            numbered = ds.zip(ray.data.range(n).rename_columns({"id": _ROW}))
+            import warnings
+
+            with warnings.catch_warnings():
+                # Ray 2.60 marks zip deprecated (removed in 2.64; the 'ray' extra pins 2.60): a row's number is its
+                # position in the materialized dataset, which is what zip pairs it with
+                warnings.simplefilter("ignore", DeprecationWarning)
+                numbered = ds.zip(ray.data.range(n).rename_columns({"id": _ROW}))
             done = numbered.map_batches(_rows_batch, fn_args=(blob,), batch_size=chunk_rows, batch_format="pyarrow",
                                         num_cpus=1)
             _reduce([run], _iter_results(done))
