@@ -47,9 +47,7 @@ def _tokenizer_from(obj: Any):
         raise TypeError(f"AuditCallback needs a fast tokenizer (or tokenizer=SPEC), got {type(obj).__name__}")
     config = {k: getattr(hf, k, None) for k in ("bos_token", "eos_token", "pad_token")}
     config = {k: str(v) for k, v in config.items() if v is not None}
-    gen_eos = None
-    return Tokenizer(backend, name=getattr(hf, "name_or_path", "") or "tokenizer", config=config,
-                     generation_config={"eos_token_id": gen_eos} if gen_eos is not None else None)
+    return Tokenizer(backend, name=getattr(hf, "name_or_path", "") or "tokenizer", config=config)
 
 
 def _template_from(spec: Any, hf_tokenizer: Any, tok):
