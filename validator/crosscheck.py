@@ -586,11 +586,14 @@ class ShapeCrossCheck:
         self._shapes: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False,
-                 render_kw: dict | None = None) -> list[Finding]:
+                 render_kw: dict | None = None, shared: bool = False) -> list[Finding]:
         """``filled``: ``hf_text`` was made by filling the template's sentinel render of this shape with the row's
         contents (``validator/opaque.py``; the same sentinel render as here), so that need not be checked again.
         ``render_kw``: the template arguments every row gets (``--tools`` ...); a row with any, or with fields beyond
-        role and content, is compared on its own."""
+        role and content, is compared on its own. ``shared``: where the shape's comparison holds for the row, return
+        the shape's own findings (no path or line; the same list for every such row, not to be changed) instead of
+        copies located at the row: :meth:`reused` tells which it is, and the caller locates them where it takes the
+        row (``TemplateStage.absorb``), so that a worker ships one list per chunk, not a finding per row."""
         if render_kw or not getattr(conv, "plain", True):
             return list(check_cross(conv, template, hf_text, render_kw=render_kw))
         msgs = conv.messages
@@ -604,9 +607,15 @@ class ShapeCrossCheck:
             if entry is not None:
                 skeleton, where, found = entry
                 if filled or fill(skeleton, where, contents)[0] == hf_text:
+                    if shared:
+                        return found
                     return [Finding(f.code, f.severity, f.message, conv.path, conv.line, f.pointer, f.hint, f.column,
                                     f.data) for f in found]
         return list(check_cross(conv, template, hf_text))
+
+    def reused(self, found: list[Finding]) -> bool:
+        """Whether ``found`` (from a ``shared=True`` call) is a shape's own list of findings, not yet located."""
+        return any(e is not None and e[2] is found for e in self._shapes.values())
 
     @staticmethod
     def _shape(template: Any, roles: tuple[str, ...]):

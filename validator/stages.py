@@ -25,13 +25,16 @@ def build_stages(cfg: StageConfig) -> list:
     """The stage factories. With both a template and a tokenizer, the token stage carries the template stage's
     per-row work in its batches and process pool (each row rendered once for both), so both use every core."""
     stages: list = []
+    # the tokenizer (~1 s for a 128k vocabulary, the Rust parse releases the GIL) loads in a background thread while
+    # this one imports llama-cpp-python and loads the template
+    tokenizer = _Background(_load_tokenizer, cfg.tokenizer) if cfg.tokenizer is not None else None
     # without llama-cpp-python (or with one that cannot import: a missing dependency such as diskcache, a shared
     # library that does not load) the gate still runs; the llama.cpp checks are reported as not run, once per file
     no_llama = llama_cpp_unavailable() if (cfg.template is not None or cfg.tokenizer is not None) else None
     if cfg.template is not None:
         stages.append(template_stage_factory(cfg, cross=no_llama is None))
     if cfg.tokenizer is not None:
-        stages.append(token_stage_factory(cfg, llama_cpp=no_llama is None))
+        stages.append(token_stage_factory(cfg, llama_cpp=no_llama is None, tokenizer=tokenizer.result()))
     if len(stages) == 2 and (cfg.extra or {}).get("share", True):
         make_t, make_k = stages
         made: dict[str, object] = {}
@@ -94,7 +97,38 @@ class LlamaCppNotRun:
                 "headline": f"not run: {what}; {self.reason}"}
 
 
-def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
+def _load_tokenizer(spec: str):
+    from tmplcheck.validator.tokenizer import load_tokenizer
+
+    return load_tokenizer(spec)
+
+
+class _Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits and returns it (or raises what it raised)."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self._out: list = []
+
+        def run() -> None:
+            try:
+                self._out.append((True, fn(*args)))
+            except BaseException as e:  # noqa: BLE001 - raised again by result()
+                self._out.append((False, e))
+
+        self._t = threading.Thread(target=run, name="tmplcheck-load", daemon=True)
+        self._t.start()
+
+    def result(self):
+        self._t.join()
+        ok, v = self._out[0]
+        if not ok:
+            raise v
+        return v
+
+
+def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True, tokenizer=None):
     """``--tokenizer`` (with ``--template``, else the tokenizer's own chat template, else the registry's default
     template for that tokenizer) → a factory for the gate's token stage. Loads both once, up front."""
     from tmplcheck.validator.token_stage import TokenStage, resolve_template
@@ -102,7 +136,8 @@ def token_stage_factory(cfg: StageConfig, *, llama_cpp: bool = True):
 
     # llama.cpp's vocabulary (for K010) is not loaded here: the token stage starts loading it in a background thread
     # of the gate's process once the workers have forked (``TokenStage.take``), so that start-up does not wait for it
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
     template = resolve_template(cfg.template, tokenizer)
     extra = cfg.extra or {}
     jobs = extra.get("jobs")

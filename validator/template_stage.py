@@ -105,6 +105,14 @@ class TemplateRowOut:
     text: str | BaseException | None = None
     filled: bool = False                          # rendered by filling its shape's render (``validator/opaque.py``)
     at: dict | None = None                        # then where each content is in ``text`` (not shipped either)
+    #: ``cross`` is the row's shape's comparison (``ShapeCrossCheck``, ``shared=True``): one list for every row of the
+    #: shape, without path and line; the stage locates the findings at the row when it takes it
+    cross_shape: bool = False
+
+
+def located(found: list[Finding], path: str, line: int) -> list[Finding]:
+    """Copies of a shape's findings (``TemplateRowOut.cross_shape``) located at a row."""
+    return [Finding(f.code, f.severity, f.message, path, line, f.pointer, f.hint, f.column, f.data) for f in found]
 
 
 class TemplateRowChecker:
@@ -175,11 +183,15 @@ class TemplateRowChecker:
             from tmplcheck.validator.checks.tools import check_double_encoding
 
             out.extend(check_double_encoding(conv, self.traits))
-        xs = list(self.cross(conv, self.template, r.text, filled=filled, render_kw=kw or None)) \
-            if self.cross is not None else None
-        if xs is not None and self.jinja is not None:
-            xs.extend(self.jinja(conv, msgs, kw))
-        return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at)
+        xs, shape = None, False
+        if self.cross is not None:
+            xs = self.cross(conv, self.template, r.text, filled=filled, render_kw=kw or None, shared=True)
+            shape = self.cross.reused(xs)
+            more = self.jinja(conv, msgs, kw) if self.jinja is not None else []
+            if more:
+                xs = (located(xs, conv.path, conv.line) if shape else list(xs)) + more
+                shape = False
+        return TemplateRowOut("rendered", out, xs, r.undefined, text=r.text, filled=filled, at=at, cross_shape=shape)
 
 
 class _TemplateWork:
@@ -279,7 +291,7 @@ class TemplateStage:
         self.rows += 1
         if self._broken or self._poisoned or not conv.usable or not conv.messages:
             return iter(self._count(out))
-        out.extend(self.absorb(ordinal, self.checker.check(conv)))
+        out.extend(self.absorb(ordinal, self.checker.check(conv), conv.line))
         return iter(out)
 
     # ------------------------------------------------------------------------------ split stage (see gate.py)
@@ -299,9 +311,9 @@ class TemplateStage:
         self.rows += 1
         if self._broken or self._poisoned or not info.usable or not info.roles or r is None:
             return []
-        return self.absorb(ordinal, r)
+        return self.absorb(ordinal, r, info.line)
 
-    def absorb(self, ordinal: int, r: TemplateRowOut) -> list[Finding]:
+    def absorb(self, ordinal: int, r: TemplateRowOut, line: int = 0) -> list[Finding]:
         """Account one row's result (in row order) and return its findings. Rows after the one that poisoned the
         template are dropped (the serial stage would not have rendered them)."""
         if self._poison_at is not None and ordinal > self._poison_at:
@@ -325,7 +337,7 @@ class TemplateStage:
                        if f.data.get("variable") in new_undef and "template_line" not in f.data)
         out.extend(r.findings)
         if r.cross is not None:
-            xs = r.cross
+            xs = located(r.cross, self.path, line) if r.cross_shape else r.cross
             self.cross_summary.add(xs)
             if any(f.code == "X010" for f in xs):
                 self._unknown_to_llamacpp += 1   # X010 is a per-file code: the gate reports it once, with the count

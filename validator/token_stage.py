@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tmplcheck.validator.findings import Finding
+from tmplcheck.validator.template_stage import TemplateRowOut
 from tmplcheck.validator.token_pipeline import RowOut, TokenPipeline, _Prepared, row_in
 
 
@@ -65,7 +66,14 @@ class RowPipeline:
 
     def _finish(self, out, part, touts, prep, job) -> None:
         for k, r, t in zip(part, self.tokens.finish(prep, job.result()), touts):
-            out[k] = (r, t)
+            if r.regular and not r.findings and r.llamacpp_input is None and (t is None or (
+                    t.cross_shape and t.status == "rendered" and not t.findings and not t.undefined)):
+                # a row with nothing to say but its counts: a plain tuple, and its shape's (shared) comparison,
+                # which a chunk ships once (see ``TokenStage.take``)
+                out[k] = (r.tokens, r.trained, r.sampled, None if t is None else t.filled,
+                          None if t is None else t.cross)
+            else:
+                out[k] = (r, t)
 
 
 _HELPER = None   # (pid, executor): the tokenizing helper thread of this process
@@ -202,7 +210,12 @@ class TokenStage:
         if not self._lc_started:
             self._start_llamacpp()
         out: list[Finding] = []
-        r, t = payload if payload is not None else (None, None)
+        if payload is not None and len(payload) == 5:   # a clean regular row (``RowPipeline._finish``)
+            tokens, trained, sampled, filled, cross = payload
+            r = RowOut(info.line, [], tokens, trained, sampled, True)
+            t = None if filled is None else TemplateRowOut("rendered", [], cross, filled=filled, cross_shape=True)
+        else:
+            r, t = payload if payload is not None else (None, None)
         if self.template_stage is not None:
             out.extend(self.template_stage.take_row(info, t))
         if r is None:
