@@ -290,3 +290,24 @@ def test_trl_padding_free_chatml_packing_is_found_by_position_ids(get_tokenizer)
     batch["labels"][0, second] = batch["input_ids"][0, second]
     fs, _ = audit_rows(batch_rows(batch), st)
     assert [(f.code, f.data["tokens"]) for f in fs] == [("L010", [second, second + 1])]
+
+
+def test_dataset_id_from_the_local_hub_cache(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "datasets--me--tokenized"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    data = repo / "snapshots" / rev / "data"
+    data.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows("clean.jsonl")), data / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows("row_untrained.jsonl")), data / "test-00000-of-00001.parquet")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert audit("me/tokenized")[0] == 0
+    code, out = audit_json("me/tokenized", "--split", "test")
+    assert code == 1 and out["summary"]["by_code"] == {"L004": 1}
+    code, out = audit("me/not-cached")
+    assert code == 2 and "not a dataset in the local Hugging Face cache" in out

@@ -1,8 +1,8 @@
 """Read a tokenized dataset (columns of token ids, labels and masks) row by row, for ``tmplcheck audit``.
 
 Formats: JSONL (one row object a line) or a ``.json`` list of rows, Parquet, Arrow (IPC file or stream, the
-format of ``datasets``' cache files), a ``save_to_disk`` folder (``Dataset`` or ``DatasetDict``), a ``.csv`` is
-not a tokenized format. A hub id is read from the local ``datasets`` cache only (no network).
+format of ``datasets``' cache files), a ``save_to_disk`` folder (``Dataset`` or ``DatasetDict``); a ``.csv`` is
+not a tokenized format. A dataset id is read from the local Hugging Face hub cache only (no network).
 
 Rows come out as ``(index, line, row)``: ``index`` 0-based, ``line`` the 1-based line of a JSONL file (None for
 columnar formats), ``row`` a dict of columns (a row that is not a JSON object comes out as ``{"__error__": msg}``).
@@ -145,18 +145,47 @@ def _disk(p: Path, split: str | None) -> Iterator[Row]:
 
 
 def _hub(spec: str, split: str | None) -> Iterator[Row]:
-    import os
+    """A dataset id from the local Hugging Face hub cache, offline (as ``tmplcheck check`` reads one): the
+    snapshot's parquet (else Arrow, else JSONL) files of ``split`` (default train; the files whose path names it,
+    or all files when none names a split), one after another."""
+    import re
 
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from tmplcheck.validator.sources import hub_cache_dir
+
     try:
-        from datasets import load_dataset
-    except ImportError as e:
-        raise TokenizedReadError(f"{spec}: reading a hub dataset needs the 'datasets' package ({e})") from None
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise TokenizedReadError(f"{spec}: reading a dataset id needs huggingface_hub") from None
+    repo, _, rev = spec.partition("@")
+    cache = hub_cache_dir()
     try:
-        ds = load_dataset(spec, split=split)
-    except Exception as e:  # noqa: BLE001 - not in the local cache, or no such dataset
-        raise TokenizedReadError(f"{spec}: no such file, and not a dataset in the local cache ({e})") from None
-    yield from _datasets_obj(ds, spec, split)
+        d = Path(snapshot_download(repo, repo_type="dataset", revision=rev or None, local_files_only=True,
+                                   cache_dir=cache))
+    except Exception as e:  # noqa: BLE001 - LocalEntryNotFoundError and friends: not in the cache
+        raise TokenizedReadError(f"{spec}: no such file, and not a dataset in the local Hugging Face cache ({cache}; "
+                                 f"datasets are read offline) [{type(e).__name__}]") from None
+    want = (split or "train").lower()
+
+    def split_of(f: Path) -> str:
+        m = re.search(r"(?:^|/)(train|validation|valid|dev|test)(?:[-_./]|$)", f.relative_to(d).as_posix().lower())
+        return m.group(1) if m else ""
+
+    for exts, reader in (((".parquet", ".pq"), _parquet), ((".arrow", ".ipc"), _arrow),
+                         ((".jsonl", ".ndjson"), _jsonl)):
+        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+        if not files:
+            continue
+        if any(split_of(f) for f in files):
+            files = [f for f in files if split_of(f) == want]
+            if not files:
+                raise TokenizedReadError(f"{spec} ({d}) has no {want!r} split")
+        index = 0
+        for f in files:
+            for _i, line, row in reader(f):
+                yield index, line, row
+                index += 1
+        return
+    raise TokenizedReadError(f"{spec} ({d}) holds no parquet, Arrow or JSONL file")
 
 
 def read_tokenized(spec: str | Path, *, split: str | None = None) -> Iterator[Row]:
