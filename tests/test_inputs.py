@@ -291,3 +291,17 @@ def test_show_and_train_labels_take_train_on(tmp_path, llama3_tokenizer):
     convs = [row.conversation for row in read_rows(p)]
     (ex,) = D.encode(convs, load_template("llama-3"), llama3_tokenizer, max_length=None, train_on="last-assistant")
     assert llama3_tokenizer.decode([i for i, lab in zip(ex.ids, ex.labels) if lab != -100]) == "4<|eot_id|>"
+
+
+def test_show_a_parquet_row_by_index(tmp_path):
+    rows = [chat("2+2?", "5", weight=0), chat("3+3?", "6")]
+    p = write_parquet(tmp_path / "s.parquet", rows, row_group_size=1)
+    r = run("show", str(p), "--row", "1", "-t", "llama-3", "-k", "llama-3", "--format", "json")
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.output)
+    assert t["row"] == 1 and t["where"] == f"{p}:row 1 (row group 1)"
+    assert "".join(x["string"] for x in t["tokens"] if x["trained"]) == "6<|eot_id|>"
+    r = run("show", str(p), "--row", "0", "-t", "llama-3", "-k", "llama-3", "--format", "json")
+    assert json.loads(r.output)["findings"][0]["code"] == "M004"   # weight 0: nothing trained (D053 in check)
+    assert run("show", str(p), "--row", "5", "-t", "llama-3", "-k", "llama-3").exit_code == 2
+    assert run("show", str(p), "-t", "llama-3", "-k", "llama-3").exit_code == 2

@@ -42,6 +42,33 @@ def _probe_kw(settings) -> dict:
     return {"pipeline_kw": _pipeline_kw(settings), "keep": keep}
 
 
+def _source_row(data: str, row_no: int, input_format: str | None):
+    """Row ``row_no`` (0-based) of a parquet/Arrow/save_to_disk/cached-id source → (Conversation, where)."""
+    from tmplcheck.cli import Refusal, ToolFailure
+    from tmplcheck.validator.ingest import parse_object
+    from tmplcheck.validator.sources import SourceError, location_text, open_source
+
+    try:
+        src = open_source(data, display_path=data, input_format=input_format)
+        if not src.objects:
+            raise click.UsageError(f"{data} is a JSONL file: give --line")
+        for rec in src.records():
+            if rec.line == row_no + 1:
+                row = parse_object(rec.line, rec.data, path=data, input_format=input_format)
+                break
+        else:
+            raise click.UsageError(f"{data} has no row {row_no}")
+    except SourceError as e:
+        raise (click.UsageError if "no such file" in str(e) else ToolFailure)(str(e)) from None
+    from tmplcheck.validator.findings import Finding, Severity
+
+    where = location_text(Finding("D000", Severity.INFO, "", path=data, line=row_no + 1, data=src.where(row_no + 1)))
+    if row.conversation is None:
+        msgs = "; ".join(f"{f.code} {f.message}" for f in row.findings)
+        raise Refusal(f"{where} holds no readable conversation ({msgs})")
+    return row.conversation, where
+
+
 def token_table(tmpl, tok, conv, settings=None) -> dict:
     """The row's tokens with strings, offsets, mask, special flags and the message each belongs to, plus findings."""
     from tmplcheck.validator.checks.tokens import IGNORE
@@ -115,7 +142,7 @@ def render_rich(table: dict, console) -> None:
     from rich.text import Text
 
     roles = {t["message"]: t["role"] for t in table["turns"]}
-    console.print(f"[bold]{table['path']}:{table['line']}[/] template [cyan]{table['template']}[/] tokenizer "
+    console.print(f"[bold]{table.get('where') or str(table['path']) + ':' + str(table['line'])}[/] template [cyan]{table['template']}[/] tokenizer "
                   f"[cyan]{table['tokenizer']}[/]  {len(table['tokens'])} tokens, "
                   f"{sum(t['trained'] for t in table['tokens'])} trained ([black on green] trained [/] "
                   f"[dim]masked[/] [reverse] special [/])")
@@ -150,14 +177,16 @@ def render_rich(table: dict, console) -> None:
 
 
 @click.command("show")
-@click.argument("data", type=click.Path(exists=True, dir_okay=False))
-@click.option("--line", "line_no", type=int, required=True, help="The 1-based line of the row to show.")
+@click.argument("data", type=click.Path())
+@click.option("--line", "line_no", type=int, help="The 1-based line of the row to show (JSONL).")
+@click.option("--row", "row_no", type=int, help="The 0-based index of the row to show (parquet, Arrow, a "
+                                                "save_to_disk folder, a cached dataset id: as `check` names it).")
 @click.option("--template", "-t", help="Template (default: the tokenizer's own, or the registry's default for it).")
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai", "alpaca"]), help="Force the row format.")
 @check_options(template_args=True, train_on=True)
-def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
+def show_cmd(data, line_no, row_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
              max_length, for_train, tools, documents, template_kwargs, train_on):
     """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
 
@@ -171,25 +200,36 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
                          select=select, ignore=ignore, add_special_tokens=add_special, max_length=max_length,
                          for_train=for_train, tools=tools, documents=documents, template_kwargs=template_kwargs,
                          train_on=train_on)
+    if (line_no is None) == (row_no is None):
+        raise click.UsageError("give --line N (a JSONL line) or --row N (a row of a parquet/Arrow/datasets source)")
     tmpl, tok = _load_pair(st.template, st.tokenizer)
     tmpl = tmpl.with_arguments(**st.render_defaults())   # a row's own tools/documents/kwargs still win
-    conv = None
-    for row in read_rows(data, input_format=st.input_format):
-        if row.line == line_no:
-            conv = row.conversation
-            if conv is None:
-                msgs = "; ".join(f"{f.code} {f.message}" for f in row.findings)
-                raise Refusal(f"{data}:{line_no} holds no readable conversation ({msgs})")
-            break
-        if row.line > line_no:
-            break
+    if row_no is not None:
+        conv, where = _source_row(data, row_no, st.input_format)
+        line_no = conv.line
+    else:
+        where = f"{data}:{line_no}"
+        conv = None
+        from pathlib import Path
+
+        if not Path(data).is_file():
+            raise click.UsageError(f"{data}: no such file (--line reads a JSONL file; --row any other source)")
+        for row in read_rows(data, input_format=st.input_format):
+            if row.line == line_no:
+                conv = row.conversation
+                if conv is None:
+                    msgs = "; ".join(f"{f.code} {f.message}" for f in row.findings)
+                    raise Refusal(f"{data}:{line_no} holds no readable conversation ({msgs})")
+                break
+            if row.line > line_no:
+                break
     if conv is None:
         raise click.UsageError(f"{data} has no row at line {line_no}")
     for m in conv.messages:
         try:
             m.content.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise Refusal(f"{data}:{line_no}: {m.pointer} holds a lone surrogate "
+            raise Refusal(f"{where}: {m.pointer} holds a lone surrogate "
                           f"({m.content[e.start:e.end]!r} at character {e.start}), which no tokenizer "
                           "can encode (D027)") from None
         except AttributeError:   # typed content (a list of parts): the encoder reports it
@@ -197,9 +237,11 @@ def show_cmd(data, line_no, template, tokenizer, fmt, input_format, config_path,
     try:
         table = token_table(tmpl, tok, conv, st)
     except TemplateRenderError as e:
-        raise template_refusal(e, f"{data}:{line_no}") from None
+        raise template_refusal(e, where) from None
     except Exception as e:  # noqa: BLE001 - the tool could not encode this row
-        raise ToolFailure(f"{data}:{line_no}: cannot render/encode this row: {type(e).__name__}: {e}") from None
+        raise ToolFailure(f"{where}: cannot render/encode this row: {type(e).__name__}: {e}") from None
+    if row_no is not None:   # a row of a parquet/Arrow/datasets source: named as `check` names it
+        table["row"], table["where"] = row_no, where
     if fmt == "json":
         click.echo(json.dumps(table, ensure_ascii=False, indent=1))
         return
