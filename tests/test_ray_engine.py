@@ -197,3 +197,15 @@ def test_cli_engine_ray(tmp_path, monkeypatch):
     assert out["ray"] == out["local"] and len(calls) == 1
     res = runner.invoke(cli, ["check", str(tmp_path / "nope.jsonl"), "--engine", "ray"])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_unreachable_cluster_is_a_clear_exit_2():
+    """A cluster address that does not answer fails at once, naming it (Ray alone retries for minutes)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    r = subprocess.run([sys.executable, "-m", "tmplcheck", "check", str(FIX / "dataset" / "clean.jsonl"), "--engine",
+                        "ray"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "cannot reach the Ray cluster at '127.0.0.1:9'" in r.stderr, r.stderr

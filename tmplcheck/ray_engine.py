@@ -53,6 +53,8 @@ def ensure_ray(address: str | None = None):
     if ray.is_initialized():
         return ray, False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="warning", configure_logging=True)
@@ -60,6 +62,22 @@ def ensure_ray(address: str | None = None):
         raise RayEngineError(f"cannot connect to the Ray cluster at {address!r}: {e}" if address
                              else f"cannot start a local Ray cluster: {e}") from None
     return ray, True
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with the address, when a cluster's ``host:port`` does not answer (Ray itself retries for minutes).
+    ``auto`` (the cluster this machine is part of) and addresses without a port are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayEngineError(f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); check "
+                             "--ray-address / RAY_ADDRESS") from None
 
 
 def _data_context():
