@@ -171,6 +171,12 @@ def test_parquet_and_ray_dataset_equal_local(tmp_path):
     local = run_source(open_source(datasets.Dataset(table), display_path="rows"), opts)
     on_ray = check_ray_dataset(ray.data.from_arrow(table).repartition(7), settings, name="rows", chunk_rows=50)
     assert _flat(on_ray) == _flat(local)
+    # tmplcheck.check hands a ray.data.Dataset to the same engine
+    import tmplcheck
+
+    api = tmplcheck.check(ray.data.from_arrow(table), template="llama-3", tokenizer="llama-3", max_length=64,
+                          name="rows")
+    assert _flat(api.gate_result) == _flat(on_ray) and api.summary == on_ray.summary
     assert on_ray.summary.pop("source") == {"kind": "ray_dataset"} and local.summary.pop("source")["kind"] == "dataset"
     assert on_ray.summary == local.summary
 
