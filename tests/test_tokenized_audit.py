@@ -206,7 +206,7 @@ def test_reporters(fmt):
 
 def test_rule_lists_the_l_codes():
     r = CliRunner().invoke(cli, ["rule"])
-    assert all(f"L{i:03d}" in r.output for i in range(1, 14))
+    assert all(f"L{i:03d}" in r.output for i in range(1, 15))
     assert "pad = eos" in CliRunner().invoke(cli, ["rule", "L006"]).output
 
 

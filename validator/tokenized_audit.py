@@ -172,6 +172,7 @@ class RowAudit:
     turns: list[Turn]
     regions: list[str]            # per token: "role:part" (e.g. "user:content", "assistant:header", "template")
     findings: list[Finding] = field(default_factory=list)
+    conventional: list[tuple[int, int, str]] = field(default_factory=list)   # trained by convention (L014)
 
 
 def _as_int_list(v: Any) -> list | None:
@@ -515,6 +516,7 @@ def audit_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = 
             k = j
         else:
             k += 1
+    runs, benign = _split_conventional(runs, ids, turns, st)
     if runs:
         total = sum(b - a for a, b, _ in runs)
         names: list[str] = []
@@ -526,9 +528,33 @@ def audit_row(row: Mapping[str, Any], st: Structure, *, index: int, path: str = 
         add("L001", f"{total} token(s) outside the trained assistant answers are trained: {', '.join(names[:6])}"
             f"{' …' if len(names) > 6 else ''} (first: {_span(a, b)}, {_region_name(r)})", a, b,
             runs=[[x, y, z] for x, y, z in runs[:32]], trained_outside=total)
-    ra = RowAudit(ids=ids, actual=actual, expected=expected, pads=pads, turns=turns, regions=regions, findings=fs)
+    ra = RowAudit(ids=ids, actual=actual, expected=expected, pads=pads, turns=turns, regions=regions, findings=fs,
+                  conventional=benign)
     ra.pad_id = pad_id            # type: ignore[attr-defined]
     return ra
+
+
+def _split_conventional(runs: list[tuple[int, int, str]], ids: Sequence[int], turns: Sequence[Turn],
+                        st: Structure) -> tuple[list[tuple[int, int, str]], list[tuple[int, int, str]]]:
+    """Trained runs outside the answers that are documented conventions rather than bugs (the gate's M023): the
+    whitespace a template writes right after a trained end-of-turn (ChatML's ``\n`` after ``<|im_end|>``) or an
+    end-of-sequence token there (Phi-3's ``<|endoftext|>``), and the whitespace that ends the generation prompt
+    right before a trained answer (TRL's Qwen2.5 training template marks the ``\n`` after
+    ``<|im_start|>assistant``). ``(bugs, conventions)``."""
+    tb = st.token_bytes
+    after_eot = {t.eot_end for t in turns if t.trained and t.has_eot}
+    before_content = {t.content for t in turns if t.trained}
+    bugs, conv = [], []
+    for a, b, region in runs:
+        blank = all(not tb(ids[k]).strip() for k in range(a, b))
+        eos = all(ids[k] in st.stop_ids for k in range(a, b))
+        if (region == "template" or region.endswith(":header")) and a in after_eot and (blank or eos):
+            conv.append((a, b, region))
+        elif region == "assistant:header" and b in before_content and blank:
+            conv.append((a, b, region))
+        else:
+            bugs.append((a, b, region))
+    return bugs, conv
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -553,6 +579,7 @@ def audit_rows(rows: Iterable[tuple[int, int | None, Mapping[str, Any]]], st: St
     fs: list[Finding] = []
     summ = AuditSummary()
     pad_stop_l006 = False
+    conv_rows, conv_first = 0, None
     for index, line, row in rows:
         summ.rows += 1
         res = audit_row(row, st, index=index, path=path, line=line, train_on=train_on)
@@ -564,6 +591,10 @@ def audit_rows(rows: Iterable[tuple[int, int | None, Mapping[str, Any]]], st: St
             pid = getattr(res, "pad_id", None)
             if any(res.pads) and pid in st.stop_ids and summ.pad_stop is None:
                 summ.pad_stop = (pid, index)
+        if not isinstance(res, list) and res.conventional:
+            conv_rows += 1
+            if conv_first is None:
+                conv_first = (index, line, res.conventional[0], len(res.conventional))
         if any(f.code == "L006" for f in got):
             pad_stop_l006 = True
         if any(f.severity is Severity.ERROR for f in got):
@@ -585,6 +616,11 @@ def audit_rows(rows: Iterable[tuple[int, int | None, Mapping[str, Any]]], st: St
         fs.append(finding("L007", f"padding positions hold id {pid}, a stop id (end-of-turn / eos) of this "
                           f"tokenizer (first in row {first}); no end-of-turn was masked by it here",
                           path=path, data={"row": first, "pad_id": pid}))
+    if conv_first is not None:
+        index, line, (a, b, region), n_runs = conv_first
+        fs.append(finding("L014", f"{conv_rows} row(s) train template text next to the answers by a documented "
+                          f"convention (first: row {index}, {_span(a, b)}, {_region_name(region)})",
+                          path=path, pointer=f"/labels/{a}", data={"row": index, "tokens": [a, b], "rows": conv_rows}))
     if summ.rows == 0:
         fs.append(finding("L012", "the tokenized dataset holds no rows", path=path))
     fs.sort(key=lambda f: (f.data.get("row", -1) if f.data else -1, f.data.get("tokens", [0])[0]

@@ -116,4 +116,16 @@ What: the row's tokens hold none of the template's role headers / generation pro
 located: the dataset was made with another template (or another tokenizer) than the one given.
 Fix: pass the template and tokenizer the pipeline used (`--template`, `--tokenizer`).
 """, "audit/turns_not_found.jsonl"),
+    Rule("L014", "label-conventional-extra", I,
+         "Template text next to the answers is trained by a documented convention.",
+         """
+What: tokens that are not the answer but sit right next to it are trained, in one of the ways TRL's `*_training`
+templates do on purpose (the gate reports the same decisions for templates as M023): whitespace the template writes
+right after a trained end-of-turn (ChatML's `\n` after `<|im_end|>`), an end-of-sequence token there (Phi-3's
+`<|endoftext|>`), or the whitespace that ends the generation prompt right before the answer (the `\n` after
+`<|im_start|>assistant` in TRL's Qwen2.5 training template). Reported once per dataset with the number of rows.
+Why it matters: harmless for stopping (the end-of-turn is trained), but the model also learns to write the text
+after it, which the serving prompt never asks for; other template text trained is L001.
+Fix: nothing required; to match tmplcheck's mask exactly, end the generation block at the end-of-turn.
+""", "audit/conventional_extra.jsonl"),
 ]
