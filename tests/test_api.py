@@ -5,6 +5,7 @@ with a tokenizer given by name or live; the Result object and how it shows."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,14 @@ SETTINGS = {"template": "llama-3", "tokenizer": "llama-3", "max_length": 64}
 
 
 def key(findings) -> list[tuple]:
-    return sorted((f.code, f.severity.value, f.line, f.pointer, f.message) for f in findings)
+    """What must be the same: code, severity, line (row index + 1), pointer, message — a per-file finding's tail
+    names its first rows by line in a JSONL file and by index in other sources (``lines 1, 2`` / ``rows 0, 1``)."""
+
+    def msg(m: str) -> str:
+        return re.sub(r"\[per file: (\d+ rows?), (?:lines?|rows?) [^\]]*\]", r"[per file: \1]", m)
+
+    return sorted((f.code, f.severity.value, f.line, f.pointer, msg(f.message), tuple(f.data.get("lines", ())))
+                  for f in findings)
 
 
 def rows():
@@ -71,7 +79,7 @@ def test_cli_json_and_api_agree_on_the_jsonl(baseline):
     assert r.exit_code == 1, r.output
     out = json.loads(r.output)
     cli_key = sorted((f["code"], f["severity"], f["line"], f["pointer"], f["message"]) for f in out["findings"])
-    assert cli_key == key(baseline.findings)
+    assert cli_key == sorted((f.code, f.severity.value, f.line, f.pointer, f.message) for f in baseline.findings)
     assert out["summary"]["by_code"] == baseline.summary["by_code"]
 
 
@@ -93,6 +101,11 @@ def test_every_form_gives_the_jsonls_findings(form, baseline, stores):
     }[form]()
     res = tmplcheck.check(data, **SETTINGS)
     assert key(res.findings) == key(baseline.findings)
+    folded = [f for f in res.findings if "rows" in f.data]   # per-file findings name their first rows by index
+    assert folded
+    for f in folded:
+        shown = re.search(r", rows? ([\d, ]+)[;…\]]", f.message).group(1)
+        assert [int(x) for x in shown.strip(", ").split(", ")] == [x - 1 for x in f.data["lines"]]
     s, b = res.summary, baseline.summary
     for k in ("rows", "rows_with_errors", "errors", "warnings", "infos", "by_code"):
         assert s[k] == b[k], k

@@ -235,6 +235,9 @@ class PerFileFolder:
 
     SHOW_LINES = 5
     _MAX_MESSAGES = 64
+    #: name the rows by their 0-based index (``row 0, 1``) instead of their line: a parquet/Arrow/in-memory source,
+    #: whose findings are located as ``row N`` (``validator/sources.py``); ``data.lines`` stays 1-based
+    row_index = False
 
     def __init__(self) -> None:
         self._groups: dict[tuple[str, Severity], list] = {}   # (first finding, rows, lines shown, messages)
@@ -262,13 +265,14 @@ class PerFileFolder:
     def findings(self) -> list[Finding]:
         out = []
         for first, n, lines, messages in self._groups.values():
-            shown = ", ".join(map(str, lines)) + (", …" if n > len(lines) else "")
+            shown = ", ".join(str(x - 1 if self.row_index else x) for x in lines) + (", …" if n > len(lines) else "")
+            unit = ("row" if self.row_index else "line") + ("s" if len(lines) > 1 else "")
             other = len(messages) - 1
             more = (f"; {other}{'+' if len(messages) >= self._MAX_MESSAGES else ''} other wording"
                     f"{'s' if other != 1 else ''} (first shown)") if other > 0 else ""
             rows = f"{n} row{'s' if n != 1 else ''}"
             out.append(dataclasses.replace(
-                first, message=f"{first.message} [per file: {rows}, line{'s' if len(lines) > 1 else ''} {shown}{more}]",
+                first, message=f"{first.message} [per file: {rows}, {unit} {shown}{more}]",
                 data={**first.data, "rows": n, "lines": list(lines)}))
         return out
 
@@ -401,6 +405,7 @@ def source_run(source, opts: GateOptions | None = None) -> "GateRun":
             add(dataclasses.replace(f, data={**f.data, **where(f.line)}) if f.line else f for f in found)
 
         run.add = add_located   # type: ignore[method-assign]
+        run.folder.row_index = True
     return run
 
 
