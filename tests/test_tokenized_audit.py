@@ -311,3 +311,27 @@ def test_dataset_id_from_the_local_hub_cache(tmp_path, monkeypatch):
     assert code == 1 and out["summary"]["by_code"] == {"L004": 1}
     code, out = audit("me/not-cached")
     assert code == 2 and "not a dataset in the local Hugging Face cache" in out
+
+
+@pytest.mark.parametrize("trl_template, ours, tokenizer, conventional", [
+    ("llama3_training", "llama-3", "llama-3", False), ("qwen2_5_training", "qwen2.5", "qwen2", True),
+    ("phi3_training", "phi-3", "phi-3", True), ("qwen3_training", "qwen3", "qwen2", True)])
+def test_trl_training_templates_masks_pass(trl_template, ours, tokenizer, conventional, get_tokenizer):
+    """What ``assistant_only_loss`` trains with TRL's training templates (transformers' assistant mask from their
+    ``{% generation %}`` blocks) has no error; the documented extras are L014, as the gate's M023."""
+    trl = pytest.importorskip("trl")
+    from transformers import AutoTokenizer
+
+    from tmplcheck.templates import load_template
+    from tmplcheck.validator.tokenized_audit import audit_rows, build_structure
+
+    tok = get_tokenizer(tokenizer)
+    hf = AutoTokenizer.from_pretrained(str(tok.hf_dir))
+    hf.chat_template = (Path(trl.__file__).parent / "chat_templates" / f"{trl_template}.jinja").read_text()
+    msgs = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    out = hf.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
+    fs, _ = audit_rows([(0, None, {"input_ids": list(out["input_ids"]),
+                                   "assistant_masks": list(out["assistant_masks"])})],
+                       build_structure(load_template(ours), tok))
+    assert [f.code for f in fs] == (["L014"] if conventional else [])
