@@ -305,3 +305,17 @@ def test_show_a_parquet_row_by_index(tmp_path):
     assert json.loads(r.output)["findings"][0]["code"] == "M004"   # weight 0: nothing trained (D053 in check)
     assert run("show", str(p), "--row", "5", "-t", "llama-3", "-k", "llama-3").exit_code == 2
     assert run("show", str(p), "-t", "llama-3", "-k", "llama-3").exit_code == 2
+
+
+def test_last_assistant_on_plain_rows_through_the_gate():
+    """Plain rows (no flags) take the gate's regular path: under --train-on last-assistant the earlier answers
+    are expected and labelled untrained, with no M finding."""
+    turns = [("2+2?", "5"), ("Sure?", "4")]
+    rows = [{"messages": [m for q, a in turns for m in ({"role": "user", "content": f"{q} {i}"},
+                                                          {"role": "assistant", "content": f"{a}{i}"})]}
+            for i in range(3)]
+    every = tmplcheck.check(rows, template="llama-3", tokenizer="llama-3", select=["K", "M", "D"])
+    last = tmplcheck.check(rows, template="llama-3", tokenizer="llama-3", select=["K", "M", "D"],
+                           train_on="last-assistant")
+    assert every.passed and last.passed and every.findings == [] and last.findings == []
+    assert last.summary["tokens"]["trained"] * 2 == every.summary["tokens"]["trained"]
