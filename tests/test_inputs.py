@@ -308,8 +308,8 @@ def test_show_a_parquet_row_by_index(tmp_path):
 
 
 def test_last_assistant_on_plain_rows_through_the_gate():
-    """Plain rows (no flags) take the gate's regular path: under --train-on last-assistant the earlier answers
-    are expected and labelled untrained, with no M finding."""
+    """Plain rows (no flags): under --train-on last-assistant the earlier answers are expected and labelled
+    untrained, with no M finding (the regular path hands such rows to the full checks)."""
     turns = [("2+2?", "5"), ("Sure?", "4")]
     rows = [{"messages": [m for q, a in turns for m in ({"role": "user", "content": f"{q} {i}"},
                                                           {"role": "assistant", "content": f"{a}{i}"})]}
@@ -318,4 +318,4 @@ def test_last_assistant_on_plain_rows_through_the_gate():
     last = tmplcheck.check(rows, template="llama-3", tokenizer="llama-3", select=["K", "M", "D"],
                            train_on="last-assistant")
     assert every.passed and last.passed and every.findings == [] and last.findings == []
-    assert last.summary["tokens"]["trained"] * 2 == every.summary["tokens"]["trained"]
+    assert last.summary["tokens"]["trained_tokens"] * 2 == every.summary["tokens"]["trained_tokens"]
