@@ -25,6 +25,7 @@ import io
 import os
 import pickle
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,19 +81,33 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
                              "--ray-address / RAY_ADDRESS") from None
 
 
-def _data_context():
+@contextmanager
+def _run_context(*datasets):
+    """For one run: Ray Data keeps the order (results come back in (file, chunk) order, a dataset's rows in its
+    order), progress bars only on a terminal, Ray Data's execution notes (plan, timing) in its log files only —
+    on the current context and on the given datasets' own, all put back afterwards (a notebook's settings stay)."""
     import logging
     import sys
 
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True   # results come back in (file, chunk) order
-    ctx.enable_progress_bars = sys.stderr.isatty()
-    # the report is the output: Ray Data's execution notes (plan, timing) stay in its log files, warnings still show
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    return ctx
+    ctxs = list({id(c): c for c in [ray.data.DataContext.get_current(), *(d.context for d in datasets)]}.values())
+    saved = [(c, c.execution_options.preserve_order, c.enable_progress_bars) for c in ctxs]
+    loggers = [logging.getLogger("ray.data"), logging.getLogger("ray.data._internal.progress")]
+    levels = [lg.level for lg in loggers]
+    for c in ctxs:
+        c.execution_options.preserve_order = True
+        c.enable_progress_bars = sys.stderr.isatty()
+    loggers[0].setLevel(logging.WARNING)
+    loggers[1].setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for c, order, bars in saved:
+            c.execution_options.preserve_order = order
+            c.enable_progress_bars = bars
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
 
 
 # ----------------------------------------------------------------------------------------------------- the work
@@ -293,35 +308,39 @@ def check_paths_ray(paths: Sequence[str], settings: Settings | None = None, *, a
     ``paths``: whatever ``tmplcheck check`` reads (JSONL, .json, parquet, Arrow, save_to_disk folders, cached
     dataset ids), or URIs of JSONL/.json/parquet files on any filesystem pyarrow opens. ``stages``: the settings'
     stage factories when the caller has built them already (``build_stages(settings.stage_config())``)."""
-    from tmplcheck.validator.gate import source_result, source_run
-
     settings = settings or Settings()
     shown = list(display_paths or paths)
     sources = [open_any_source(str(p), s, settings) for p, s in zip(paths, shown)]   # fails early, exit 2
     ray, started = ensure_ray(address)
     try:
-        import ray.data
-
-        _data_context()
-        stages = stages if stages is not None else _build_stages(settings)
-        opts = _gate_options(settings, stages, chunk_rows)
-        runs = [source_run(src, opts) for src in sources]
-        if not all(r.all_split for r in runs):
-            raise RayEngineError("a stage without a chunk worker cannot run on Ray (use --engine local)")
-        blob = _dumps(_Spec(settings, tuple(shown), tuple(s.is_array for s in sources),
-                            tuple(s.objects for s in sources)))
-        items = ray.data.from_items([{"src": k} for k in range(len(sources))], override_num_blocks=len(sources))
-        # the reading tasks ask for less CPU than the work tasks: the two never fuse into one task per source, so
-        # the chunks of one large file spread over the cluster
-        chunks = items.flat_map(_read_chunks, fn_args=([str(p) for p in paths], shown, settings, chunk_rows),
-                                num_cpus=0.5)
-        done = chunks.map_batches(_process_batch, fn_args=(blob,), batch_size=1, batch_format="numpy", num_cpus=1)
-        _reduce(runs, _iter_results(done))
-        # a JSONL/.json file's result is run_gate's (no ``source`` in the summary), every other source's run_source's
-        return [source_result(run, src) if src.objects else run.result() for run, src in zip(runs, sources)]
+        with _run_context():
+            return _check_sources(paths, shown, sources, settings, stages, chunk_rows)
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_sources(paths, shown, sources, settings: Settings, stages, chunk_rows: int) -> list:
+    import ray.data
+
+    from tmplcheck.validator.gate import source_result, source_run
+
+    stages = stages if stages is not None else _build_stages(settings)
+    opts = _gate_options(settings, stages, chunk_rows)
+    runs = [source_run(src, opts) for src in sources]
+    if not all(r.all_split for r in runs):
+        raise RayEngineError("a stage without a chunk worker cannot run on Ray (use --engine local)")
+    blob = _dumps(_Spec(settings, tuple(shown), tuple(s.is_array for s in sources),
+                        tuple(s.objects for s in sources)))
+    items = ray.data.from_items([{"src": k} for k in range(len(sources))], override_num_blocks=len(sources))
+    # the reading tasks ask for less CPU than the work tasks: the two never fuse into one task per source, so
+    # the chunks of one large file spread over the cluster
+    chunks = items.flat_map(_read_chunks, fn_args=([str(p) for p in paths], shown, settings, chunk_rows),
+                            num_cpus=0.5)
+    done = chunks.map_batches(_process_batch, fn_args=(blob,), batch_size=1, batch_format="numpy", num_cpus=1)
+    _reduce(runs, _iter_results(done))
+    # a JSONL/.json file's result is run_gate's (no ``source`` in the summary), every other source's run_source's
+    return [source_result(run, src) if src.objects else run.result() for run, src in zip(runs, sources)]
 
 
 def check_ray_dataset(ds, settings: Settings | None = None, *, name: str = "<ray.data.Dataset>",
@@ -333,29 +352,29 @@ def check_ray_dataset(ds, settings: Settings | None = None, *, name: str = "<ray
     from tmplcheck.validator.gate import source_result, source_run
 
     settings = settings or Settings()
+    S._check_columns(ds.columns(), name, settings.input_format)   # SourceError, as tmplcheck.check raises it
     ray, started = ensure_ray(address)
     try:
         import ray.data
 
-        _data_context()
-        S._check_columns(ds.columns(), name, settings.input_format)   # SourceError, as tmplcheck.check raises it
-        source = S.Source("ray_dataset", name, lambda: iter(()), columns=list(ds.columns()))
-        run = source_run(source, _gate_options(settings, _build_stages(settings), chunk_rows))
-        blob = _dumps(_Spec(settings, (name,), (False,), (True,)))
-        ds = ds.materialize()
-        n = ds.count()
-        if n:
-            import warnings
+        with _run_context(ds):
+            source = S.Source("ray_dataset", name, lambda: iter(()), columns=list(ds.columns()))
+            run = source_run(source, _gate_options(settings, _build_stages(settings), chunk_rows))
+            blob = _dumps(_Spec(settings, (name,), (False,), (True,)))
+            ds = ds.materialize()
+            n = ds.count()
+            if n:
+                import warnings
 
-            with warnings.catch_warnings():
-                # Ray 2.60 marks zip deprecated (removed in 2.64; the 'ray' extra pins 2.60): a row's number is its
-                # position in the materialized dataset, which is what zip pairs it with
-                warnings.simplefilter("ignore", DeprecationWarning)
-                numbered = ds.zip(ray.data.range(n).rename_columns({"id": _ROW}))
-            done = numbered.map_batches(_rows_batch, fn_args=(blob,), batch_size=chunk_rows, batch_format="pyarrow",
-                                        num_cpus=1)
-            _reduce([run], _iter_results(done))
-        return source_result(run, source)
+                with warnings.catch_warnings():
+                    # Ray 2.60 marks zip deprecated (removed in 2.64; the 'ray' extra pins 2.60): a row's number is
+                    # its position in the materialized dataset, which is what zip pairs it with
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    numbered = ds.zip(ray.data.range(n).rename_columns({"id": _ROW}))
+                done = numbered.map_batches(_rows_batch, fn_args=(blob,), batch_size=chunk_rows,
+                                            batch_format="pyarrow", num_cpus=1)
+                _reduce([run], _iter_results(done))
+            return source_result(run, source)
     finally:
         if started:
             ray.shutdown()
