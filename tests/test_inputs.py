@@ -319,3 +319,31 @@ def test_last_assistant_on_plain_rows_through_the_gate():
                            train_on="last-assistant")
     assert every.passed and last.passed and every.findings == [] and last.findings == []
     assert last.summary["tokens"]["trained_tokens"] * 2 == every.summary["tokens"]["trained_tokens"]
+
+
+#: JSONL's own checks: the bytes of a line (a typed row has none)
+BYTE_CODES = {"D001", "D002", "D003", "D004", "D005", "D022", "D028", "D060", "D061", "D062"}
+
+
+def test_every_dataset_fixture_gives_its_findings_from_parquet(tmp_path):
+    """Each D fixture that Arrow can hold as one table (a column of one type), written to parquet, gives the
+    JSONL's findings (code, row, pointer) but the byte-level ones."""
+    import pyarrow as pa
+
+    compared = 0
+    for p in sorted((FIX / "dataset").glob("*.jsonl")):
+        try:
+            rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+            arrow_table = pa.Table.from_batches([pa.RecordBatch.from_struct_array(pa.array(rows))])
+        except (ValueError, TypeError, pa.ArrowException):
+            continue   # not JSON, or values of several types in one column: no parquet file holds these rows
+        import pyarrow.parquet as pq
+
+        pq.write_table(arrow_table, tmp_path / "x.parquet")
+        want = {(f.code, f.line, f.pointer) for f in tmplcheck.check(str(p), select=["D"]).findings
+                if f.code not in BYTE_CODES}
+        got = {(f.code, f.line, f.pointer) for f in tmplcheck.check(str(tmp_path / "x.parquet"),
+                                                                   select=["D"]).findings}
+        assert got == want, p.name
+        compared += 1
+    assert compared >= 30

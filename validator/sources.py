@@ -14,9 +14,10 @@ A source yields raw records ``(line, data, findings)`` in row order, as ``ingest
 
 Typed columns need one normalisation so that the same rows give the same findings whatever they are stored in: a
 struct column holds every key any row has, so a key a row did not have reads as null. A null (or, from pandas, NaN)
-value is therefore dropped from every object of a columnar or DataFrame row — except a message's role and content
-(``role``/``content``, ``from``/``value``), which stay so that a null content is reported as JSON's ``null`` is
-(D011). numpy arrays and scalars (pandas) become lists and Python numbers. Rows given as a list of dicts are taken
+value is therefore dropped from every object of a columnar or DataFrame row — except a message's content
+(``content``/``value``), which stays so that a null content is reported as JSON's ``null`` is (D011); a missing
+role reads as missing (D010), as in JSONL. The one difference left: a JSONL message with no content key at all (and
+no tool call) is D010, its columnar row's null content D011; a JSONL ``"role": null`` is D011, its columnar row D010. numpy arrays and scalars (pandas) become lists and Python numbers. Rows given as a list of dicts are taken
 exactly as written (JSON semantics).
 """
 
@@ -39,7 +40,8 @@ ARROW = (".arrow", ".feather", ".ipc")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: the columns one of which a row needs (ShareGPT, OpenAI, Alpaca)
 ROW_COLUMNS = ("conversations", "messages", "instruction")
-_KEEP_NULL = frozenset({"role", "content", "from", "value"})
+#: null values kept: a message's content (an explicit ``"content": null`` is how exports write a message without one)
+_KEEP_NULL = frozenset({"content", "value"})
 BATCH_ROWS = 512
 
 
@@ -124,7 +126,7 @@ def location_text(f: Finding) -> str:
 
 # ----------------------------------------------------------------------------------------------- normalisation
 def clean(value: Any, nan: bool = False) -> Any:
-    """A columnar value as its JSON row would hold it: null keys dropped (but role/content), numpy → Python."""
+    """A columnar value as its JSON row would hold it: null keys dropped (but content), numpy → Python."""
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
@@ -152,7 +154,7 @@ def clean(value: Any, nan: bool = False) -> Any:
 
 
 def _row(obj: Any, nan: bool = False) -> Any:
-    """A row of a columnar source: a dict with its null keys dropped (a null role/content stays)."""
+    """A row of a columnar source: a dict with its null keys dropped (a message's null content stays)."""
     if not isinstance(obj, dict):
         return clean(obj, nan)
     out = {}
