@@ -347,3 +347,13 @@ def test_every_dataset_fixture_gives_its_findings_from_parquet(tmp_path):
         assert got == want, p.name
         compared += 1
     assert compared >= 30
+
+
+def test_a_folder_with_splits_reads_one(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", ROWS)
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", ROWS[:2])
+    assert tmplcheck.check(str(tmp_path)).summary["rows"] == 5
+    assert tmplcheck.check(str(tmp_path), split="test").summary["rows"] == 2
+    with pytest.raises(SourceError, match="no 'validation' split"):
+        tmplcheck.check(str(tmp_path), split="validation")

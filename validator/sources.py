@@ -90,7 +90,7 @@ class Source:
         out: dict[str, Any] = {"row": row}
         part = None
         for p in self.parts:
-            if p.first <= row < p.first + max(p.rows, 1):
+            if p.first <= row < p.first + p.rows:
                 part = p
                 break
         if part is not None:
@@ -325,6 +325,25 @@ def _split_of(p: Path, root: Path) -> str:
     return m.group(1) if m else ""
 
 
+#: JSON files of a dataset folder that are metadata, not rows
+_METADATA = frozenset({"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"})
+
+
+def _data_files(root: Path, exts: tuple[str, ...], split: str | None, what: str) -> list[Path]:
+    """The files of a folder with these suffixes, in name order; when any file's path names a split (``train``,
+    ``test``, ``validation``...), only those of ``split``."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                   and p.name not in _METADATA and ".cache" not in p.relative_to(root).parts)
+    named = {f: _split_of(f, root) for f in files}
+    if files and split and any(named.values()):
+        picked = [f for f in files if named[f] == split]
+        if not picked:
+            raise SourceError(f"{what} has no {split!r} split (splits: "
+                              f"{', '.join(sorted({s for s in named.values() if s}))})")
+        return picked
+    return files
+
+
 def hub_source(repo_id: str, split: str | None = "train", input_format: str | None = None,
                max_line_bytes: int | None = None) -> Source:
     """A dataset id resolved from the local Hugging Face hub cache, offline (never the network): its parquet files
@@ -345,15 +364,9 @@ def hub_source(repo_id: str, split: str | None = "train", input_format: str | No
                           f"dataset ids offline: download it first (huggingface-cli download --repo-type dataset "
                           f"{repo}) or pass a file [{type(e).__name__}]") from None
     for kind, exts in (("parquet", PARQUET), ("arrow", ARROW), ("jsonl", (".jsonl", ".ndjson", ".json"))):
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        files = _data_files(d, exts, split, f"dataset {repo_id!r} ({d})")
         if not files:
             continue
-        named = {f: _split_of(f, d) for f in files}
-        if split and any(named.values()):
-            files = [f for f in files if named[f] == split]
-            if not files:
-                raise SourceError(f"dataset {repo_id!r} ({d}) has no {split!r} split (splits: "
-                                  f"{', '.join(sorted({s for s in named.values() if s}))})")
         if kind == "parquet":
             return parquet_source(files, repo_id, kind="hub", input_format=input_format)
         if kind == "arrow":
@@ -454,10 +467,10 @@ def open_source(data: Any, *, display_path: str | None = None, input_format: str
         if p.is_dir():
             if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file():
                 return save_to_disk_source(p, shown, input_format)
-            pq_files = sorted(f for f in p.rglob("*") if f.suffix.lower() in PARQUET)
+            pq_files = _data_files(p, PARQUET, split, shown)
             if pq_files:
                 return parquet_source(pq_files, shown, input_format=input_format)
-            arrow_files = sorted(f for f in p.rglob("*") if f.suffix.lower() in ARROW)
+            arrow_files = _data_files(p, ARROW, split, shown)
             if arrow_files:
                 return arrow_source(arrow_files, shown, input_format=input_format)
             raise SourceError(f"{shown}: a folder that is neither a datasets save_to_disk folder nor holds parquet "
