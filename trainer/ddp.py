@@ -60,7 +60,17 @@ def launch(cfg: TrainConfig, hooks: Hooks | None = None, nproc: int | None = Non
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            # torchrun got the interrupt too: let it stop its processes (rank 0 removes its partial run directory)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
+            raise
         errors = sorted(handoff.glob("error-rank*.txt"))
         if errors:
             raise TrainError(errors[0].read_text(encoding="utf-8").strip())
