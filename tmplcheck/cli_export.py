@@ -45,13 +45,14 @@ def export_cmd(run_dir, outtype, quantize, out_dir, force):
     md = m["metadata"]
     click.echo(f"{res.gguf}  ({m['bytes'] / 1e6:.1f} MB, {m['tensors']} tensors, {m['outtype']})")
     click.echo(f"  chat_template: {m['template']['name']} (sha256 {m['template']['sha256'][:12]})")
-    click.echo("  eos/eot: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in md.items()
-                                          if k.endswith(("eos_token_id", "eot_token_id", "eom_token_id")))
-               + "  (end-of-turn " + ", ".join(f"{s} {i}" for s, i in m["end_of_turn"].items()) + ")")
+    eot = ", ".join(f"{s} {i}" for s, i in m["end_of_turn"].items())
+    click.echo("  stop ids: " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in md.items()
+                                           if k.endswith(("eos_token_id", "eot_token_id", "eom_token_id")))
+               + (f"  (end-of-turn {eot})" if eot else "  (the template names no end-of-turn: the converter's eos)"))
     click.echo(f"  add_bos_token: {str(md['ggml.add_bos_token']).lower()} (training rows start with "
                f"{m['training_bos']} BOS)")
     if res.modelfile:
-        click.echo(f"{res.modelfile}  (stops: {', '.join(m['end_of_turn'])})")
+        click.echo(f"{res.modelfile}  (stops: {', '.join(m['end_of_turn']) or 'none: the template has no end-of-turn'})")
     for n in res.notes:
         click.echo(f"  note: {n}")
     errors = [f for f in res.findings if f.severity.value == "error"]

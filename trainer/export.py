@@ -157,8 +157,11 @@ def _export_metadata(gguf_path: Path, eot_ids: list[int], add_bos: bool, templat
         tmp = gguf_path.with_suffix(".meta.tmp")
         set_metadata(gguf_path, tmp, changes)
         os.replace(tmp, gguf_path)
-    return {k.split("tokenizer.", 1)[-1]: (v if k != S.GGUF_TEMPLATE else "<validated template>")
-            for k, v in want.items()}
+    h = read_header(gguf_path)
+    keys = (S.GGUF_EOS, S.GGUF_EOT, S.GGUF_EOM, S.GGUF_BOS, S.GGUF_ADD_BOS, "tokenizer.ggml.add_eos_token")
+    out = {k.split("tokenizer.", 1)[-1]: h.get(k) for k in keys if h.get(k) is not None}
+    out["chat_template"] = "<validated template>" if h.get(S.GGUF_TEMPLATE) == template.source else "<other>"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- Modelfile
