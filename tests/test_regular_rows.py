@@ -121,3 +121,20 @@ def test_clean_generated_rows_are_regular(pair, convs):
     for r in a:
         if not r.findings:
             assert r.regular, r
+
+
+@pytest.mark.parametrize("template,tokenizer", [("llama-3", "llama-3"), ("chatml", "qwen2")])
+def test_batch_regular_test_agrees_with_the_per_row_one(template, tokenizer):
+    """The regular-row test over a whole batch at once (``TokenPipeline._regular_batch``, on the batch's spans as one
+    text) takes the clean ASCII rows of a byte-level pair and gives what the per-row test (``_fast``) gives."""
+    fast, _ = pipelines(template, tokenizer, 4096)
+    rows = rows_of(FIX / "clean.jsonl")
+    prep = fast.prepare(rows, list(range(1, 1 + len(rows))))
+    spans = fast.tokenize(prep)
+    assert spans.flat is not None
+    got = fast._regular_batch(prep, spans)
+    one = {k: fast._fast(row, m, loc, sp, o, None) for k, (row, m, loc, sp, o) in
+           enumerate(zip(prep.rows, prep.msgs, prep.located, spans, prep.ordinals))}
+    ascii_rows = [k for k in one if spans.flat.exact[k]]
+    assert ascii_rows and sorted(got) == [k for k in ascii_rows if one[k] is not None]
+    assert [outcome(got[k]) for k in sorted(got)] == [outcome(one[k]) for k in sorted(got)]

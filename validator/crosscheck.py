@@ -490,8 +490,16 @@ class CrossSummary:
     unexplained: int = 0
     unknown: int = 0
     by_code: Counter = field(default_factory=Counter)
+    _last: Any = field(default=None, repr=False, compare=False)   # (same_as, codes, count name) of the last add
 
-    def add(self, findings: Iterable[Finding]) -> None:
+    def add(self, findings: Iterable[Finding], *, same_as: Any = None) -> None:
+        """``same_as``: an object standing for these findings (a shape's shared list): the next row with the same
+        object is counted as this one without looking at its findings again."""
+        if same_as is not None and self._last is not None and self._last[0] is same_as:
+            self.rows += 1
+            self.by_code.update(self._last[1])
+            setattr(self, self._last[2], getattr(self, self._last[2]) + 1)
+            return
         xs = [f for f in findings if f.code.startswith("X")]
         self.rows += 1
         for f in xs:
@@ -500,15 +508,17 @@ class CrossSummary:
         codes = {f.code for f in xs}
         self.by_code.update(codes)
         if not xs:
-            self.identical += 1
+            kind = "identical"
         elif "X010" in codes and any(f.data.get("outcome") == "unknown" for f in xs):
-            self.unknown += 1
+            kind = "unknown"
         elif any(f.severity is Severity.ERROR for f in xs):
-            self.unexplained += 1
+            kind = "unexplained"
         elif all(f.severity is Severity.INFO for f in xs):
-            self.equivalent += 1
+            kind = "equivalent"
         else:
-            self.explained += 1
+            kind = "explained"
+        setattr(self, kind, getattr(self, kind) + 1)
+        self._last = (same_as, codes, kind) if same_as is not None else None
 
     def headline(self) -> str:
         fmt = f"llama.cpp's {self.builtin} format" if self.builtin else "llama.cpp"
@@ -584,6 +594,7 @@ class ShapeCrossCheck:
 
     def __init__(self) -> None:
         self._shapes: dict[tuple[str, ...], Any] = {}
+        self._shared: set[int] = set()   # ids of the shapes' lists of findings
 
     def __call__(self, conv: Any, template: Any, hf_text: str, *, filled: bool = False,
                  render_kw: dict | None = None, shared: bool = False) -> list[Finding]:
@@ -598,12 +609,14 @@ class ShapeCrossCheck:
             return list(check_cross(conv, template, hf_text, render_kw=render_kw))
         msgs = conv.messages
         contents = [m.content for m in msgs]
-        if msgs and all(type(c) is str and c and c == c.strip() and "\x00" not in c and not has_sentinel_chars(c)
-                        for c in contents):
+        if msgs and all(type(c) is str and c and not c[0].isspace() and not c[-1].isspace() and "\x00" not in c
+                        and not has_sentinel_chars(c) for c in contents):   # (c == c.strip(), without a copy)
             roles = tuple(m.role for m in msgs)
             entry = self._shapes.get(roles, _MISSING)
             if entry is _MISSING:
                 entry = self._shapes[roles] = self._shape(template, roles)
+                if entry is not None:
+                    self._shared.add(id(entry[2]))   # kept alive in _shapes: the id stays this list's
             if entry is not None:
                 skeleton, where, found = entry
                 if filled or fill(skeleton, where, contents)[0] == hf_text:
@@ -615,7 +628,7 @@ class ShapeCrossCheck:
 
     def reused(self, found: list[Finding]) -> bool:
         """Whether ``found`` (from a ``shared=True`` call) is a shape's own list of findings, not yet located."""
-        return any(e is not None and e[2] is found for e in self._shapes.values())
+        return id(found) in self._shared
 
     @staticmethod
     def _shape(template: Any, roles: tuple[str, ...]):

@@ -59,8 +59,10 @@ class JinjaCross:
     def __call__(self, conv: Conversation, msgs: list[dict], kw: dict) -> list[Finding]:
         if self.why:
             return []
-        shape = (tuple(m.role for m in conv.messages), tuple(tuple(k for k, _ in m.fields) for m in conv.messages),
-                 tuple(sorted(kw)))
+        roles = tuple(m.role for m in conv.messages)
+        # a plain row's shape is its roles (never equal to the 3-tuple of tuples of a row with fields or arguments)
+        shape = (roles, tuple(tuple(k for k, _ in m.fields) for m in conv.messages), tuple(sorted(kw))) \
+            if kw or any(m.fields for m in conv.messages) else roles
         if shape in self._shapes:
             return []
         self._shapes.add(shape)
@@ -338,7 +340,7 @@ class TemplateStage:
         out.extend(r.findings)
         if r.cross is not None:
             xs = located(r.cross, self.path, line) if r.cross_shape else r.cross
-            self.cross_summary.add(xs)
+            self.cross_summary.add(xs, same_as=r.cross if r.cross_shape else None)
             if any(f.code == "X010" for f in xs):
                 self._unknown_to_llamacpp += 1   # X010 is a per-file code: the gate reports it once, with the count
             out.extend(xs)
