@@ -447,7 +447,8 @@ def check_model(expected: Expected, meta: ModelMeta, *, modelfile_text: str | No
 
 
 def fold_per_file(findings: Iterable[Finding]) -> list[Finding]:
-    """One finding per per-file code (``Rule.per_file``, e.g. X001) and path, counting the rows it applies to."""
+    """One finding per per-file code (``Rule.per_file``, e.g. X001: a property of the template pair, not of a row),
+    counting the rows (approved rows and probes) it applies to."""
     from tmplcheck.validator.codes import RULES
 
     out: list[Finding] = []
@@ -457,7 +458,7 @@ def fold_per_file(findings: Iterable[Finding]) -> list[Finding]:
         if rule is None or not rule.per_file:
             out.append(f)
             continue
-        k = (f.code, f.path)
+        k = (f.code, f.severity.value)
         if k in first:
             g = out[first[k]]
             out[first[k]] = replace(g, data={**(g.data or {}), "rows": (g.data or {}).get("rows", 1) + 1})
