@@ -347,7 +347,9 @@ def run_training(cfg: TrainConfig, hooks: Hooks | None = None, *, approved: tupl
     # per process: the global batch split evenly, so that N processes take the same optimiser steps as one
     targs = B.TrainArgs(mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, load_in_4bit=cfg.load_in_4bit,
                         lr=lr, epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size // world,
-                        grad_accum=cfg.grad_accum, max_length=block, seed=cfg.seed)
+                        grad_accum=cfg.grad_accum, max_length=block, seed=cfg.seed,
+                        # every trainable parameter takes part in each step (LoRA or full): no unused-parameter search
+                        extra={"ddp_find_unused_parameters": False} if world > 1 else {})
 
     if rank == 0:
         _stale_tmp_dirs(out)
