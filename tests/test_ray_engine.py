@@ -215,3 +215,13 @@ def test_unreachable_cluster_is_a_clear_exit_2():
     r = subprocess.run([sys.executable, "-m", "tmplcheck", "check", str(FIX / "dataset" / "clean.jsonl"), "--engine",
                         "ray"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "cannot reach the Ray cluster at '127.0.0.1:9'" in r.stderr, r.stderr
+
+
+def test_failed_task_is_a_clear_error():
+    """A task that cannot build the stages (here: a template path the workers cannot read) ends the run with the
+    cause, not a Ray traceback."""
+    from tmplcheck.ray_engine import RayEngineError
+
+    stages = build_stages(Settings().stage_config())   # what this process built; the workers build from settings
+    with pytest.raises(RayEngineError, match=r"a Ray task failed: .*nowhere\.jinja"):
+        check_paths_ray([str(FIX / "dataset" / "clean.jsonl")], Settings(template="/nowhere.jinja"), stages=stages)

@@ -33,7 +33,6 @@ from tmplcheck.config import Settings
 
 #: raw records per Ray task (the local gate's ``chunk_rows`` is 512 and feeds two cores; a task has more overhead)
 DEFAULT_CHUNK_ROWS = 2048
-PARQUET_SUFFIXES = (".parquet", ".pq")
 _ROW = "__tmplcheck_row"
 
 
@@ -79,6 +78,31 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as e:
         raise RayEngineError(f"cannot reach the Ray cluster at {address!r} ({e.strerror or e}); check "
                              "--ray-address / RAY_ADDRESS") from None
+
+
+@contextmanager
+def _task_errors():
+    """A Ray task that failed (a worker without tmplcheck, a template path a node cannot read) → a clear message
+    naming the cause, exit 2 (the task's traceback stays in Ray's logs)."""
+    import ray.exceptions
+
+    try:
+        yield
+    except ray.exceptions.RayError as e:
+        raise RayEngineError(f"a Ray task failed: {_task_cause(e)}") from None
+
+
+def _task_cause(e: BaseException) -> str:
+    """The task's own exception, ``Name: message``, from the traceback text Ray carries (Ray Data wraps it in a
+    ``UserCodeException`` that keeps only the text)."""
+    import re
+
+    for line in str(e).splitlines():
+        m = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.*)$", line.strip())
+        if m and not m.group(1).startswith("ray."):
+            return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 
 @contextmanager
@@ -313,7 +337,7 @@ def check_paths_ray(paths: Sequence[str], settings: Settings | None = None, *, a
     sources = [open_any_source(str(p), s, settings) for p, s in zip(paths, shown)]   # fails early, exit 2
     ray, started = ensure_ray(address)
     try:
-        with _run_context():
+        with _run_context(), _task_errors():
             return _check_sources(paths, shown, sources, settings, stages, chunk_rows)
     finally:
         if started:
@@ -357,7 +381,7 @@ def check_ray_dataset(ds, settings: Settings | None = None, *, name: str = "<ray
     try:
         import ray.data
 
-        with _run_context(ds):
+        with _run_context(ds), _task_errors():
             source = S.Source("ray_dataset", name, lambda: iter(()), columns=list(ds.columns()))
             run = source_run(source, _gate_options(settings, _build_stages(settings), chunk_rows))
             blob = _dumps(_Spec(settings, (name,), (False,), (True,)))
