@@ -166,6 +166,14 @@ def test_parquet_and_ray_dataset_equal_local(tmp_path):
     [r] = _same_as_local([tmp_path / "rows.parquet"], settings, chunk_rows=64)
     assert {"D013", "D018", "D020"} <= set(r.summary["by_code"])
     assert [(f.line, f.data["row"], f.data["row_group"]) for f in r.findings if f.code == "D020"] == [(601, 600, 6)]
+    # a folder of parquet shards is one dataset, as locally: the copy in the last shard repeats a row of the first
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(3):
+        pq.write_table(table.slice(200 * k, 200 if k < 2 else 201), shards / f"part-{k}.parquet", row_group_size=64)
+    [r] = _same_as_local([shards], settings, chunk_rows=64)
+    assert [(f.data["file"].rsplit("/", 1)[-1], f.data["row"]) for f in r.findings if f.code == "D020"] == [
+        ("part-2.parquet", 600)]
 
     opts = settings.gate_options(stages=build_stages(settings.stage_config()))
     local = run_source(open_source(datasets.Dataset(table), display_path="rows"), opts)
