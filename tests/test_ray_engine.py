@@ -171,7 +171,10 @@ def test_parquet_and_ray_dataset_equal_local(tmp_path):
     shards.mkdir()
     for k in range(3):
         pq.write_table(table.slice(200 * k, 200 if k < 2 else 201), shards / f"part-{k}.parquet", row_group_size=64)
-    [r] = _same_as_local([shards], settings, chunk_rows=64)
+    from tmplcheck.ray_engine import _read_units
+
+    assert [(u["part"], u["first"]) for u in _read_units([open_source(str(shards))])] == [(0, 0), (1, 200), (2, 400)]
+    [r] = _same_as_local([shards], settings, chunk_rows=64)   # each shard read by a task of its own
     assert [(f.data["file"].rsplit("/", 1)[-1], f.data["row"]) for f in r.findings if f.code == "D020"] == [
         ("part-2.parquet", 600)]
 

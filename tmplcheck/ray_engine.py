@@ -10,7 +10,8 @@ the local gate's by construction (and tested against it, ``tests/test_ray_engine
 Inputs: whatever ``tmplcheck check`` reads, opened as the local gate opens it (``validator/sources.py``: JSONL, a
 .json list of rows, parquet, Arrow, ``save_to_disk`` folders, cached dataset ids), plus URIs of JSONL/.json/parquet
 files on any filesystem pyarrow opens (``s3://``, ``gs://``, ``hdfs://``...). One Ray Data task reads each input
-and frames it into chunks of raw records exactly as the local gate does; each chunk's per-row work is then a task of
+(each file of a parquet folder: its rows numbered from the folder's metadata) and frames it into chunks of raw
+records exactly as the local gate does; each chunk's per-row work is then a task of
 its own, on any node. A ``ray.data.Dataset`` of rows (:func:`check_ray_dataset`): row *i* in the dataset's order is
 record *i + 1*, normalised as the local gate normalises a columnar row.
 
@@ -283,13 +284,45 @@ def open_any_source(path: str, shown: str, settings: Settings):
 
 def _read_chunks(row: dict[str, Any], paths: Sequence[str], shown: Sequence[str], settings: Settings,
                  chunk_rows: int) -> Iterator[dict[str, bytes]]:
-    """One source → its chunks of raw records, read and framed as the local gate reads them."""
+    """One source (or one file of a parquet folder) → its chunks of raw records, read and framed as the local gate
+    reads them, with the record numbers they have in the whole source."""
     from tmplcheck.validator.gate import _chunks
 
-    src = int(row["src"])
-    source = open_any_source(paths[src], shown[src], settings)
-    for chunk, first in _chunks(source.records(), chunk_rows):
-        yield {"chunk": _dumps((src, first, chunk))}
+    src, part = int(row["src"]), int(row["part"])
+    if part < 0:
+        records, offset = open_any_source(paths[src], shown[src], settings).records(), 0
+    else:
+        records, offset = _part_records(row["file"], shown[src], settings, int(row["first"])), int(row["first"])
+    for chunk, first in _chunks(records, chunk_rows):
+        yield {"chunk": _dumps((src, offset + first, chunk))}
+
+
+def _part_records(file: str, shown: str, settings: Settings, first: int):
+    """The records of one file of a parquet folder, numbered as the folder's source numbers them (its rows follow
+    the ``first`` rows of the files before it): ``sources.parquet_source`` on that file alone, shifted."""
+    from pathlib import Path
+
+    from tmplcheck.validator import sources as S
+
+    for rec in S.parquet_source([Path(file)], shown, input_format=settings.input_format).records():
+        if rec.findings:   # never: a columnar record carries no framing finding (they would need shifting too)
+            raise RayEngineError(f"{file}: unexpected findings while reading")
+        yield S.Record(rec.line + first, rec.data, rec.findings)
+
+
+def _read_units(sources: list) -> list[dict[str, Any]]:
+    """What the reading tasks read: each file of a parquet folder on its own (its rows' numbers follow from the
+    folder's metadata), every other source whole."""
+    from pathlib import Path
+
+    units: list[dict[str, Any]] = []
+    for k, src in enumerate(sources):
+        if src.kind == "parquet" and len(src.parts) > 1:
+            units += [{"src": k, "part": j, "file": str(Path(p.file).resolve()), "first": p.first}
+                      for j, p in enumerate(src.parts)]
+        else:
+            units.append({"src": k, "part": -1, "file": "", "first": 0})
+    return units
 
 
 def _rows_batch(table, blob: bytes) -> dict[str, list]:
@@ -356,7 +389,8 @@ def _check_sources(paths, shown, sources, settings: Settings, stages, chunk_rows
         raise RayEngineError("a stage without a chunk worker cannot run on Ray (use --engine local)")
     blob = _dumps(_Spec(settings, tuple(shown), tuple(s.is_array for s in sources),
                         tuple(s.objects for s in sources)))
-    items = ray.data.from_items([{"src": k} for k in range(len(sources))], override_num_blocks=len(sources))
+    units = _read_units(sources)
+    items = ray.data.from_items(units, override_num_blocks=len(units))
     # the reading tasks ask for less CPU than the work tasks: the two never fuse into one task per source, so
     # the chunks of one large file spread over the cluster
     chunks = items.flat_map(_read_chunks, fn_args=([str(p) for p in paths], shown, settings, chunk_rows),
