@@ -196,6 +196,21 @@ def test_show_prints_expected_beside_actual():
     assert audit(AUD / "clean.jsonl", "--show", "9")[0] == 2
 
 
+def test_show_tokenized_is_the_audits_view():
+    """`tmplcheck show --tokenized` shows an audited row exactly as `audit --show` does (by row or by JSONL line)."""
+    def show(*extra):
+        r = CliRunner().invoke(cli, ["show", str(AUD / "end_of_turn_masked.jsonl"), "--tokenized", "-t", "llama-3",
+                                     "-k", "llama-3", "--format", "json", *extra])
+        return r.exit_code, r.output
+
+    code, out = audit(AUD / "end_of_turn_masked.jsonl", "--show", "0", "--format", "json")
+    assert show("--row", "0") == (code, out) and code == 1
+    first_line = next(i for i, x in enumerate((AUD / "end_of_turn_masked.jsonl").read_text().splitlines(), 1)
+                      if x.strip())
+    assert show("--line", str(first_line)) == (code, out)
+    assert show("--row", "99")[0] == 2 and show()[0] == 2
+
+
 @pytest.mark.parametrize("fmt", ["text", "jsonl", "junit", "sarif", "github"])
 def test_reporters(fmt):
     code, out = audit(AUD / "double_bos.jsonl", "--format", fmt)

@@ -61,6 +61,23 @@ def show_row(ra, tok, index: int, fmt: str) -> None:
         console.print(f"[bold red]{f.code}[/] {f.pointer} {f.message}")
 
 
+def show_audited(data: str, rows, struct, tok, index: int, train_on: str, fmt: str) -> None:
+    """Audit row ``index`` of ``rows`` and show it (``audit --show N``, ``show --tokenized --row N``); exits 1
+    when the row has error findings or cannot be audited, 0 otherwise."""
+    from tmplcheck.validator.tokenized_audit import audit_row
+
+    for i, line, row in rows:
+        if i == index:
+            ra = audit_row(row, struct, index=i, path=data, line=line, train_on=train_on)
+            if isinstance(ra, list):
+                from tmplcheck.cli import Refusal
+
+                raise Refusal("; ".join(f.message for f in ra))
+            show_row(ra, tok, i, fmt)
+            sys.exit(1 if any(f.severity.value == "error" for f in ra.findings) else 0)
+    raise click.UsageError(f"{data} has no row {index}")
+
+
 @click.command("audit")
 @click.argument("data")
 @click.option("--template", "-t", help="The template the pipeline rendered with (name, .jinja, model dir, GGUF).")
@@ -92,7 +109,7 @@ def audit_cmd(data, template, tokenizer, train_on, pad_id, split, fmt, output, s
     from tmplcheck.validator.codes import matches
     from tmplcheck.validator.gate import GateResult
     from tmplcheck.validator.report import report_chunks
-    from tmplcheck.validator.tokenized_audit import audit_row, audit_rows
+    from tmplcheck.validator.tokenized_audit import audit_rows
 
     st = resolve_or_exit(None, None, template=template, tokenizer=tokenizer)
     tmpl, tok = load_pair(st.template, st.tokenizer)
@@ -100,16 +117,7 @@ def audit_cmd(data, template, tokenizer, train_on, pad_id, split, fmt, output, s
     try:
         rows = read_tokenized(data, split=split)
         if show_index is not None:
-            for index, line, row in rows:
-                if index == show_index:
-                    ra = audit_row(row, struct, index=index, path=data, line=line, train_on=train_on)
-                    if isinstance(ra, list):
-                        from tmplcheck.cli import Refusal
-
-                        raise Refusal("; ".join(f.message for f in ra))
-                    show_row(ra, tok, index, "json" if fmt == "json" else "text")
-                    sys.exit(1 if any(f.severity.value == "error" for f in ra.findings) else 0)
-            raise click.UsageError(f"{data} has no row {show_index}")
+            show_audited(data, rows, struct, tok, show_index, train_on, "json" if fmt == "json" else "text")
         findings, summary = audit_rows(rows, struct, path=data, train_on=train_on)
     except TokenizedReadError as e:
         raise click.UsageError(str(e)) from None

@@ -176,6 +176,29 @@ def render_rich(table: dict, console) -> None:
         console.print(f"[bold red]{f['code']}[/] {f.get('pointer') or ''} {f['message']}")
 
 
+def _show_tokenized(data, line_no, row_no, template, tokenizer, fmt, train_on) -> None:
+    """``show --tokenized``: one row of a tokenized dataset as ``tmplcheck audit --show`` shows it (exits)."""
+    from tmplcheck.cli_audit import show_audited, structure_for
+    from tmplcheck.config import resolve_or_exit
+    from tmplcheck.tokenized_data import TokenizedReadError, read_tokenized
+
+    if (line_no is None) == (row_no is None):
+        raise click.UsageError("give --row N (the 0-based row of the tokenized dataset) or --line N (a JSONL line)")
+    st = resolve_or_exit(None, None, template=template, tokenizer=tokenizer)
+    tmpl, tok = _load_pair(st.template, st.tokenizer)
+    try:
+        rows = read_tokenized(data)
+        if row_no is None:   # a JSONL line: the row that starts on it
+            rows = list(rows)
+            hit = [i for i, line, _ in rows if line == line_no]
+            if not hit:
+                raise click.UsageError(f"{data} has no row at line {line_no}")
+            row_no = hit[0]
+        show_audited(data, rows, structure_for(tmpl, tok, None), tok, row_no, train_on or "all-assistant", fmt)
+    except TokenizedReadError as e:
+        raise click.UsageError(str(e)) from None
+
+
 @click.command("show")
 @click.argument("data", type=click.Path())
 @click.option("--line", "line_no", type=int, help="The 1-based line of the row to show (JSONL).")
@@ -185,17 +208,23 @@ def render_rich(table: dict, console) -> None:
 @click.option("--tokenizer", "-k", help="Tokenizer: a built-in name, a model dir, tokenizer.json, a GGUF, a hub id.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--input-format", type=click.Choice(["sharegpt", "openai", "alpaca"]), help="Force the row format.")
+@click.option("--tokenized", is_flag=True, help="DATA is a tokenized dataset (input_ids with labels or masks, as "
+                                                "`tmplcheck audit` reads it): show row N's audit, the expected mask "
+                                                "beside the actual one (the row's 0-based index: --row, or --line).")
 @check_options(template_args=True, train_on=True)
-def show_cmd(data, line_no, row_no, template, tokenizer, fmt, input_format, config_path, select, ignore, add_special,
-             max_length, for_train, tools, documents, template_kwargs, train_on):
+def show_cmd(data, line_no, row_no, template, tokenizer, fmt, input_format, tokenized, config_path, select, ignore,
+             add_special, max_length, for_train, tools, documents, template_kwargs, train_on):
     """Show one row's tokens: trained vs masked, special tokens boxed, turn boundaries.
 
-    Exit 0 shown; 1 the row cannot be read or the template refuses it (as the gate reports it); 2 usage error.
+    Exit 0 shown; 1 the row cannot be read or the template refuses it (as the gate reports it), or (--tokenized) the
+    row's audit has errors; 2 usage error.
     """
     from tmplcheck.cli import Refusal, ToolFailure, template_refusal
     from tmplcheck.templates import TemplateRenderError
     from tmplcheck.validator.ingest import read_rows
 
+    if tokenized:
+        _show_tokenized(data, line_no, row_no, template, tokenizer, fmt, train_on)
     st = resolve_or_exit(data, config_path, template=template, tokenizer=tokenizer, input_format=input_format,
                          select=select, ignore=ignore, add_special_tokens=add_special, max_length=max_length,
                          for_train=for_train, tools=tools, documents=documents, template_kwargs=template_kwargs,
