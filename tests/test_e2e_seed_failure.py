@@ -184,14 +184,14 @@ def test_verify_model_fails_a_gguf_edited_after_export(served, tmp_path):
     run = str(served["correct"]["run"])
     chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     t = edited("template.gguf", {"tokenizer.chat_template": MetadataDetails(gguf.GGUFValueType.STRING, chatml)}, [])
-    code, text = _cli("verify-model", str(t), "--run", run, "--format", "json")
+    code, text = _cli("verify-model", str(t), "--run", run, "--max-rows", "20", "--format", "json")
     codes = {f["code"] for f in json.loads(text[text.find("{"):])["findings"]}
     # G002 names the edit; llama.cpp's built-in detection now picks ChatML, so the rows render otherwise (X codes)
     assert code == 1 and "G002" in codes and codes & {"X004", "X006", "X007", "X011"}, text
     s = edited("stops.gguf", {"tokenizer.ggml.eos_token_id": MetadataDetails(gguf.GGUFValueType.UINT32, 128001)},
                ["tokenizer.ggml.eot_token_id"])
-    code, text = _cli("verify-model", str(s), "--run", run, "--format", "json")
+    code, text = _cli("verify-model", str(s), "--run", run, "--max-rows", "20", "--format", "json")
     found = json.loads(text[text.find("{"):])["findings"]
     assert code == 1 and [f["code"] for f in found if f["code"][0] == "G"] == ["G003"], text
-    code, text = _cli("verify-model", str(src), "--run", run, "--format", "json")
+    code, text = _cli("verify-model", str(src), "--run", run, "--max-rows", "20", "--format", "json")
     assert code == 0 and not [f for f in json.loads(text[text.find("{"):])["findings"] if f["code"][0] == "G"], text
