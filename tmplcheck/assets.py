@@ -4,7 +4,9 @@ The llama-cpp-python sdist ships llama.cpp's vocab-only GGUF files (``vendor/lla
 with HF's own tokenizations beside them as ``.inp``/``.out``) and ~70 real model chat templates
 (``vendor/llama.cpp/models/templates/*.jinja``). Nothing of them is committed: ``tmplcheck assets fetch`` (run by
 the set-up script) downloads the sdist with pip, unpacks only those folders, and later steps convert the
-vocabularies into HF tokenizer directories next to them.
+vocabularies into HF tokenizer directories next to them. llama.cpp's own HF → GGUF converter
+(``convert_hf_to_gguf.py`` with its ``conversion`` package and ``gguf-py``) is unpacked from the same sdist for
+``tmplcheck export``.
 """
 
 from __future__ import annotations
