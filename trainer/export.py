@@ -2,7 +2,7 @@
 both speaking the template the data was validated and trained with.
 
 1. The whole model: ``merged/`` when the run has one, ``model/`` for a full fine-tune, else the LoRA adapter merged
-   into the base model now (16 bits).
+   into the base model now (in float32; the converter then writes ``--outtype``).
 2. A staging folder: those weights (linked, not copied) and the run's tokenizer, with the validated template as
    ``chat_template``, ``eos_token`` = the template's end-of-turn token.
 3. ``convert_hf_to_gguf.py`` of the pinned llama-cpp-python sdist (``tmplcheck.assets.ensure_converter``), run
@@ -50,7 +50,7 @@ def _weights_dir(run_dir: Path, run: dict, work: Path, info) -> Path:
     if run.get("mode") != "lora" and (run_dir / "model" / "config.json").is_file():
         return run_dir / "model"
     if run.get("mode") == "lora":
-        info("merging the LoRA adapter into the base model (16 bits)")
+        info("merging the LoRA adapter into the base model (float32; the converter writes --outtype)")
         import torch
         from tmplcheck.trainer import load_run
 
