@@ -182,3 +182,18 @@ def test_converter_is_unpacked_from_the_pinned_sdist():
     assert (d / ".complete").read_text().strip() == "llama-cpp-python==0.3.36"
     assert (d / "convert_hf_to_gguf.py").is_file() and (d / "gguf-py" / "gguf" / "gguf_writer.py").is_file()
     assert (d / "conversion" / "llama.py").is_file()
+
+
+def test_report_through_llamacpp_needs_the_export_first(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"template": {"name": "llama-3"}, "mode": "full"}))
+    (run / "eval.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                             {"role": "assistant", "content": "Hello."}]}) + "\n")
+    r = CliRunner().invoke(cli, ["report", str(run), "--engine", "llamacpp"])
+    assert r.exit_code == 1 and "no export/model.gguf" in r.output and "tmplcheck export" in r.output
+
+
+def test_export_refuses_what_is_not_a_run(tmp_path):
+    r = CliRunner().invoke(cli, ["export", str(tmp_path)])
+    assert r.exit_code == 2 and "not a tmplcheck run directory (no run.json)" in r.output

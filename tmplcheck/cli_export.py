@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tmplcheck.cli import FORMATS, write_output
+from tmplcheck.cli import FORMATS, ToolFailure, write_output
 
 
 def _echo(s: str) -> None:
@@ -36,7 +36,7 @@ def export_cmd(run_dir, outtype, quantize, out_dir, force):
         res = export_run(Path(run_dir), outtype=quantize or outtype, out_dir=Path(out_dir) if out_dir else None,
                          info=_echo, force=force)
     except ExportError as e:
-        raise click.ClickException(str(e)) from None
+        raise ToolFailure(str(e)) from None
     except ImportError as e:
         from tmplcheck.cli import missing_extra
 
@@ -206,7 +206,7 @@ def verify_model_cmd(path, run_dir, template, tokenizer, data, max_rows, fmt, ou
     try:
         findings, checked = verify_path(p, exp)
     except OSError as e:
-        raise click.ClickException(f"{path}: {e}") from None
+        raise ToolFailure(f"{path}: {e}") from None
     sel, ign = [s for x in select for s in x.split(",")], [s for x in ignore for s in x.split(",")]
     findings = [f for f in findings if (not sel or matches(f.code, sel)) and not matches(f.code, ign)]
     findings = S.fold_per_file(findings)
