@@ -222,10 +222,29 @@ def bos_routes(expected: Expected, *, add_bos: bool, source: str | None, builtin
     if source:
         n = leading_bos(embedded(expected, source).render(list(PROBES[1])[:1], add_generation_prompt=True), bos)
         out["llama-server --jinja"] = max(n, 1) if add_bos else n
-        out["llama-cpp-python create_chat_completion"] = n
+        py = python_format_prompt(source)
+        # llama-cpp-python: the GGUF's template through Jinja2ChatFormatter, tokenized with add_bos=False; a
+        # template equal to one of its Python formats' constants is served by that format, tokenized with add_bos
+        out["llama-cpp-python create_chat_completion"] = n if py is None else leading_bos(py, bos) + int(add_bos)
     if modelfile_text is not None:
         out["Ollama (Modelfile TEMPLATE)"] = leading_bos(modelfile_text, bos) + int(add_bos)
     return out
+
+
+def python_format_prompt(source: str) -> str | None:
+    """The prompt llama-cpp-python's Python chat format makes of a one-message chat when it replaces the GGUF's
+    template with one (``guess_chat_format_from_gguf_metadata``: the template equals its constant); None otherwise
+    (or without llama-cpp-python)."""
+    try:
+        from llama_cpp import llama_chat_format as F
+    except ImportError:
+        return None
+    name = F.guess_chat_format_from_gguf_metadata({GGUF_TEMPLATE: source})
+    fmt = {"llama-3": getattr(F, "format_llama3", None), "chatml": getattr(F, "format_chatml", None),
+           "mistral-instruct": getattr(F, "format_mistral_instruct", None)}.get(name or "")
+    if fmt is None:
+        return None
+    return fmt(messages=list(PROBES[1])[:1]).prompt
 
 
 def check_bos(expected: Expected, routes: dict[str, int], *, path: str, pointer: str, add_bos: bool) \
