@@ -232,7 +232,9 @@ class TokenStage:
             out.extend(self._compared())
         return out
 
-    _LC_IN_FLIGHT = 64
+    #: rows waiting for K010 at most: enough for the rows sampled while llama.cpp's vocabulary loads (the head's 256,
+    #: then 1 in 50), so that the load does not hold up taking rows (and so the workers, 2 * jobs chunks ahead)
+    _LC_IN_FLIGHT = 512
 
     def _start_llamacpp(self) -> None:
         """Start loading llama.cpp's vocabulary (K010) in a background thread, on the first row taken: by then the
