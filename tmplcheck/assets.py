@@ -71,33 +71,56 @@ def download_sdist(into: str | os.PathLike) -> Path:
     return found[0]
 
 
-def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
-    """Fetch (``pip download --no-binary``) and unpack the sdist's models folder into the cache, once."""
-    dest = sdist_dir()
-    if have_sdist():
+def unpack_sdist(dest: Path, pick, required: tuple[str, ...] = (), tarball: str | os.PathLike | None = None) -> Path:
+    """Unpack the files of the pinned sdist that ``pick`` names into ``dest``, once: ``pick(path in the sdist
+    without its top folder)`` gives the path under ``dest``, or None to leave the file out. From ``tarball``, else
+    downloading the sdist with pip. Written to a staging folder and moved into place whole (``.complete`` inside),
+    so a crash or a concurrent run never leaves half a folder; AssetError names any ``required`` file missing."""
+    if (dest / ".complete").is_file():
         return dest
     with tempfile.TemporaryDirectory(prefix="tmplcheck-sdist-") as tmp:
-        if tarball is None:
-            tarball = download_sdist(tmp)
-        staging = dest.parent / f".staging-{os.getpid()}"
+        sdist = Path(tarball) if tarball else download_sdist(tmp)
+        staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        with tarfile.open(tarball) as tf:
+        with tarfile.open(sdist) as tf:
             for m in tf:
                 rel = m.name.split("/", 1)[1] if "/" in m.name else ""
-                if not rel.startswith(_MODELS) or not m.isfile():
+                sub = pick(rel) if m.isfile() else None
+                if sub is None:
                     continue
-                sub = rel[len(_MODELS):]
-                if "/" in sub and not sub.startswith("templates/"):
-                    continue  # only the vocab files at the top and the templates folder
                 target = staging / sub
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with tf.extractfile(m) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
+        missing = [r for r in required if not (staging / r).is_file()]
+        if missing:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise AssetError(f"the {SDIST_NAME} {SDIST_VERSION} sdist lacks {', '.join(missing)}")
         (staging / ".complete").write_text(f"{SDIST_NAME}=={SDIST_VERSION}\n")
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, dest)
+    return dest
+
+
+def _models_file(rel: str) -> str | None:
+    """The sdist's vocab files (the models folder's top) and its templates folder."""
+    if not rel.startswith(_MODELS):
+        return None
+    sub = rel[len(_MODELS):]
+    return sub if "/" not in sub or sub.startswith("templates/") else None
+
+
+def ensure_sdist(tarball: str | os.PathLike | None = None) -> Path:
+    """Fetch (``pip download --no-binary``) and unpack the sdist's models folder into the cache, once; the
+    converter and the Jinja engine's sources come from the same tarball while it is here."""
+    dest = sdist_dir()
+    if have_sdist():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="tmplcheck-sdist-") as tmp:
+        tarball = tarball or download_sdist(tmp)
+        unpack_sdist(dest, _models_file, tarball=tarball)
         try:   # llama.cpp's GGUF converter, from the same tarball (``tmplcheck export`` runs it)
             ensure_converter(tarball)
         except Exception:  # noqa: BLE001 - optional here; ``prepare`` and ``export`` fetch it themselves
@@ -131,38 +154,16 @@ def converter_script() -> Path:
     return ensure_converter() / "convert_hf_to_gguf.py"
 
 
+def _converter_file(rel: str) -> str | None:
+    sub = rel[len(_LLAMA_CPP):] if rel.startswith(_LLAMA_CPP) else ""
+    return sub if any(sub == p or (p.endswith("/") and sub.startswith(p)) for p in _CONVERTER_PARTS) else None
+
+
 def ensure_converter(tarball: str | os.PathLike | None = None) -> Path:
     """Unpack llama.cpp's converter (script, ``conversion/``, ``gguf-py/``) from the pinned sdist into the cache,
     once (from ``tarball``, else downloading the sdist with pip)."""
-    dest = converter_dir()
-    if (dest / ".complete").is_file():
-        return dest
-    with tempfile.TemporaryDirectory(prefix="tmplcheck-convert-") as tmp:
-        sdist = Path(tarball) if tarball else download_sdist(tmp)
-        staging = dest.parent / f".convert-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with tarfile.open(sdist) as tf:
-            for m in tf:
-                rel = m.name.split("/", 1)[1] if "/" in m.name else ""
-                if not rel.startswith(_LLAMA_CPP) or not m.isfile():
-                    continue
-                sub = rel[len(_LLAMA_CPP):]
-                if not any(sub == p or (p.endswith("/") and sub.startswith(p)) for p in _CONVERTER_PARTS):
-                    continue
-                target = staging / sub
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(m) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        missing = [p for p in ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py")
-                   if not (staging / p).is_file()]
-        if missing:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise AssetError(f"the {SDIST_NAME} {SDIST_VERSION} sdist lacks {', '.join(missing)}")
-        (staging / ".complete").write_text(f"{SDIST_NAME}=={SDIST_VERSION}\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(staging, dest)
-    return dest
+    return unpack_sdist(converter_dir(), _converter_file,
+                        ("convert_hf_to_gguf.py", "conversion/__init__.py", "gguf-py/gguf/__init__.py"), tarball)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -139,34 +138,15 @@ def sources_dir() -> Path:
 def ensure_sources(tarball: str | os.PathLike | None = None) -> Path:
     """The engine's sources from the pinned sdist, unpacked once into the cache (from ``tarball``, else downloading
     the sdist with pip when they are not there yet)."""
-    from tmplcheck.assets import SDIST_NAME, SDIST_VERSION, AssetError, download_sdist
+    from tmplcheck.assets import unpack_sdist
 
-    dest = sources_dir()
-    if (dest / ".complete").is_file():
-        return dest
-    with tempfile.TemporaryDirectory(prefix="tmplcheck-jinja-src-") as tmp:
-        sdist = Path(tarball) if tarball else download_sdist(tmp)
-        staging = dest.parent / f".jinja-src-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        want = set(SOURCES)
-        with tarfile.open(sdist) as tf:
-            for m in tf:
-                rel = m.name.split("/", 1)[1] if "/" in m.name else ""
-                if not rel.startswith(_LLAMA) or rel[len(_LLAMA):] not in want or not m.isfile():
-                    continue
-                target = staging / rel[len(_LLAMA):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(m) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-        missing = [s for s in SOURCES if not (staging / s).is_file()]
-        if missing:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise AssetError(f"the sdist lacks {', '.join(missing)}")
-        (staging / ".complete").write_text(f"{SDIST_NAME}=={SDIST_VERSION}\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(staging, dest)
-    return dest
+    want = set(SOURCES)
+
+    def pick(rel: str) -> str | None:
+        sub = rel[len(_LLAMA):] if rel.startswith(_LLAMA) else None
+        return sub if sub in want else None
+
+    return unpack_sdist(sources_dir(), pick, tuple(SOURCES), tarball)
 
 
 def _key(src: Path) -> str:

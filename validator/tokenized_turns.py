@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tmplcheck.validator.tokenizer import byte_decoder
+
 
 # --------------------------------------------------------------------------------------------------------------
 # the template's structure, as bytes
@@ -47,7 +49,7 @@ class TokenBytes:
 
         self._bytelevel = isinstance(tk.decoder, decoders.ByteLevel)
         if self._bytelevel:
-            self._inv = _byte_decoder()
+            self._inv = byte_decoder()
         self._cache: dict[int, bytes] = {}
 
     def __call__(self, i: int) -> bytes:
@@ -68,19 +70,6 @@ class TokenBytes:
                 b = s.replace("\u2581", " ").encode("utf-8")
         self._cache[i] = b
         return b
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable character -> byte map (the inverse of its ``bytes_to_unicode``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 def _tail(h: bytes) -> bytes:

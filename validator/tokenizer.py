@@ -276,7 +276,7 @@ def _byte_length_table(tk: _RustTokenizer):
         return None
     vocab = tk.get_vocab(with_added_tokens=False)
     size = max([*vocab.values(), *added.keys(), -1]) + 1
-    if not set("".join(vocab)) <= set(_byte_alphabet()):
+    if not set("".join(vocab)) <= set(byte_decoder()):
         return None  # a character outside the byte alphabet: not a byte-level vocabulary
     table = np.zeros(size, dtype=np.int64)
     table[np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))] = np.fromiter(
@@ -311,8 +311,9 @@ def _save_table(path: Path, table) -> None:
         pass
 
 
-def _byte_alphabet() -> list[str]:
-    """GPT-2's byte → printable character map (each byte-level vocabulary character is one byte)."""
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's printable character -> byte map (the inverse of its ``bytes_to_unicode``: each byte-level vocabulary
+    character stands for one byte)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -321,7 +322,7 @@ def _byte_alphabet() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for c in cs]
+    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 class SpanList(list):
