@@ -99,14 +99,9 @@ def _expected(path: Path, run_dir, template, tokenizer, data, max_rows):
         raise click.UsageError("say what the model must match: --run RUN_DIR, or --template (and --tokenizer); "
                                "PATH is not inside a run directory")
     if data is not None:
-        from tmplcheck.validator.ingest import read_rows
+        from tmplcheck.validator.ingest import usable_conversations
 
-        for row in read_rows(data):
-            c = row.conversation
-            if c is not None and c.usable and c.messages:
-                rows.append(c)
-                if max_rows is not None and len(rows) >= max_rows:
-                    break
+        rows = usable_conversations(data, max_rows)
     return S.Expected(tmpl, tok, rows=rows, origin=origin)
 
 

@@ -243,7 +243,7 @@ def cd_first(a: str, b: str) -> str:
 def approved_rows(run_dir: Path, run: dict, limit: int | None = 200) -> list[Any]:
     """The approved dataset's rows (run.json's data path), when it is still there and unchanged."""
     from tmplcheck.validator.approval import sha256_file
-    from tmplcheck.validator.ingest import read_rows
+    from tmplcheck.validator.ingest import usable_conversations
 
     data = (run.get("data") or {}) if isinstance(run.get("data"), dict) else {}
     p = Path(data.get("path") or "")
@@ -251,14 +251,7 @@ def approved_rows(run_dir: Path, run: dict, limit: int | None = 200) -> list[Any
         return []
     if data.get("sha256") and sha256_file(p) != data["sha256"]:
         return []
-    out = []
-    for row in read_rows(p):
-        c = row.conversation
-        if c is not None and c.usable and c.messages:
-            out.append(c)
-            if limit is not None and len(out) >= limit:
-                break
-    return out
+    return usable_conversations(p, limit)
 
 
 def export_run(run_dir: Path, *, outtype: str = "f16", out_dir: Path | None = None, info=lambda s: None,

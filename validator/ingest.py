@@ -695,3 +695,16 @@ def read_rows(path: str | Path, *, input_format: str | None = None,
         for rec in records:
             yield parse_record(rec.line, rec.data, rec.findings, path=shown, is_array=is_array,
                                input_format=input_format)
+
+
+def usable_conversations(path: str | Path, limit: int | None = None) -> list[Conversation]:
+    """The first ``limit`` (all with None) conversations of a JSONL/JSON file that can be rendered: rows that
+    parse, with messages (what ``export`` and ``verify-model`` render the approved dataset with)."""
+    out: list[Conversation] = []
+    for row in read_rows(path):
+        c = row.conversation
+        if c is not None and c.usable and c.messages:
+            out.append(c)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
