@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from tmplcheck.artifacts.patterns import HARMONY_SKIPPED, WORD_PREFIXES, ArtifactPatterns, Header, taglike
@@ -107,11 +108,18 @@ class Context:
         self.shielded: list[tuple[int, int, str, str]] = []   # (start, end, what, where) in code or quotes
         self.view, self.s, self.o = pats.strip_controls(text)
         self.prompt = gen.prompt_text
-        self.user_text = "\n".join(_content_text(m.get("content")) for m in gen.prompt if isinstance(m, dict)
-                                   and m.get("role") == "user") if isinstance(gen.prompt, list) else self.prompt
         self._header_hits: dict[str, int] | None = None
         self._marks: dict[str, list[int]] | None = None
         self._landing: dict[int, set[int]] = {}
+
+    @cached_property
+    def user_text(self) -> str:
+        """The user's messages (the whole prompt when it is a string): made only when a rule asks for it."""
+        gen = self.gen
+        if not isinstance(gen.prompt, list):
+            return self.prompt
+        return "\n".join(_content_text(m.get("content")) for m in gen.prompt
+                         if isinstance(m, dict) and m.get("role") == "user")
 
     def _html_pair(self, m: re.Match) -> bool:
         """A tag pair is HTML unless it wraps chat markup ("<s>[INST] ... [/INST] answer</s>") or opens right
