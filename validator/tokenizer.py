@@ -75,6 +75,7 @@ class Tokenizer:
         extra_back = with_sp[len(without):] if with_sp[: len(without)] == without else []
         self._pp_front, self._pp_back = list(extra_front), list(extra_back)   # what the post-processor adds
         self._bytes_checked, self._bytes = False, None
+        self._pieces_checked, self._pieces = False, None
         self.adds_bos = self.bos_id is not None and bool(extra_front) and extra_front[0] == self.bos_id
         self.adds_eos = self.eos_id is not None and bool(extra_back) and extra_back[-1] == self.eos_id
         stop: set[int] = set()
@@ -128,8 +129,11 @@ class Tokenizer:
         if table is None:
             return [TokenSpans.of(e) for e in self._tk.encode_batch(texts, add_special_tokens=add_special_tokens)]
         front, back = (len(self._pp_front), len(self._pp_back)) if add_special_tokens else (0, 0)
-        encs = self._tk.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
-        ids = [e.ids for e in encs]
+        pieces = self.pieces()
+        if pieces is not None:
+            ids = pieces.encode(texts, add_special_tokens=add_special_tokens)
+        else:
+            ids = [e.ids for e in self._tk.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
         flat = _flat_spans(texts, ids, table) if not (front or back) else None
         out: SpanList = SpanList()
         for k, (text, row) in enumerate(zip(texts, ids)):
@@ -142,6 +146,17 @@ class Tokenizer:
                                                                                add_special_tokens=add_special_tokens)))
         out.flat = flat
         return out
+
+    def pieces(self):
+        """The exact pre-token-at-a-time encoder of this tokenizer (``validator/pieces.py``), or None when it does not
+        apply; made and proven on probes once. ``TMPLCHECK_PIECES=0`` turns it off."""
+        if not self._pieces_checked:
+            self._pieces_checked = True
+            if os.environ.get("TMPLCHECK_PIECES", "1") != "0":
+                from tmplcheck.validator.pieces import PieceEncoder
+
+                self._pieces = PieceEncoder.of(self._tk)
+        return self._pieces
 
     def _byte_table(self):
         """The per-id byte lengths when ids alone give exact offsets for this tokenizer (else None); made once."""
