@@ -102,12 +102,14 @@ class DatasetStage:
         self.plain_rows = 0
         self.first_plain: int | None = None
         # exact duplicates: a 128-bit content digest and the line per row, 20 bytes a row, resolved at the end
-        self._digests = array("Q")
+        self._digests = bytearray()   # 16 bytes a row: the digest's first 128 bits
         self._lines = array("L")
         self.formats: Counter[str] = Counter()
         self.first_line_of: dict[str, int] = {}
+        self._first_format: str | None = None
+        self._last_format: str | None = None
         self.rows = 0
-        self.turns: Counter[str] = Counter()
+        self._role_seqs: Counter[tuple[str, ...]] = Counter()
 
     def check(self, conv: Conversation) -> Iterator[Finding]:
         yield from self.take(RowInfo.of(conv), list(check_conversation(conv, tools=self.tools,
@@ -122,10 +124,16 @@ class DatasetStage:
     def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
         out: list[Finding] = []
         self.rows += 1
-        self.formats[info.format] += 1
-        self.first_line_of.setdefault(info.format, info.line)
-        self.turns.update(info.roles)
-        if "assistant" in info.roles and info.usable:
+        fmt = info.format
+        if fmt != self._last_format:
+            if fmt not in self.formats:
+                self.first_line_of[fmt] = info.line
+            if self._first_format is None:
+                self._first_format = fmt
+            self._last_format = fmt
+        self.formats[fmt] += 1
+        self._role_seqs[info.roles] += 1    # the turns counted per role at the end
+        if info.usable and "assistant" in info.roles:
             if info.reasoning:
                 self.reasoning_rows += 1
                 if self.first_reasoning is None:
@@ -134,17 +142,26 @@ class DatasetStage:
                 self.plain_rows += 1
                 if self.first_plain is None:
                     self.first_plain = info.line
-        first = next(iter(self.formats))
-        if info.format != first:
-            out.append(finding("D021", f"row is {info.format} but the file started as {first} "
+        if fmt != self._first_format:
+            first = self._first_format
+            out.append(finding("D021", f"row is {fmt} but the file started as {first} "
                                        f"(line {self.first_line_of[first]})", path=self.path, line=info.line,
                                pointer=info.key))
         if info.roles and info.usable:
             d = info.digest
-            self._digests.extend((int.from_bytes(d[:8], "little"), int.from_bytes(d[8:16], "little")))
+            self._digests += d if len(d) == 16 else d[:16].ljust(16, b"\0")
             self._lines.append(info.line)
         if payload:
             out.extend(payload)
+        return out
+
+    @property
+    def turns(self) -> Counter[str]:
+        """Messages per role over the rows taken."""
+        out: Counter[str] = Counter()
+        for roles, n in self._role_seqs.items():
+            for r in roles:
+                out[r] += n
         return out
 
     def finish(self) -> Iterator[Finding]:
@@ -161,7 +178,7 @@ class DatasetStage:
             return
         import numpy as np
 
-        dig = np.frombuffer(self._digests, dtype=np.uint64).reshape(-1, 2)
+        dig = np.frombuffer(bytes(self._digests), dtype="<u8").reshape(-1, 2)
         lines = np.frombuffer(self._lines, dtype=np.uint32 if self._lines.itemsize == 4 else np.uint64)
         order = np.lexsort((lines, dig[:, 1], dig[:, 0]))   # by digest, then by line
         d = dig[order]
@@ -245,10 +262,15 @@ class PerFileFolder:
 
     @staticmethod
     def applies(f: Finding) -> bool:
+        return bool(f.line) and PerFileFolder.applies_to(f.code)
+
+    @staticmethod
+    def applies_to(code: str) -> bool:
+        """Findings of this code (with a line) are folded per file."""
         from tmplcheck.validator.codes import RULES
 
-        rule = RULES.get(f.code)
-        return bool(f.line) and rule is not None and rule.per_file
+        rule = RULES.get(code)
+        return rule is not None and rule.per_file
 
     def add(self, f: Finding) -> None:
         g = self._groups.get((f.code, f.severity))
@@ -431,6 +453,7 @@ class GateRun:
     def __init__(self, shown: str, opts: GateOptions | None = None):
         self.opts = opts = opts or GateOptions()
         self.path = shown
+        self._per_file: dict[str, bool] = {}   # code -> folded per file (``PerFileFolder.applies_to``)
         self.stages: list[Stage] = [DatasetStage(shown, tools=opts.render_defaults.get("tools"),
                                                                 train_on=opts.train_on)] + [
             make(shown) for make in opts.stages]
@@ -454,32 +477,44 @@ class GateRun:
         return _ChunkWork(self.path, is_array, self.opts.input_format, self.workers, keep_conv=not self.all_split)
 
     def add(self, found: Iterable[Finding]) -> None:
+        if not found:
+            return
         opts = self.opts
+        per_file = self._per_file
         for f in found:
             if opts.severity and f.code in opts.severity:
                 sev, note = opts.severity[f.code]
                 f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
-            if not keep(f, opts):
+            if (opts.select or opts.ignore) and not keep(f, opts):
                 continue
-            if opts.fold_per_file and self.folder.applies(f):
+            fold = per_file.get(f.code)
+            if fold is None:
+                fold = per_file[f.code] = opts.fold_per_file and self.folder.applies_to(f.code)
+            if fold and f.line:
                 self.folder.add(f)
             else:
                 self.out.append(f)
 
     def feed(self, results: Iterable[tuple]) -> None:
         """Take every row's ``_ChunkWork`` result, in file order."""
-        add, opts = self.add, self.opts
+        opts = self.opts
+        stages = [(st.take, True) if sp else (st.check, False) for st, sp in zip(self.stages, self.split)]
+        n = self.rows_with_conv
         for found, info, payloads, conv in results:
-            add(found)
+            if found:
+                self.add(found)
             if info is None:
                 if any(f.code != "D005" for f in found):
                     self.bad_rows += 1
                 continue
-            self.rows_with_conv += 1
-            for st, sp, payload in zip(self.stages, self.split, payloads):
-                add(st.take(info, payload) if sp else st.check(conv))
-            if opts.progress and self.rows_with_conv % 256 == 0:
-                opts.progress(self.rows_with_conv)
+            n += 1
+            self.rows_with_conv = n
+            for (take, sp), payload in zip(stages, payloads):
+                got = take(info, payload) if sp else take(conv)
+                if got:
+                    self.add(got)
+            if opts.progress and n % 256 == 0:
+                opts.progress(n)
 
     def result(self) -> GateResult:
         shown, out, folder = self.path, self.out, self.folder

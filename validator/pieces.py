@@ -25,6 +25,7 @@ gate's encoding) uses it; everything else still calls the tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -144,10 +145,9 @@ class PieceEncoder:
         self._findall = split.findall
         added = tk.get_added_tokens_decoder()
         self._added_ids = {a.content: i for i, a in added.items()}
-        words = sorted(self._added_ids, key=len, reverse=True)   # leftmost first, then the longest there
-        self._added = re.compile("|".join(map(re.escape, words))) if words else None
-        self._to_bytes = str.maketrans(_byte_chars())
-        self._table: dict[str, tuple[int, ...]] = {}
+        words = sorted(filter(None, self._added_ids), key=len, reverse=True)   # leftmost first, then the longest there
+        self._split_added = re.compile("(" + "|".join(map(re.escape, words)) + ")").split if words else None
+        self._table = _Table(self._model, str.maketrans(_byte_chars()))
         self.front, self.back = list(front), list(back)
         self.pieces_fast = 0      # pieces split here (ASCII)
         self.pieces_slow = 0      # pieces the tokenizer encoded (non-ASCII)
@@ -189,43 +189,31 @@ class PieceEncoder:
         enc.pieces_fast = enc.pieces_slow = 0
         return enc
 
-    def _miss(self, piece: str) -> tuple[int, ...]:
-        table = self._table
-        if len(table) >= MAX_PIECES:
-            table.clear()
-        ids = tuple(t.id for t in self._model.tokenize(piece.translate(self._to_bytes)))
-        table[piece] = ids
-        return ids
-
     def encode(self, texts: Sequence[str], *, add_special_tokens: bool = False) -> list[list[int]]:
         """The ids of each text, as ``tokenizer.encode_batch_fast(texts, add_special_tokens=...)`` gives them."""
-        added, added_ids = self._added, self._added_ids
-        findall, get, miss = self._findall, self._table.get, self._miss
+        split, added_ids = self._split_added, self._added_ids
+        findall, ids_of = self._findall, self._table.__getitem__
         front = self.front if add_special_tokens else []
         back = self.back if add_special_tokens else []
+        chain = itertools.chain.from_iterable
         out: list[list[int]] = []
         slow: list[str] = []                      # non-ASCII pieces, encoded by the tokenizer in one batch
         holes: list[tuple[int, int]] = []         # where their ids go: (the text, the place in its ids)
         n_fast = 0
         for k, text in enumerate(texts):
             ids: list[int] = list(front)
-            pos = 0
-            ends = [(m.start(), m.end(), m.group()) for m in added.finditer(text)] if added is not None else []
-            ends.append((len(text), len(text), None))
-            for s, e, word in ends:
-                if s > pos:
-                    seg = text[pos:s] if pos or s < len(text) else text
-                    if seg.isascii():
-                        for p in findall(seg):
-                            r = get(p)
-                            ids.extend(r if r is not None else miss(p))
+            # split() with the added tokens in a group: [piece, added token, piece, ..., piece]
+            parts = split(text) if split is not None else [text]
+            for j, part in enumerate(parts):
+                if j & 1:
+                    ids.append(added_ids[part])
+                elif part:
+                    if part.isascii():
+                        ids.extend(chain(map(ids_of, findall(part))))
                         n_fast += 1
                     else:
                         holes.append((k, len(ids)))
-                        slow.append(seg)
-                if word is not None:
-                    ids.append(added_ids[word])
-                pos = e
+                        slow.append(part)
             ids.extend(back)
             out.append(ids)
         if slow:
@@ -235,3 +223,17 @@ class PieceEncoder:
         self.pieces_fast += n_fast
         self.pieces_slow += len(slow)
         return out
+
+
+class _Table(dict):
+    """Pre-token -> ids; a missing pre-token is encoded by the BPE model (its byte-level characters) and kept."""
+
+    def __init__(self, model: Any, to_bytes: dict):
+        super().__init__()
+        self._model, self._to_bytes = model, to_bytes
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        if len(self) >= MAX_PIECES:
+            self.clear()
+        ids = self[piece] = tuple(t.id for t in self._model.tokenize(piece.translate(self._to_bytes)))
+        return ids

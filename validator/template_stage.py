@@ -233,6 +233,7 @@ class TemplateStage:
         self.rendered = 0
         self.failed = 0
         self.codes: Counter[str] = Counter()
+        self._last_shape: tuple | None = None   # (a shape's shared llama.cpp findings, has X010, their codes)
         self._started = False
         self._broken = False      # does not compile
         self._poisoned = ""       # sandbox violation or limit: stop rendering
@@ -314,6 +315,30 @@ class TemplateStage:
         if self._broken or self._poisoned or not info.usable or not info.roles or r is None:
             return []
         return self.absorb(ordinal, r, info.line)
+
+    def take_shape_row(self, info, filled: bool, cross: list[Finding] | None) -> list[Finding]:
+        """``take_row`` for a row rendered without findings of its own whose llama.cpp comparison is its shape's
+        (``TemplateRowOut(status="rendered", findings=[], cross=cross, filled=filled, cross_shape=True)``), without
+        making that object: the same counts and findings."""
+        ordinal = self.rows
+        self.rows += 1
+        if self._broken or self._poisoned or not info.usable or not info.roles or \
+                (self._poison_at is not None and ordinal > self._poison_at):
+            return []
+        self.rendered += 1
+        self.filled += filled
+        if cross is None:
+            return []
+        last = self._last_shape
+        if last is None or last[0] is not cross:
+            last = self._last_shape = (cross, any(f.code == "X010" for f in cross), [f.code for f in cross])
+        self.cross_summary.add(cross, same_as=cross)
+        if not cross:
+            return []
+        if last[1]:
+            self._unknown_to_llamacpp += 1
+        self.codes.update(last[2])
+        return located(cross, self.path, info.line)
 
     def absorb(self, ordinal: int, r: TemplateRowOut, line: int = 0) -> list[Finding]:
         """Account one row's result (in row order) and return its findings. Rows after the one that poisoned the

@@ -410,7 +410,7 @@ class TokenPipeline:
             n = first[s + 1] - first[s]
             if n == 0 or (maxlen and n > maxlen):
                 continue
-            if rx is not None and any(rx.search(c) for _r, c, *_ in row[1]):
+            if rx is not None and _any_match(rx, row[1]):
                 continue   # K006 and whatever the control token does to the structure: the full checks say it
             at = loc.at
             b0 = base[s]
@@ -525,7 +525,7 @@ class TokenPipeline:
                 turns.append(Turn(s.index, s.role, s.content_start, s.content_end))
         turns.sort(key=lambda t: t.start)
         rx = ctx.special_re
-        if rx is not None and any(rx.search(c) for _r, c, *_ in row[1]):
+        if rx is not None and _any_match(rx, row[1]):
             return None  # K006 and whatever the control token does to the structure: the full checks say it
         gap = self.gap
         points = [t.start - gap for t in turns if t.role == "assistant" and t.index > 0
@@ -696,6 +696,15 @@ class TokenPipeline:
             pids = list(self.tokenizer.encode(prompt, add_special_tokens=self.add_special_tokens).ids)
             yield from K.check_prefix(ids, [(t, prompt, pids, ok_text)], self.ctx, line=line)
             return  # one per row is enough to explain it
+
+
+def _any_match(rx, messages) -> bool:
+    """Whether ``rx`` is found in any message's content (``RowIn`` messages)."""
+    search = rx.search
+    for m in messages:
+        if search(m[1]):
+            return True
+    return False
 
 
 def row_in(conv) -> RowIn:

@@ -79,11 +79,26 @@ class RowPipeline:
 _HELPER = None   # (pid, executor): the tokenizing helper thread of this process
 
 
+class _Done:
+    """A finished job (``_tokenizing``'s result when the encoding ran in this thread)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 def _tokenizing(tokens: TokenPipeline, prep: _Prepared):
-    """Start ``tokens.tokenize(prep)`` in this process's helper thread; returns its future."""
+    """Start ``tokens.tokenize(prep)`` in this process's helper thread; returns its future. When the ids are made in
+    Python (``validator/pieces.py``, which holds the GIL) a helper thread would only take turns with this one: the
+    encoding runs here and then."""
     global _HELPER
     from concurrent.futures import ThreadPoolExecutor
 
+    pieces = getattr(tokens.tokenizer, "pieces", None)
+    if pieces is not None and pieces() is not None:
+        return _Done(tokens.tokenize(prep))
     if _HELPER is None or _HELPER[0] != os.getpid():   # none yet, or inherited through a fork (threads are not)
         _HELPER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="tmplcheck-tokenize"))
     return _HELPER[1].submit(tokens.tokenize, prep)
@@ -110,6 +125,19 @@ class TokenStats:
         self.zero_trained = 0
         self.unencoded = 0
         self.rows_failed: Counter[str] = Counter()
+
+    def add_clean(self, tokens: int, trained: int) -> None:
+        """``add`` for an encoded row without findings."""
+        self.n += 1
+        self.total += tokens
+        self.trained += trained
+        if tokens < self.min:
+            self.min = tokens
+        if tokens > self.max:
+            self.max = tokens
+        self.hist[max(0, tokens.bit_length() - 1)] += 1
+        if trained == 0:
+            self.zero_trained += 1
 
     def add(self, r: RowOut) -> None:
         if r.tokens < 0:
@@ -212,8 +240,17 @@ class TokenStage:
         out: list[Finding] = []
         if payload is not None and len(payload) == 5:   # a clean regular row (``RowPipeline._finish``)
             tokens, trained, sampled, filled, cross = payload
-            r = RowOut(info.line, [], tokens, trained, sampled, True)
-            t = None if filled is None else TemplateRowOut("rendered", [], cross, filled=filled, cross_shape=True)
+            ts = self.template_stage
+            if filled is not None and ts is not None:
+                out = ts.take_shape_row(info, filled, cross)
+            self.seen += 1
+            self._lc_rows += sampled & 1
+            self._prefix_rows += (sampled >> 1) & 1
+            self._regular_rows += 1
+            self.stats.add_clean(tokens, trained)
+            if self._lc_jobs:
+                out.extend(self._compared())
+            return out
         else:
             r, t = payload if payload is not None else (None, None)
         if self.template_stage is not None:
