@@ -225,6 +225,7 @@ class TokenStage:
         # llama.cpp vocabulary is only needed in this process: see TokenPipeline.llamacpp_findings)
         if hasattr(self.pipeline.tokenizer, "_byte_table"):
             self.pipeline.tokenizer._byte_table()
+            self.pipeline.tokenizer.pieces()   # proven once here, inherited by every worker
         from tmplcheck.validator.tokenizer import before_fork
 
         before_fork()   # no llama.cpp vocabulary still loading (``take`` starts it after the fork); the heap trimmed
