@@ -3,8 +3,8 @@
 aimed at the pre-tokenizer's edges and on the real texts the repository holds (llama.cpp's tokenizer test inputs,
 the golden renders, the scan corpus, the fixtures' conversations rendered with the llama-3 template). It is refused
 for tokenizers it does not cover, and on tokenizers derived from the real ones (overlapping added tokens, other
-split expressions) it is exact or refused. ``ascii_pattern`` rewrites the pre-tokenizer's expression faithfully (two
-known gaps are marked xfail). ``TMPLCHECK_PIECES=0`` turns it off, and the gate's findings do not depend on it."""
+split expressions) it is exact or refused. ``ascii_pattern`` rewrites the pre-tokenizer's expression faithfully, and
+refuses what it cannot (a class left without ASCII members, Ruby's line anchors). ``TMPLCHECK_PIECES=0`` turns it off, and the gate's findings do not depend on it."""
 
 from __future__ import annotations
 
@@ -333,17 +333,12 @@ def test_gpt2_pattern_is_the_byte_level_pre_tokenizers():
         assert ["".join(chr(bd[c]) for c in p) for p, _ in bl.pre_tokenize_str(s)] == split_pieces(GPT2_PATTERN, s)
 
 
-@pytest.mark.xfail(strict=True, reason="ascii_pattern rewrites a class whose members are all non-ASCII (\\p{M}, "
-                                       "\\p{Lo} ...) to '[]', which Python reads as the start of a class holding a "
-                                       "literal ']' and what follows, instead of refusing it")
 @pytest.mark.parametrize("pattern,text", [(r"[\p{M}]|[ab]", "a|b[]"), (r"[\p{Mn}\p{Lo}]|x]", "x]|")])
 def test_a_class_left_without_ascii_members_is_refused_or_kept_empty(pattern, text):
     rx = ascii_pattern(pattern)
     assert rx is None or isolated(rx, text) == split_pieces(pattern, text)
 
 
-@pytest.mark.xfail(strict=True, reason="Oniguruma's ^ and $ (Ruby syntax) match at every line; Python's only at the "
-                                       "text's ends, and ascii_pattern keeps them as they are")
 @pytest.mark.parametrize("pattern,text", [(r"^ +|\S+|\s", "a\n  b"), (r"\p{L}+$|\p{L}|\s+", "ab\ncd")])
 def test_line_anchors_split_as_oniguruma(pattern, text):
     rx = ascii_pattern(pattern)

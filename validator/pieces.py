@@ -53,11 +53,22 @@ _PROBES = ["", "a", "Hello world", "  leading and trailing  ", "tabs\tand\nnewli
            "!!!???... ;;; -- ---", " !x !!x", "a\n\n\nb\n \nc \n\n d", "      ", "\t\t\t", "end.\n", "\n"]
 
 
+#: group openers whose meaning Python's ``re`` shares with Oniguruma (Ruby syntax); any other ``(?`` is refused
+#: (Ruby's ``(?m)`` is Python's ``(?s)``, named groups differ, ...)
+_GROUPS = ("(?:", "(?i:", "(?=", "(?!", "(?<=", "(?<!")
+#: escapes that mean something else (or nothing) in Python: Ruby's \Z/\z/\G/\h/\R/\X/\K, back references
+_REFUSED_ESCAPES = set("ZzGhHRXKkgQE123456789")
+
+
 def ascii_pattern(pattern: str) -> re.Pattern | None:
     """The pre-tokenizer's expression as a Python ``re`` expression that splits any ASCII text exactly as the original
-    (Oniguruma, Unicode classes) does; None when it uses a class this cannot rewrite."""
+    (Oniguruma, Ruby syntax, Unicode classes) does; None when it uses anything this cannot rewrite exactly: a class
+    other than the Unicode classes above, a character class left with no ASCII member, line anchors (``^``/``$``
+    match at every line in Ruby syntax, at the text's ends in Python), an inline flag or escape the engines read
+    differently, a nested class."""
     out = []
     in_class = False
+    members_here = 0          # what the current class holds so far (0: nothing yet)
     i = 0
     while i < len(pattern):
         c = pattern[i]
@@ -68,6 +79,7 @@ def ascii_pattern(pattern: str) -> re.Pattern | None:
             members = _ASCII_CLASS[m.group(1)]
             if in_class:
                 out.append(members)
+                members_here += bool(members)
             elif members:
                 out.append(f"[{members}]")
             else:
@@ -75,26 +87,51 @@ def ascii_pattern(pattern: str) -> re.Pattern | None:
             i = m.end()
             continue
         if c == "\\":
+            if pattern[i + 1:i + 2] in _REFUSED_ESCAPES or i + 1 >= len(pattern):
+                return None
             out.append(pattern[i:i + 2])
+            members_here += in_class
             i += 2
             continue
-        if c == "[" and not in_class:
+        if in_class:
+            if c == "]":
+                if not members_here:
+                    return None   # "[]" (or "[^]") would be read as the start of a class holding "]"
+                in_class = False
+            elif c == "[":
+                return None       # a nested class or set operation: not rewritten
+            elif c == "&" and pattern.startswith("&&", i):
+                return None       # Ruby's class intersection
+            else:
+                members_here += 1
+            out.append(c)
+            i += 1
+            continue
+        if c == "[":
             in_class = True
+            members_here = 0
             out.append(c)
             if pattern.startswith("^", i + 1):
                 out.append("^")
                 i += 1
             if pattern.startswith("]", i + 1):   # a literal ] first in a class
                 out.append("\\]")
+                members_here = 1
                 i += 1
-        elif c == "]" and in_class:
-            in_class = False
-            out.append(c)
-        elif c == "[":                            # a nested class or set operation: not rewritten
+        elif c in "^$":
             return None
+        elif c == "(" and pattern.startswith("(?", i):
+            opener = next((g for g in _GROUPS if pattern.startswith(g, i)), None)
+            if opener is None:
+                return None
+            out.append(opener)
+            i += len(opener)
+            continue
         else:
             out.append(c)
         i += 1
+    if in_class:
+        return None
     try:
         return re.compile("".join(out), re.ASCII)
     except re.error:
