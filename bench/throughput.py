@@ -18,7 +18,8 @@ to 300 words; the set this script measured before the lengths existed). For each
                renders and the generation-marker mask on their samples), ``--template llama-3 --tokenizer llama-3
                --max-length 4096``, process pool over ``--jobs`` cores, in a fresh Python process as the command
                line runs it, timed from starting that process (imports, loading the template, tokenizer and
-               llama.cpp vocabulary) to the verdict;
+               llama.cpp vocabulary) to the verdict and the process's end (``tmplcheck.exiting.leave``, as the
+               command line ends);
 (c) floor:     the Rust tokenizer's own ``encode_batch`` on the already rendered texts (loaded tokenizer; its own
                thread pool over every core).
 
@@ -106,10 +107,13 @@ def gate(path: Path, jobs: int):
 def gate_child(path: str, jobs: int) -> None:
     """Subprocess body of (b): the gate on ``path`` in a fresh process, as the command line runs it; prints what the
     report needs."""
+    from tmplcheck.exiting import leave
+
     res = gate(Path(path), jobs)
     tk = res.summary["tokens"]
     print(json.dumps({"findings": len(res.findings), "summary": {k: tk.get(k) for k in (
         "tokens", "rows_encoded", "regular_rows", "llamacpp_rows_compared", "prefix_rows_rendered")}}))
+    leave(0)   # the command line's own end (tmplcheck.cli.main)
 
 
 def map_child(path: str, jobs: int) -> None:

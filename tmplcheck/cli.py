@@ -298,6 +298,17 @@ _register_optional_commands()
 
 
 def main() -> None:
+    """The console script: the command, then ``tmplcheck.exiting.leave`` with its exit status."""
+    from tmplcheck.exiting import leave
+
+    try:
+        _main()
+    except SystemExit as e:
+        leave(e.code)
+    leave(0)
+
+
+def _main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as e:
