@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -519,6 +519,18 @@ class CrossSummary:
             kind = "explained"
         setattr(self, kind, getattr(self, kind) + 1)
         self._last = (same_as, codes, kind) if same_as is not None else None
+
+    def add_rows(self, shared: Sequence[Finding], n: int) -> None:
+        """``add(shared, same_as=shared)`` for ``n`` rows of one shape."""
+        if n <= 0:
+            return
+        self.add(shared, same_as=shared)
+        if n > 1:
+            same_as, codes, kind = self._last
+            self.rows += n - 1
+            for c in codes:
+                self.by_code[c] += n - 1
+            setattr(self, kind, getattr(self, kind) + n - 1)
 
     def headline(self) -> str:
         fmt = f"llama.cpp's {self.builtin} format" if self.builtin else "llama.cpp"

@@ -78,6 +78,69 @@ class RowInfo:
                    conv.has_reasoning())
 
 
+class CleanRows:
+    """Consecutive readable rows of one chunk with nothing to say but their counts: no finding of their own, the
+    dataset checks' payload empty, the token stage's a clean regular row's numbers (``RowPipeline._finish``), one
+    conversation shape's shared llama.cpp comparison. ``_ChunkWork`` ships them as columns instead of a tuple a row;
+    ``GateRun.feed`` gives them to each stage's ``take_clean`` at once (or, for a stage without one, row by row through
+    :meth:`rows`, which gives back exactly the tuples ``_ChunkWork`` would have made)."""
+
+    def __init__(self, kinds: tuple, cross: Any, filled_none: bool):
+        self.kinds = kinds          # per chunk worker: None (no payload), "empty" ([]), "clean" (the 5-tuple)
+        self.cross = cross          # the shape's shared llama.cpp findings (the 5-tuple's last field)
+        self.filled_none = filled_none
+        self.lines: list[int] = []
+        self.formats: list[str] = []
+        self.keys: list[str] = []
+        self.roles: list[tuple[str, ...]] = []
+        self.reasoning: list[bool] = []
+        self.digests = bytearray()
+        self.tokens: list[int] = []
+        self.trained: list[int] = []
+        self.sampled: list[int] = []
+        self.filled: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, info: "RowInfo", clean: tuple) -> None:
+        self.lines.append(info.line)
+        self.formats.append(info.format)
+        self.keys.append(info.key)
+        self.roles.append(info.roles)
+        self.reasoning.append(info.reasoning)
+        d = info.digest
+        self.digests += d if len(d) == 16 else d[:16].ljust(16, b"\0")
+        tokens, trained, sampled, filled, _cross = clean
+        self.tokens.append(tokens)
+        self.trained.append(trained)
+        self.sampled.append(sampled)
+        self.filled.append(filled)
+
+    def rows(self) -> Iterator[tuple]:
+        """The rows as ``_ChunkWork`` makes them one by one: ``(findings, RowInfo, payloads, None)``."""
+        for k, line in enumerate(self.lines):
+            info = RowInfo(line, self.formats[k], self.keys[k], True, self.roles[k],
+                           bytes(self.digests[16 * k:16 * k + 16]), self.reasoning[k])
+            clean = (self.tokens[k], self.trained[k], self.sampled[k], self.filled[k], self.cross)
+            yield [], info, [None if kind is None else [] if kind == "empty" else clean for kind in self.kinds], None
+
+
+def _clean_kinds(payloads: list) -> tuple | None:
+    """What each payload of a row is, when the row can travel in a :class:`CleanRows`; None when it cannot."""
+    kinds = []
+    for p in payloads:
+        if p is None:
+            kinds.append(None)
+        elif type(p) is list and not p:
+            kinds.append("empty")
+        elif type(p) is tuple and len(p) == 5:
+            kinds.append("clean")
+        else:
+            return None
+    return tuple(kinds) if kinds.count("clean") == 1 else None
+
+
 class _DatasetWork:
     def __init__(self, tools: Any = None, train_on: str | None = None):
         self.tools = tools
@@ -155,6 +218,39 @@ class DatasetStage:
             out.extend(payload)
         return out
 
+    def take_clean(self, block: CleanRows, kind: str | None) -> tuple[list[Finding], None]:
+        """``take(info, [])`` for each row of ``block`` (usable rows with messages, no payload findings)."""
+        out: list[Finding] = []
+        formats = self.formats
+        for line, fmt, key, roles, reasoning in zip(block.lines, block.formats, block.keys, block.roles,
+                                                    block.reasoning):
+            if fmt != self._last_format:
+                if fmt not in formats:
+                    self.first_line_of[fmt] = line
+                if self._first_format is None:
+                    self._first_format = fmt
+                self._last_format = fmt
+            formats[fmt] += 1
+            self._role_seqs[roles] += 1
+            if "assistant" in roles:
+                if reasoning:
+                    self.reasoning_rows += 1
+                    if self.first_reasoning is None:
+                        self.first_reasoning = line
+                else:
+                    self.plain_rows += 1
+                    if self.first_plain is None:
+                        self.first_plain = line
+            if fmt != self._first_format:
+                first = self._first_format
+                out.append(finding("D021", f"row is {fmt} but the file started as {first} "
+                                           f"(line {self.first_line_of[first]})", path=self.path, line=line,
+                                   pointer=key))
+        self.rows += len(block)
+        self._digests += block.digests
+        self._lines.extend(block.lines)
+        return out, None
+
     @property
     def turns(self) -> Counter[str]:
         """Messages per role over the rows taken."""
@@ -215,6 +311,9 @@ class GateOptions:
     #: else 1. A file of more than one chunk of ``chunk_rows`` records runs on the process pool when this is > 1.
     jobs: int | None = None
     chunk_rows: int = 512
+    #: ship runs of clean rows from the chunk workers as columns (``CleanRows``); False: one tuple a row (the same
+    #: findings and summary, ``tests/test_clean_rows.py``)
+    clean_rows: bool = True
     progress: Callable[[int], None] | None = None  # called with the number of rows read so far
     #: report each per-file code (``Rule.per_file``) once per file with its row count (False: once per row)
     fold_per_file: bool = True
@@ -284,6 +383,25 @@ class PerFileFolder:
         if f.severity is Severity.ERROR:
             self.error_lines.append(f.line)
 
+    def add_at(self, f: Finding, path: str, lines: Sequence[int]) -> None:
+        """``add`` of ``f`` located at each of ``lines`` (in that order), without making each copy."""
+        g = self._groups.get((f.code, f.severity))
+        if g is None:
+            from tmplcheck.validator.template_stage import located
+
+            g = self._groups[(f.code, f.severity)] = [located([f], path, lines[0])[0], 0, [], set()]
+        g[1] += len(lines)
+        shown = g[2]
+        for line in lines:
+            if len(shown) >= self.SHOW_LINES:
+                break
+            if line not in shown:
+                shown.append(line)
+        if len(g[3]) < self._MAX_MESSAGES:
+            g[3].add(f.message)
+        if f.severity is Severity.ERROR:
+            self.error_lines.extend(lines)
+
     def findings(self) -> list[Finding]:
         out = []
         for first, n, lines, messages in self._groups.values():
@@ -342,6 +460,7 @@ class _ChunkWork:
         self.workers = workers
         self.keep_conv = keep_conv
         self.objects = objects   # records carry decoded rows (validator/sources.py), not a JSONL record's bytes
+        self.clean_rows = False  # ship runs of clean rows as ``CleanRows`` (set by ``GateRun.work``)
 
     def process(self, recs: Sequence[tuple[int, Any, list[Finding]]], first: int) -> list[tuple]:
         if self.objects:
@@ -353,13 +472,28 @@ class _ChunkWork:
         convs = [r.conversation for r in rows]
         ordinals = range(first, first + len(rows))
         payloads = [w.process(convs, ordinals) if w is not None else None for w in self.workers]
-        out = []
+        out: list = []
+        block: CleanRows | None = None
+        blocks = self.clean_rows and not self.keep_conv
         for k, (row, conv) in enumerate(zip(rows, convs)):
             if conv is None:
                 out.append((row.findings, None, None, None))
+                block = None
                 continue
-            out.append((row.findings, RowInfo.of(conv), [p[k] if p is not None else None for p in payloads],
-                        conv if self.keep_conv else None))
+            info = RowInfo.of(conv)
+            pl = [p[k] if p is not None else None for p in payloads]
+            if blocks and not row.findings and info.usable and info.roles:
+                kinds = _clean_kinds(pl)
+                if kinds is not None:
+                    clean = pl[kinds.index("clean")]
+                    if block is None or block.kinds != kinds or block.cross is not clean[4] or \
+                            block.filled_none != (clean[3] is None):
+                        block = CleanRows(kinds, clean[4], clean[3] is None)
+                        out.append(block)
+                    block.add(info, clean)
+                    continue
+            out.append((row.findings, info, pl, conv if self.keep_conv else None))
+            block = None
         return out
 
 
@@ -427,6 +561,7 @@ def source_run(source, opts: GateOptions | None = None) -> "GateRun":
             add(dataclasses.replace(f, data={**f.data, **where(f.line)}) if f.line else f for f in found)
 
         run.add = add_located   # type: ignore[method-assign]
+        run.clean_ok = False      # every finding goes through add_located, row by row
         run.folder.row_index = True
     return run
 
@@ -454,6 +589,7 @@ class GateRun:
         self.opts = opts = opts or GateOptions()
         self.path = shown
         self._per_file: dict[str, bool] = {}   # code -> folded per file (``PerFileFolder.applies_to``)
+        self.clean_ok = True   # runs of clean rows may come as ``CleanRows`` (not when ``add`` is wrapped)
         self.stages: list[Stage] = [DatasetStage(shown, tools=opts.render_defaults.get("tools"),
                                                                 train_on=opts.train_on)] + [
             make(shown) for make in opts.stages]
@@ -474,7 +610,10 @@ class GateRun:
         return all(self.split)
 
     def work(self, is_array: bool) -> _ChunkWork:
-        return _ChunkWork(self.path, is_array, self.opts.input_format, self.workers, keep_conv=not self.all_split)
+        work = _ChunkWork(self.path, is_array, self.opts.input_format, self.workers, keep_conv=not self.all_split)
+        work.clean_rows = self.opts.clean_rows and self.clean_ok and self.all_split and all(
+            hasattr(st, "take_clean") for st in self.stages)
+        return work
 
     def add(self, found: Iterable[Finding]) -> None:
         if not found:
@@ -499,8 +638,21 @@ class GateRun:
         """Take every row's ``_ChunkWork`` result, in file order."""
         opts = self.opts
         stages = [(st.take, True) if sp else (st.check, False) for st, sp in zip(self.stages, self.split)]
+        clean = self.clean_ok and self.all_split and all(hasattr(st, "take_clean") for st in self.stages)
         n = self.rows_with_conv
-        for found, info, payloads, conv in results:
+        for item in results:
+            if type(item) is CleanRows:
+                if clean:
+                    self._take_clean(item)
+                    before, n = n, n + len(item)
+                    self.rows_with_conv = n
+                    if opts.progress and before // 256 != n // 256:
+                        opts.progress(n)
+                    continue
+                self.feed(item.rows())
+                n = self.rows_with_conv
+                continue
+            found, info, payloads, conv = item
             if found:
                 self.add(found)
             if info is None:
@@ -515,6 +667,39 @@ class GateRun:
                     self.add(got)
             if opts.progress and n % 256 == 0:
                 opts.progress(n)
+
+    def _take_clean(self, block: CleanRows) -> None:
+        """A :class:`CleanRows` through every stage's ``take_clean``: findings, or a shape's shared findings to be
+        located at many rows."""
+        for st, kind in zip(self.stages, block.kinds):
+            found, shared = st.take_clean(block, kind)
+            if found:
+                self.add(found)
+            if shared is not None:
+                self.add_at(*shared)
+
+    def add_at(self, shared: Sequence[Finding], lines: Sequence[int]) -> None:
+        """``add`` of each of ``shared`` (findings without a place: a conversation shape's) located at each of
+        ``lines``, as one call per finding and line would (severity overrides, select/ignore, per-file folding)."""
+        from tmplcheck.validator.template_stage import located
+
+        if not lines:
+            return
+        opts = self.opts
+        for f in shared:
+            if opts.severity and f.code in opts.severity:
+                sev, note = opts.severity[f.code]
+                f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
+            if (opts.select or opts.ignore) and not keep(f, opts):
+                continue
+            fold = self._per_file.get(f.code)
+            if fold is None:
+                fold = self._per_file[f.code] = opts.fold_per_file and self.folder.applies_to(f.code)
+            if fold and all(lines):
+                self.folder.add_at(f, self.path, lines)
+            else:
+                for line in lines:
+                    self.out.append(located([f], self.path, line)[0])
 
     def result(self) -> GateResult:
         shown, out, folder = self.path, self.out, self.folder

@@ -85,6 +85,9 @@ class LlamaCppNotRun:
     def take(self, info, payload) -> list:
         return []
 
+    def take_clean(self, block, kind) -> tuple[list, None]:
+        return [], None
+
     def check(self, conv) -> list:
         return []
 

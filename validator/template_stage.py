@@ -316,6 +316,35 @@ class TemplateStage:
             return []
         return self.absorb(ordinal, r, info.line)
 
+    def take_clean(self, block, kind) -> tuple[list[Finding], None]:
+        """The stage's own part of a ``CleanRows`` (``gate.py``): nothing when it is attached to the token stage,
+        which takes the rows' template counts (``take_shape_rows``); an unattached stage's rows never come so."""
+        if not self.attached:
+            raise RuntimeError("clean rows reached an unattached template stage")
+        return [], None
+
+    def take_shape_rows(self, block) -> tuple[list[Finding], list[int]] | None:
+        """:meth:`take_shape_row` for each row of a ``CleanRows`` (usable rows with messages, all of one shape's
+        comparison ``block.cross``): the counts, and ``(block.cross, block.lines)`` when those findings are to be
+        located at every row (else None)."""
+        n = len(block)
+        self.rows += n
+        if self._broken or self._poisoned:   # (a poisoning row sets both _poisoned and _poison_at)
+            return None
+        self.rendered += n
+        self.filled += sum(block.filled)
+        cross = block.cross
+        if cross is None:
+            return None
+        self.cross_summary.add_rows(cross, n)
+        if not cross:
+            return None
+        if any(f.code == "X010" for f in cross):
+            self._unknown_to_llamacpp += n
+        for f in cross:
+            self.codes[f.code] += n
+        return cross, block.lines
+
     def take_shape_row(self, info, filled: bool, cross: list[Finding] | None) -> list[Finding]:
         """``take_row`` for a row rendered without findings of its own whose llama.cpp comparison is its shape's
         (``TemplateRowOut(status="rendered", findings=[], cross=cross, filled=filled, cross_shape=True)``), without

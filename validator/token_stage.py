@@ -242,8 +242,8 @@ class TokenStage:
         if payload is not None and len(payload) == 5:   # a clean regular row (``RowPipeline._finish``)
             tokens, trained, sampled, filled, cross = payload
             ts = self.template_stage
-            if filled is not None and ts is not None:
-                out = ts.take_shape_row(info, filled, cross)
+            if ts is not None:
+                out = ts.take_shape_row(info, filled, cross) if filled is not None else ts.take_row(info, None)
             self.seen += 1
             self._lc_rows += sampled & 1
             self._prefix_rows += (sampled >> 1) & 1
@@ -269,6 +269,30 @@ class TokenStage:
         if self._lc_jobs:
             out.extend(self._compared())
         return out
+
+    def take_clean(self, block, kind) -> tuple[list[Finding], tuple | None]:
+        """``take`` of each row of a ``CleanRows`` (``gate.py``): clean regular rows, one shape's comparison."""
+        if not self._lc_started:
+            self._start_llamacpp()
+        n = len(block)
+        shared = None
+        ts = self.template_stage
+        if ts is not None:
+            if block.filled_none:
+                ts.rows += n          # take_row(info, None) for each: counted, nothing rendered here
+            else:
+                shared = ts.take_shape_rows(block)
+        self.seen += n
+        self._regular_rows += n
+        add = self.stats.add_clean
+        lc = prefix = 0
+        for tokens, trained, sampled in zip(block.tokens, block.trained, block.sampled):
+            add(tokens, trained)
+            lc += sampled & 1
+            prefix += (sampled >> 1) & 1
+        self._lc_rows += lc
+        self._prefix_rows += prefix
+        return (self._compared() if self._lc_jobs else []), shared
 
     #: rows waiting for K010 at most: enough for the rows sampled while llama.cpp's vocabulary loads (the head's 256,
     #: then 1 in 50), so that the load does not hold up taking rows (and so the workers, 2 * jobs chunks ahead)
