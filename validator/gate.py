@@ -615,20 +615,29 @@ class GateRun:
             hasattr(st, "take_clean") for st in self.stages)
         return work
 
+    def _admit(self, f: Finding) -> tuple[Finding, bool] | None:
+        """The finding as this run keeps it (``--severity``-style overrides applied) and whether its code is folded
+        per file; None when select/ignore drop it."""
+        opts = self.opts
+        if opts.severity and f.code in opts.severity:
+            sev, note = opts.severity[f.code]
+            f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
+        if (opts.select or opts.ignore) and not keep(f, opts):
+            return None
+        fold = self._per_file.get(f.code)
+        if fold is None:
+            fold = self._per_file[f.code] = opts.fold_per_file and self.folder.applies_to(f.code)
+        return f, fold
+
     def add(self, found: Iterable[Finding]) -> None:
         if not found:
             return
-        opts = self.opts
-        per_file = self._per_file
+        admit = self._admit
         for f in found:
-            if opts.severity and f.code in opts.severity:
-                sev, note = opts.severity[f.code]
-                f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
-            if (opts.select or opts.ignore) and not keep(f, opts):
+            got = admit(f)
+            if got is None:
                 continue
-            fold = per_file.get(f.code)
-            if fold is None:
-                fold = per_file[f.code] = opts.fold_per_file and self.folder.applies_to(f.code)
+            f, fold = got
             if fold and f.line:
                 self.folder.add(f)
             else:
@@ -685,16 +694,11 @@ class GateRun:
 
         if not lines:
             return
-        opts = self.opts
         for f in shared:
-            if opts.severity and f.code in opts.severity:
-                sev, note = opts.severity[f.code]
-                f = dataclasses.replace(f, severity=sev, message=f"{f.message} ({note})" if note else f.message)
-            if (opts.select or opts.ignore) and not keep(f, opts):
+            got = self._admit(f)
+            if got is None:
                 continue
-            fold = self._per_file.get(f.code)
-            if fold is None:
-                fold = self._per_file[f.code] = opts.fold_per_file and self.folder.applies_to(f.code)
+            f, fold = got
             if fold and all(lines):
                 self.folder.add_at(f, self.path, lines)
             else:
