@@ -109,8 +109,7 @@ class CleanRows:
         self.keys.append(info.key)
         self.roles.append(info.roles)
         self.reasoning.append(info.reasoning)
-        d = info.digest
-        self.digests += d if len(d) == 16 else d[:16].ljust(16, b"\0")
+        self.digests += _digest16(info.digest)
         tokens, trained, sampled, filled, _cross = clean
         self.tokens.append(tokens)
         self.trained.append(trained)
@@ -124,6 +123,11 @@ class CleanRows:
                            bytes(self.digests[16 * k:16 * k + 16]), self.reasoning[k])
             clean = (self.tokens[k], self.trained[k], self.sampled[k], self.filled[k], self.cross)
             yield [], info, [None if kind is None else [] if kind == "empty" else clean for kind in self.kinds], None
+
+
+def _digest16(d: bytes) -> bytes:
+    """A row digest's first 128 bits, as the duplicate check stores them (16 bytes a row)."""
+    return d if len(d) == 16 else d[:16].ljust(16, b"\0")
 
 
 def _clean_kinds(payloads: list) -> tuple | None:
@@ -187,32 +191,9 @@ class DatasetStage:
     def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
         out: list[Finding] = []
         self.rows += 1
-        fmt = info.format
-        if fmt != self._last_format:
-            if fmt not in self.formats:
-                self.first_line_of[fmt] = info.line
-            if self._first_format is None:
-                self._first_format = fmt
-            self._last_format = fmt
-        self.formats[fmt] += 1
-        self._role_seqs[info.roles] += 1    # the turns counted per role at the end
-        if info.usable and "assistant" in info.roles:
-            if info.reasoning:
-                self.reasoning_rows += 1
-                if self.first_reasoning is None:
-                    self.first_reasoning = info.line
-            else:
-                self.plain_rows += 1
-                if self.first_plain is None:
-                    self.first_plain = info.line
-        if fmt != self._first_format:
-            first = self._first_format
-            out.append(finding("D021", f"row is {fmt} but the file started as {first} "
-                                       f"(line {self.first_line_of[first]})", path=self.path, line=info.line,
-                               pointer=info.key))
+        self._count(info.line, info.format, info.key, info.roles, info.reasoning, info.usable, out)
         if info.roles and info.usable:
-            d = info.digest
-            self._digests += d if len(d) == 16 else d[:16].ljust(16, b"\0")
+            self._digests += _digest16(info.digest)
             self._lines.append(info.line)
         if payload:
             out.extend(payload)
@@ -221,35 +202,41 @@ class DatasetStage:
     def take_clean(self, block: CleanRows, kind: str | None) -> tuple[list[Finding], None]:
         """``take(info, [])`` for each row of ``block`` (usable rows with messages, no payload findings)."""
         out: list[Finding] = []
-        formats = self.formats
+        count = self._count
         for line, fmt, key, roles, reasoning in zip(block.lines, block.formats, block.keys, block.roles,
                                                     block.reasoning):
-            if fmt != self._last_format:
-                if fmt not in formats:
-                    self.first_line_of[fmt] = line
-                if self._first_format is None:
-                    self._first_format = fmt
-                self._last_format = fmt
-            formats[fmt] += 1
-            self._role_seqs[roles] += 1
-            if "assistant" in roles:
-                if reasoning:
-                    self.reasoning_rows += 1
-                    if self.first_reasoning is None:
-                        self.first_reasoning = line
-                else:
-                    self.plain_rows += 1
-                    if self.first_plain is None:
-                        self.first_plain = line
-            if fmt != self._first_format:
-                first = self._first_format
-                out.append(finding("D021", f"row is {fmt} but the file started as {first} "
-                                           f"(line {self.first_line_of[first]})", path=self.path, line=line,
-                                   pointer=key))
+            count(line, fmt, key, roles, reasoning, True, out)
         self.rows += len(block)
         self._digests += block.digests
         self._lines.extend(block.lines)
         return out, None
+
+    def _count(self, line: int, fmt: str, key: str, roles: tuple[str, ...], reasoning: bool, usable: bool,
+               out: list[Finding]) -> None:
+        """One row's formats, turns and reasoning counts, in file order; D021 into ``out`` when its format is not
+        the file's first."""
+        if fmt != self._last_format:
+            if fmt not in self.formats:
+                self.first_line_of[fmt] = line
+            if self._first_format is None:
+                self._first_format = fmt
+            self._last_format = fmt
+        self.formats[fmt] += 1
+        self._role_seqs[roles] += 1    # the turns counted per role at the end
+        if usable and "assistant" in roles:
+            if reasoning:
+                self.reasoning_rows += 1
+                if self.first_reasoning is None:
+                    self.first_reasoning = line
+            else:
+                self.plain_rows += 1
+                if self.first_plain is None:
+                    self.first_plain = line
+        if fmt != self._first_format:
+            first = self._first_format
+            out.append(finding("D021", f"row is {fmt} but the file started as {first} "
+                                       f"(line {self.first_line_of[first]})", path=self.path, line=line,
+                               pointer=key))
 
     @property
     def turns(self) -> Counter[str]:
@@ -372,16 +359,7 @@ class PerFileFolder:
         return rule is not None and rule.per_file
 
     def add(self, f: Finding) -> None:
-        g = self._groups.get((f.code, f.severity))
-        if g is None:
-            g = self._groups[(f.code, f.severity)] = [f, 0, [], set()]
-        g[1] += 1
-        if len(g[2]) < self.SHOW_LINES and f.line not in g[2]:
-            g[2].append(f.line)
-        if len(g[3]) < self._MAX_MESSAGES:
-            g[3].add(f.message)
-        if f.severity is Severity.ERROR:
-            self.error_lines.append(f.line)
+        self.add_at(f, f.path, (f.line,))
 
     def add_at(self, f: Finding, path: str, lines: Sequence[int]) -> None:
         """``add`` of ``f`` located at each of ``lines`` (in that order), without making each copy."""
@@ -389,7 +367,8 @@ class PerFileFolder:
         if g is None:
             from tmplcheck.validator.template_stage import located
 
-            g = self._groups[(f.code, f.severity)] = [located([f], path, lines[0])[0], 0, [], set()]
+            first = f if (f.path, f.line) == (path, lines[0]) else located([f], path, lines[0])[0]
+            g = self._groups[(f.code, f.severity)] = [first, 0, [], set()]
         g[1] += len(lines)
         shown = g[2]
         for line in lines:
@@ -611,9 +590,13 @@ class GateRun:
 
     def work(self, is_array: bool) -> _ChunkWork:
         work = _ChunkWork(self.path, is_array, self.opts.input_format, self.workers, keep_conv=not self.all_split)
-        work.clean_rows = self.opts.clean_rows and self.clean_ok and self.all_split and all(
-            hasattr(st, "take_clean") for st in self.stages)
+        work.clean_rows = self.opts.clean_rows and self.takes_clean
         return work
+
+    @property
+    def takes_clean(self) -> bool:
+        """Runs of clean rows can be taken as ``CleanRows`` (every stage has ``take_clean``; ``add`` not wrapped)."""
+        return self.clean_ok and self.all_split and all(hasattr(st, "take_clean") for st in self.stages)
 
     def _admit(self, f: Finding) -> tuple[Finding, bool] | None:
         """The finding as this run keeps it (``--severity``-style overrides applied) and whether its code is folded
@@ -647,7 +630,7 @@ class GateRun:
         """Take every row's ``_ChunkWork`` result, in file order."""
         opts = self.opts
         stages = [(st.take, True) if sp else (st.check, False) for st, sp in zip(self.stages, self.split)]
-        clean = self.clean_ok and self.all_split and all(hasattr(st, "take_clean") for st in self.stages)
+        clean = self.takes_clean
         n = self.rows_with_conv
         for item in results:
             if type(item) is CleanRows:

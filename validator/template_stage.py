@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -233,7 +233,6 @@ class TemplateStage:
         self.rendered = 0
         self.failed = 0
         self.codes: Counter[str] = Counter()
-        self._last_shape: tuple | None = None   # (a shape's shared llama.cpp findings, has X010, their codes)
         self._started = False
         self._broken = False      # does not compile
         self._poisoned = ""       # sandbox violation or limit: stop rendering
@@ -323,17 +322,19 @@ class TemplateStage:
             raise RuntimeError("clean rows reached an unattached template stage")
         return [], None
 
-    def take_shape_rows(self, block) -> tuple[list[Finding], list[int]] | None:
-        """:meth:`take_shape_row` for each row of a ``CleanRows`` (usable rows with messages, all of one shape's
-        comparison ``block.cross``): the counts, and ``(block.cross, block.lines)`` when those findings are to be
-        located at every row (else None)."""
-        n = len(block)
+    def take_shape_rows(self, lines: Sequence[int], filled: Sequence[bool] | None,
+                        cross: list[Finding] | None) -> tuple[list[Finding], Sequence[int]] | None:
+        """``take_row`` for usable rows (with messages) rendered without findings of their own, whose llama.cpp
+        comparison is their shape's ``cross`` (``TemplateRowOut(status="rendered", findings=[], cross=cross,
+        filled=..., cross_shape=True)`` each), without making those objects. ``filled``: whether each was filled
+        into its shape's render; None when nothing was rendered for them here (``take_row(info, None)``). Returns
+        ``(cross, lines)`` when those findings are to be located at every row, else None."""
+        n = len(lines)
         self.rows += n
-        if self._broken or self._poisoned:   # (a poisoning row sets both _poisoned and _poison_at)
+        if filled is None or self._broken or self._poisoned:   # (a poisoning row sets _poisoned and _poison_at)
             return None
         self.rendered += n
-        self.filled += sum(block.filled)
-        cross = block.cross
+        self.filled += sum(filled)
         if cross is None:
             return None
         self.cross_summary.add_rows(cross, n)
@@ -343,31 +344,14 @@ class TemplateStage:
             self._unknown_to_llamacpp += n
         for f in cross:
             self.codes[f.code] += n
-        return cross, block.lines
+        return cross, lines
 
-    def take_shape_row(self, info, filled: bool, cross: list[Finding] | None) -> list[Finding]:
-        """``take_row`` for a row rendered without findings of its own whose llama.cpp comparison is its shape's
-        (``TemplateRowOut(status="rendered", findings=[], cross=cross, filled=filled, cross_shape=True)``), without
-        making that object: the same counts and findings."""
-        ordinal = self.rows
-        self.rows += 1
-        if self._broken or self._poisoned or not info.usable or not info.roles or \
-                (self._poison_at is not None and ordinal > self._poison_at):
-            return []
-        self.rendered += 1
-        self.filled += filled
-        if cross is None:
-            return []
-        last = self._last_shape
-        if last is None or last[0] is not cross:
-            last = self._last_shape = (cross, any(f.code == "X010" for f in cross), [f.code for f in cross])
-        self.cross_summary.add(cross, same_as=cross)
-        if not cross:
-            return []
-        if last[1]:
-            self._unknown_to_llamacpp += 1
-        self.codes.update(last[2])
-        return located(cross, self.path, info.line)
+    def take_shape_row(self, info, filled: bool | None, cross: list[Finding] | None) -> list[Finding]:
+        """:meth:`take_shape_rows` for one row, its findings located there."""
+        if not info.usable or not info.roles:
+            return self.take_row(info, None)
+        got = self.take_shape_rows((info.line,), None if filled is None else (filled,), cross)
+        return located(got[0], self.path, info.line) if got else []
 
     def absorb(self, ordinal: int, r: TemplateRowOut, line: int = 0) -> list[Finding]:
         """Account one row's result (in row order) and return its findings. Rows after the one that poisoned the

@@ -143,14 +143,7 @@ class TokenStats:
         if r.tokens < 0:
             self.unencoded += 1
             return
-        self.n += 1
-        self.total += r.tokens
-        self.trained += r.trained
-        self.min = min(self.min, r.tokens)
-        self.max = max(self.max, r.tokens)
-        self.hist[max(0, int(r.tokens).bit_length() - 1)] += 1
-        if r.trained == 0:
-            self.zero_trained += 1
+        self.add_clean(int(r.tokens), r.trained)
         for code in {f.code for f in r.findings}:
             self.rows_failed[code] += 1
 
@@ -241,17 +234,9 @@ class TokenStage:
         out: list[Finding] = []
         if payload is not None and len(payload) == 5:   # a clean regular row (``RowPipeline._finish``)
             tokens, trained, sampled, filled, cross = payload
-            ts = self.template_stage
-            if ts is not None:
-                out = ts.take_shape_row(info, filled, cross) if filled is not None else ts.take_row(info, None)
-            self.seen += 1
-            self._lc_rows += sampled & 1
-            self._prefix_rows += (sampled >> 1) & 1
-            self._regular_rows += 1
-            self.stats.add_clean(tokens, trained)
-            if self._lc_jobs:
-                out.extend(self._compared())
-            return out
+            if self.template_stage is not None:
+                out = self.template_stage.take_shape_row(info, filled, cross)
+            return out + self._take_regular(((tokens, trained, sampled),))
         else:
             r, t = payload if payload is not None else (None, None)
         if self.template_stage is not None:
@@ -274,25 +259,22 @@ class TokenStage:
         """``take`` of each row of a ``CleanRows`` (``gate.py``): clean regular rows, one shape's comparison."""
         if not self._lc_started:
             self._start_llamacpp()
-        n = len(block)
-        shared = None
         ts = self.template_stage
-        if ts is not None:
-            if block.filled_none:
-                ts.rows += n          # take_row(info, None) for each: counted, nothing rendered here
-            else:
-                shared = ts.take_shape_rows(block)
-        self.seen += n
-        self._regular_rows += n
+        shared = None if ts is None else ts.take_shape_rows(block.lines, None if block.filled_none else block.filled,
+                                                              block.cross)
+        return self._take_regular(zip(block.tokens, block.trained, block.sampled)), shared
+
+    def _take_regular(self, rows) -> list[Finding]:
+        """The counts of clean regular rows, ``(tokens, trained, sampled bits)`` each; the K010 findings of
+        earlier rows that are ready."""
         add = self.stats.add_clean
-        lc = prefix = 0
-        for tokens, trained, sampled in zip(block.tokens, block.trained, block.sampled):
+        for tokens, trained, sampled in rows:
             add(tokens, trained)
-            lc += sampled & 1
-            prefix += (sampled >> 1) & 1
-        self._lc_rows += lc
-        self._prefix_rows += prefix
-        return (self._compared() if self._lc_jobs else []), shared
+            self.seen += 1
+            self._regular_rows += 1
+            self._lc_rows += sampled & 1
+            self._prefix_rows += (sampled >> 1) & 1
+        return self._compared() if self._lc_jobs else []
 
     #: rows waiting for K010 at most: enough for the rows sampled while llama.cpp's vocabulary loads (the head's 256,
     #: then 1 in 50), so that the load does not hold up taking rows (and so the workers, 2 * jobs chunks ahead)
