@@ -17,6 +17,7 @@ do not depend on where they ran.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import os
 from array import array
@@ -80,15 +81,17 @@ class RowInfo:
 
 class CleanRows:
     """Consecutive readable rows of one chunk with nothing to say but their counts: no finding of their own, the
-    dataset checks' payload empty, the token stage's a clean regular row's numbers (``RowPipeline._finish``), one
-    conversation shape's shared llama.cpp comparison. ``_ChunkWork`` ships them as columns instead of a tuple a row;
-    ``GateRun.feed`` gives them to each stage's ``take_clean`` at once (or, for a stage without one, row by row through
-    :meth:`rows`, which gives back exactly the tuples ``_ChunkWork`` would have made)."""
+    dataset checks' payload empty, the token stage's a clean regular row's numbers (``RowPipeline._finish``), each
+    with its conversation shape's shared llama.cpp comparison. ``_ChunkWork`` ships them as columns instead of a tuple
+    a row; ``GateRun.feed`` gives them to each stage's ``take_clean`` at once (or, for a stage without one, row by row
+    through :meth:`rows`, which gives back exactly the tuples ``_ChunkWork`` would have made). Rows of different
+    shapes share a block (a file mixing shapes row by row would otherwise make blocks of a few rows); what is taken
+    per shape is taken per run of one shape (:meth:`shape_runs`), in file order."""
 
-    def __init__(self, kinds: tuple, cross: Any, filled_none: bool):
+    def __init__(self, kinds: tuple, filled_none: bool):
         self.kinds = kinds          # per chunk worker: None (no payload), "empty" ([]), "clean" (the 5-tuple)
-        self.cross = cross          # the shape's shared llama.cpp findings (the 5-tuple's last field)
         self.filled_none = filled_none
+        self.crosses: list[Any] = []   # each row's shape's shared llama.cpp findings (the 5-tuple's last field)
         self.lines: list[int] = []
         self.formats: list[str] = []
         self.keys: list[str] = []
@@ -110,18 +113,36 @@ class CleanRows:
         self.roles.append(info.roles)
         self.reasoning.append(info.reasoning)
         self.digests += _digest16(info.digest)
-        tokens, trained, sampled, filled, _cross = clean
+        tokens, trained, sampled, filled, cross = clean
         self.tokens.append(tokens)
         self.trained.append(trained)
         self.sampled.append(sampled)
         self.filled.append(filled)
+        self.crosses.append(cross)
+
+    def shapes(self) -> list[tuple[Any, list[int] | None]]:
+        """``(cross, rows)`` for each shared comparison of the block (the same object: a chunk worker's shape cache
+        hands one object to every row of a shape; pickling keeps that), in the order of their first rows; ``rows``
+        the indices of its rows in order, None when it is every row."""
+        crosses = self.crosses
+        first = crosses[0] if crosses else None
+        if all(c is first for c in crosses):
+            return [(first, None)] if crosses else []
+        at: dict[int, tuple[Any, list[int]]] = {}
+        for k, c in enumerate(crosses):
+            got = at.get(id(c))
+            if got is None:
+                at[id(c)] = (c, [k])
+            else:
+                got[1].append(k)
+        return list(at.values())
 
     def rows(self) -> Iterator[tuple]:
         """The rows as ``_ChunkWork`` makes them one by one: ``(findings, RowInfo, payloads, None)``."""
         for k, line in enumerate(self.lines):
             info = RowInfo(line, self.formats[k], self.keys[k], True, self.roles[k],
                            bytes(self.digests[16 * k:16 * k + 16]), self.reasoning[k])
-            clean = (self.tokens[k], self.trained[k], self.sampled[k], self.filled[k], self.cross)
+            clean = (self.tokens[k], self.trained[k], self.sampled[k], self.filled[k], self.crosses[k])
             yield [], info, [None if kind is None else [] if kind == "empty" else clean for kind in self.kinds], None
 
 
@@ -361,6 +382,11 @@ class PerFileFolder:
     def add(self, f: Finding) -> None:
         self.add_at(f, f.path, (f.line,))
 
+    def shown(self, f: Finding) -> int:
+        """How many lines the folded finding of ``f``'s code and severity shows so far."""
+        g = self._groups.get((f.code, f.severity))
+        return 0 if g is None else len(g[2])
+
     def add_at(self, f: Finding, path: str, lines: Sequence[int]) -> None:
         """``add`` of ``f`` located at each of ``lines`` (in that order), without making each copy."""
         g = self._groups.get((f.code, f.severity))
@@ -465,9 +491,8 @@ class _ChunkWork:
                 kinds = _clean_kinds(pl)
                 if kinds is not None:
                     clean = pl[kinds.index("clean")]
-                    if block is None or block.kinds != kinds or block.cross is not clean[4] or \
-                            block.filled_none != (clean[3] is None):
-                        block = CleanRows(kinds, clean[4], clean[3] is None)
+                    if block is None or block.kinds != kinds or block.filled_none != (clean[3] is None):
+                        block = CleanRows(kinds, clean[3] is None)
                         out.append(block)
                     block.add(info, clean)
                     continue
@@ -667,8 +692,32 @@ class GateRun:
             found, shared = st.take_clean(block, kind)
             if found:
                 self.add(found)
-            if shared is not None:
-                self.add_at(*shared)
+            if shared:
+                self.add_shared(shared)
+
+    def add_shared(self, groups: Sequence[tuple[Sequence[Finding], Sequence[int]]]) -> None:
+        """``add_at`` of several shapes' shared findings, each at its rows (ascending lines, no line in two groups),
+        as calls in file order would make them. Per-file folding shows the first lines of a code in the order they
+        come: a group at a time is the same only once every folded code of the groups shows all the lines it
+        shows; before that (a file's first rows) the rows are added in file order, a run of one shape at a time."""
+        if len(groups) == 1 or self._order_free(groups):
+            for shared, lines in groups:
+                self.add_at(shared, lines)
+            return
+        merged = heapq.merge(*[[(line, g) for line in lines] for g, (_, lines) in enumerate(groups)])
+        for g, run in itertools.groupby(merged, key=lambda x: x[1]):
+            self.add_at(groups[g][0], [line for line, _ in run])
+
+    def _order_free(self, groups: Sequence[tuple[Sequence[Finding], Sequence[int]]]) -> bool:
+        shown = self.folder.shown
+        for shared, lines in groups:
+            if not all(lines):
+                return False
+            for f in shared:
+                got = self._admit(f)
+                if got is not None and got[1] and shown(got[0]) < PerFileFolder.SHOW_LINES:
+                    return False
+        return True
 
     def add_at(self, shared: Sequence[Finding], lines: Sequence[int]) -> None:
         """``add`` of each of ``shared`` (findings without a place: a conversation shape's) located at each of

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -238,35 +238,86 @@ class _Record:
     findings: list[Finding]
 
 
-def _iter_lines(fh: IO[bytes], path: str, max_bytes: int) -> Iterator[_Record]:
-    """Yield each line's bytes without its terminator; over-long lines are skipped while streaming."""
+def _iter_lines(fh: IO[bytes], path: str, max_bytes: int, block: int = 1 << 20) -> Iterator[_Record]:
+    """Yield each line's bytes without its terminator; over-long lines are skipped while streaming.
+
+    Read in blocks of ``block`` bytes and split, not a ``readline`` a line. A line (with its newline) is over the
+    limit when it is longer than ``max_bytes + 2`` bytes, or longer than ``max_bytes`` without a newline (the last
+    line); D022 gives its size with the newline. A line in progress longer than that is drained without being kept,
+    so memory stays within ``max_bytes`` plus a block or two. CRLF endings lose their CR (D004), except on a last line
+    without a newline; a UTF-8 byte-order mark at the start of the file goes (D003)."""
+    k = max_bytes + 2
     lineno = 0
+    rest = b""
+
+    def over(size: int, line: int) -> _Record:
+        return _Record(line, None, [finding("D022", f"line is {size} bytes, over the {max_bytes}-byte limit; "
+                                                    f"not loaded", path=path, line=line)])
+
     while True:
-        chunk = fh.readline(max_bytes + 2)
-        if not chunk:
+        data = fh.read(max(block, len(rest)))   # (a long line in progress: reads grow with it, copies stay linear)
+        if not data and b"\n" not in rest:
+            if rest:   # the last line, without a newline
+                lineno += 1
+                if len(rest) > max_bytes:
+                    yield over(len(rest), lineno)
+                else:
+                    yield _first_line(rest, path) if lineno == 1 else _Record(lineno, rest, [])
             return
-        lineno += 1
-        found: list[Finding] = []
-        if not chunk.endswith(b"\n") and len(chunk) > max_bytes:
-            size = len(chunk)
-            while True:  # drain the rest of this line without keeping it
-                more = fh.readline(1 << 20)
-                size += len(more)
-                if not more or more.endswith(b"\n"):
+        buf = rest + data if rest else data
+        parts = buf.split(b"\n")
+        rest = parts.pop()
+        if parts:
+            if lineno == 0:
+                lineno = 1
+                yield _complete_line(parts[0], 1, path, k, over)
+                parts = parts[1:]
+            if b"\r" not in buf and (not parts or max(map(len, parts)) < k):
+                first = lineno + 1
+                lineno += len(parts)
+                yield from map(_Record, range(first, lineno + 1), parts, [[] for _ in parts])
+            else:
+                for piece in parts:
+                    lineno += 1
+                    yield _complete_line(piece, lineno, path, k, over)
+        if len(rest) >= k:
+            # a line longer than the limit, not ended yet: count its bytes up to its newline without keeping them
+            size = len(rest)
+            rest = b""
+            while True:
+                data = fh.read(block)
+                if not data:
                     break
-            found.append(finding("D022", f"line is {size} bytes, over the {max_bytes}-byte limit; not loaded",
-                                 path=path, line=lineno))
-            yield _Record(lineno, None, found)
-            continue
-        if chunk.endswith(b"\r\n"):
-            found.append(finding("D004", "line ends with CRLF", path=path, line=lineno))
-            chunk = chunk[:-2]
-        elif chunk.endswith(b"\n"):
-            chunk = chunk[:-1]
-        if lineno == 1 and chunk.startswith(_BOM):
-            found.append(finding("D003", "file starts with a UTF-8 byte-order mark", path=path, line=1))
-            chunk = chunk[len(_BOM):]
-        yield _Record(lineno, chunk, found)
+                nl = data.find(b"\n")
+                if nl >= 0:
+                    size += nl + 1
+                    rest = data[nl + 1:]
+                    break
+                size += len(data)
+            lineno += 1
+            yield over(size, lineno)
+
+
+def _complete_line(piece: bytes, lineno: int, path: str, k: int, over: Callable[[int, int], _Record]) -> _Record:
+    """A line that had a newline (``piece`` without it): over the limit, CRLF (D004), the first line's BOM."""
+    if len(piece) + 1 > k:
+        return over(len(piece) + 1, lineno)
+    found: list[Finding] = []
+    if piece.endswith(b"\r"):
+        found.append(finding("D004", "line ends with CRLF", path=path, line=lineno))
+        piece = piece[:-1]
+    if lineno == 1 and piece.startswith(_BOM):
+        found.append(finding("D003", "file starts with a UTF-8 byte-order mark", path=path, line=1))
+        piece = piece[len(_BOM):]
+    return _Record(lineno, piece, found)
+
+
+def _first_line(piece: bytes, path: str) -> _Record:
+    """The file's only line, without a newline: its BOM (D003)."""
+    if piece.startswith(_BOM):
+        return _Record(1, piece[len(_BOM):], [finding("D003", "file starts with a UTF-8 byte-order mark", path=path,
+                                                      line=1)])
+    return _Record(1, piece, [])
 
 
 def _iter_json_array(fh: IO[bytes], path: str, max_bytes: int) -> Iterator[_Record]:

@@ -255,13 +255,22 @@ class TokenStage:
             out.extend(self._compared())
         return out
 
-    def take_clean(self, block, kind) -> tuple[list[Finding], tuple | None]:
-        """``take`` of each row of a ``CleanRows`` (``gate.py``): clean regular rows, one shape's comparison."""
+    def take_clean(self, block, kind) -> tuple[list[Finding], list[tuple] | None]:
+        """``take`` of each row of a ``CleanRows`` (``gate.py``): clean regular rows; each shape's rows to the
+        template stage, whose shared comparison is to be located at them (``(findings, lines)`` a shape; the gate
+        keeps file order where it matters, ``GateRun.add_shared``)."""
         if not self._lc_started:
             self._start_llamacpp()
         ts = self.template_stage
-        shared = None if ts is None else ts.take_shape_rows(block.lines, None if block.filled_none else block.filled,
-                                                              block.cross)
+        shared = None
+        if ts is not None:
+            filled = None if block.filled_none else block.filled
+            for cross, at in block.shapes():
+                got = ts.take_shape_rows(block.lines if at is None else [block.lines[k] for k in at],
+                                         filled if filled is None or at is None else [filled[k] for k in at], cross)
+                if got is not None:
+                    shared = shared or []
+                    shared.append(got)
         return self._take_regular(zip(block.tokens, block.trained, block.sampled)), shared
 
     def _take_regular(self, rows) -> list[Finding]:
