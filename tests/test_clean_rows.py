@@ -116,3 +116,38 @@ def test_the_workers_really_ship_runs_of_clean_rows(rows):
     assert len(expanded) == len(plain)
     for a, b in zip(expanded, plain):
         assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
+
+
+def _folded(run) -> list[dict]:
+    return [dataclasses.asdict(f) for f in run.folder.findings()] + [dataclasses.asdict(f) for f in run.out]
+
+
+@pytest.mark.parametrize("saturated", [False, True])
+@pytest.mark.parametrize("opts", [{}, {"fold_per_file": False}, {"severity": {"X001": (Severity.WARNING, "test")}}])
+def test_shapes_taken_at_once_fold_as_rows_in_file_order(saturated, opts):
+    """``GateRun.add_shared`` (each shape's shared findings at all its rows of a block) gives what ``add_at`` run by
+    run in file order gives: the folded finding's first lines and first wording, before the folder shows all the
+    lines it shows (the file's first rows) and after."""
+    from tmplcheck.validator.findings import finding
+    from tmplcheck.validator.gate import GateRun
+
+    a = [finding("X001", "shape A's wording"), finding("X011", "not folded, A")]
+    b = [finding("X001", "shape B's wording")]
+    c: list = []                                                        # a shape with nothing to say
+    rows = [(3, a), (4, b), (5, a), (6, c), (7, b), (9, a), (10, b), (11, b), (12, a)]
+    groups = [(a, [n for n, s in rows if s is a]), (b, [n for n, s in rows if s is b])]
+
+    def run():
+        r = GateRun("f.jsonl", GateOptions(**opts))
+        if saturated:
+            r.add_at(b, [1, 2, 3 - 1, 20, 21, 22])   # (a line shown only once)
+        return r
+
+    at_once, by_run = run(), run()
+    at_once.add_shared(groups)
+    for n, s in rows:
+        by_run.add_at(s, [n])
+    assert _folded(at_once) == _folded(by_run)
+    lines = _folded(at_once)[0]["data"].get("lines") if opts.get("fold_per_file", True) else None
+    if lines is not None and not saturated:
+        assert lines == [3, 4, 5, 7, 9]
