@@ -14,6 +14,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tmplcheck.validator.findings import Severity
 from tmplcheck.validator.gate import CleanRows, GateOptions, _ChunkWork, run_gate
@@ -151,3 +153,106 @@ def test_shapes_taken_at_once_fold_as_rows_in_file_order(saturated, opts):
     lines = _folded(at_once)[0]["data"].get("lines") if opts.get("fold_per_file", True) else None
     if lines is not None and not saturated:
         assert lines == [3, 4, 5, 7, 9]
+
+
+def _spec_counts(rows):
+    """The dataset stage's counts row by row, written out plainly: the specification of ``DatasetStage._count``."""
+    formats, first_line_of, d021 = {}, {}, []
+    first_fmt = last = None
+    reasoning_rows = plain_rows = 0
+    first_reasoning = first_plain = None
+    for line, fmt, key, roles, reasoning in rows:
+        if fmt != last:
+            if fmt not in formats:
+                first_line_of[fmt] = line
+            first_fmt = first_fmt or fmt
+            last = fmt
+        formats[fmt] = formats.get(fmt, 0) + 1
+        if "assistant" in roles:
+            if reasoning:
+                reasoning_rows += 1
+                first_reasoning = first_reasoning or line
+            else:
+                plain_rows += 1
+                first_plain = first_plain or line
+        if fmt != first_fmt:
+            d021.append((line, key, f"row is {fmt} but the file started as {first_fmt} (line {first_line_of[first_fmt]})"))
+    return formats, d021, reasoning_rows, plain_rows, first_reasoning, first_plain
+
+
+_ROLES = [("user", "assistant"), ("system", "user", "assistant"), ("user",), ("user", "assistant", "user", "assistant"),
+          ()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["sharegpt", "openai", "alpaca"]), st.sampled_from(range(len(_ROLES))),
+                          st.booleans()), min_size=1, max_size=60),
+       st.lists(st.integers(1, 9), min_size=1, max_size=12), st.booleans())
+def test_dataset_counts_of_blocks_and_single_rows_are_the_row_by_row_counts(spec_rows, cuts, one_format):
+    """``DatasetStage`` counts formats (D021), reasoning and plain rows and their first lines (D050), and turns the
+    same whether rows come one by one (``take``) or as blocks of any size (``take_clean``): against the plain
+    row-by-row specification above."""
+    from types import SimpleNamespace
+
+    from tmplcheck.validator.gate import DatasetStage, RowInfo
+
+    rows = [(3 * k + 1, "sharegpt" if one_format else fmt, f"/k{k % 3}", _ROLES[r], think)
+            for k, (fmt, r, think) in enumerate(spec_rows)]
+    want_formats, want_d021, want_r, want_p, want_fr, want_fp = _spec_counts(rows)
+    for as_blocks in (True, False):
+        stage = DatasetStage("f.jsonl")
+        found = []
+        at, c = 0, 0
+        while at < len(rows):
+            part = rows[at:at + cuts[c % len(cuts)]] if as_blocks else rows[at:at + 1]
+            at += len(part)
+            c += 1
+            if as_blocks:
+                block = SimpleNamespace(lines=[r[0] for r in part], formats=[r[1] for r in part],
+                                        keys=[r[2] for r in part], roles=[r[3] for r in part],
+                                        reasoning=[r[4] for r in part], digests=bytearray(16 * len(part)))
+                got, _ = DatasetStage.take_clean(stage, _Sized(block, len(part)), "empty")
+                found += got
+            else:
+                line, fmt, key, roles, think = part[0]
+                found += stage.take(RowInfo(line, fmt, key, True, roles, b"\0" * 16, think), [])
+        assert dict(stage.formats) == want_formats
+        assert [(f.line, f.pointer, f.message) for f in found if f.code == "D021"] == want_d021
+        assert (stage.reasoning_rows, stage.plain_rows) == (want_r, want_p)
+        assert (stage.first_reasoning, stage.first_plain) == (want_fr, want_fp)
+        turns = {}
+        for r in rows:
+            for role in r[3]:
+                turns[role] = turns.get(role, 0) + 1
+        assert dict(stage.turns) == turns
+
+
+class _Sized:
+    def __init__(self, ns, n):
+        self.__dict__.update(ns.__dict__)
+        self._n = n
+
+    def __len__(self):
+        return self._n
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 5000)), max_size=50), st.integers(1, 7))
+def test_token_stats_of_columns_are_the_row_by_row_stats(rows, cut):
+    """``TokenStats.add_many`` (columns of clean rows) against the statistics written out row by row."""
+    import math
+
+    from tmplcheck.validator.token_stage import TokenStats
+
+    stats = TokenStats()
+    for k in range(0, len(rows), cut):
+        part = rows[k:k + cut]
+        stats.add_many([t for t, _ in part], [tr for _, tr in part])
+    hist: dict = {}
+    for t, _ in rows:
+        b = max(0, t.bit_length() - 1)
+        hist[b] = hist.get(b, 0) + 1
+    assert (stats.n, stats.total, stats.trained, stats.zero_trained) == (
+        len(rows), sum(t for t, _ in rows), sum(tr for _, tr in rows), sum(1 for _, tr in rows if tr == 0))
+    assert (stats.min, stats.max) == ((min(t for t, _ in rows), max(t for t, _ in rows)) if rows else (math.inf, 0))
+    assert dict(stats.hist) == hist

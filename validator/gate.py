@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import operator
 import os
 from array import array
 from collections import Counter
@@ -102,15 +103,22 @@ class CleanRows:
         self.trained: list[int] = []
         self.sampled: list[int] = []
         self.filled: list[Any] = []
+        self._same: dict = {}   # one object for equal keys and role tuples: pickled once a block, then referenced
 
     def __len__(self) -> int:
         return len(self.lines)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_same"] = {}
+        return state
+
     def add(self, info: "RowInfo", clean: tuple) -> None:
+        same = self._same.setdefault
         self.lines.append(info.line)
         self.formats.append(info.format)
-        self.keys.append(info.key)
-        self.roles.append(info.roles)
+        self.keys.append(same(info.key, info.key))
+        self.roles.append(same(info.roles, info.roles))
         self.reasoning.append(info.reasoning)
         self.digests += _digest16(info.digest)
         tokens, trained, sampled, filled, cross = clean
@@ -212,7 +220,7 @@ class DatasetStage:
     def take(self, info: RowInfo, payload: list[Finding] | None) -> list[Finding]:
         out: list[Finding] = []
         self.rows += 1
-        self._count(info.line, info.format, info.key, info.roles, info.reasoning, info.usable, out)
+        self._count([info.line], [info.format], [info.key], [info.roles], [info.reasoning], info.usable, out)
         if info.roles and info.usable:
             self._digests += _digest16(info.digest)
             self._lines.append(info.line)
@@ -223,41 +231,47 @@ class DatasetStage:
     def take_clean(self, block: CleanRows, kind: str | None) -> tuple[list[Finding], None]:
         """``take(info, [])`` for each row of ``block`` (usable rows with messages, no payload findings)."""
         out: list[Finding] = []
-        count = self._count
-        for line, fmt, key, roles, reasoning in zip(block.lines, block.formats, block.keys, block.roles,
-                                                    block.reasoning):
-            count(line, fmt, key, roles, reasoning, True, out)
+        self._count(block.lines, block.formats, block.keys, block.roles, block.reasoning, True, out)
         self.rows += len(block)
         self._digests += block.digests
         self._lines.extend(block.lines)
         return out, None
 
-    def _count(self, line: int, fmt: str, key: str, roles: tuple[str, ...], reasoning: bool, usable: bool,
-               out: list[Finding]) -> None:
-        """One row's formats, turns and reasoning counts, in file order; D021 into ``out`` when its format is not
-        the file's first."""
-        if fmt != self._last_format:
-            if fmt not in self.formats:
-                self.first_line_of[fmt] = line
-            if self._first_format is None:
-                self._first_format = fmt
-            self._last_format = fmt
-        self.formats[fmt] += 1
-        self._role_seqs[roles] += 1    # the turns counted per role at the end
-        if usable and "assistant" in roles:
-            if reasoning:
-                self.reasoning_rows += 1
-                if self.first_reasoning is None:
-                    self.first_reasoning = line
-            else:
-                self.plain_rows += 1
-                if self.first_plain is None:
-                    self.first_plain = line
-        if fmt != self._first_format:
-            first = self._first_format
-            out.append(finding("D021", f"row is {fmt} but the file started as {first} "
-                                       f"(line {self.first_line_of[first]})", path=self.path, line=line,
-                               pointer=key))
+    def _count(self, lines: Sequence[int], fmts: list[str], keys: Sequence[str], roles: Sequence[tuple[str, ...]],
+               reasoning: Sequence[bool], usable: bool, out: list[Finding]) -> None:
+        """Rows' formats, turns and reasoning counts, in file order (columns, one entry a row); D021 into ``out``
+        for each row whose format is not the file's first."""
+        n = len(lines)
+        fmt = fmts[0]
+        if fmt == self._last_format and fmt == self._first_format and fmts.count(fmt) == n:
+            self.formats[fmt] += n   # (the common case: the file's one format, seen already)
+        else:
+            for line, fmt, key in zip(lines, fmts, keys):
+                if fmt != self._last_format:
+                    if fmt not in self.formats:
+                        self.first_line_of[fmt] = line
+                    if self._first_format is None:
+                        self._first_format = fmt
+                    self._last_format = fmt
+                self.formats[fmt] += 1
+                if fmt != self._first_format:
+                    first = self._first_format
+                    out.append(finding("D021", f"row is {fmt} but the file started as {first} "
+                                               f"(line {self.first_line_of[first]})", path=self.path, line=line,
+                                       pointer=key))
+        self._role_seqs.update(roles)    # the turns counted per role at the end
+        if not usable:
+            return
+        answered = {r: "assistant" in r for r in set(roles)}
+        asst = list(map(answered.__getitem__, roles))   # rows with an assistant turn
+        think = list(map(bool, reasoning))
+        with_reasoning = sum(itertools.compress(think, asst))
+        self.reasoning_rows += with_reasoning
+        self.plain_rows += sum(asst) - with_reasoning
+        if self.first_reasoning is None and with_reasoning:
+            self.first_reasoning = next(itertools.compress(lines, map(operator.and_, asst, think)))
+        if self.first_plain is None and sum(asst) > with_reasoning:
+            self.first_plain = next(itertools.compress(lines, map(operator.gt, asst, think)))
 
     @property
     def turns(self) -> Counter[str]:

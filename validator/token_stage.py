@@ -126,24 +126,29 @@ class TokenStats:
         self.unencoded = 0
         self.rows_failed: Counter[str] = Counter()
 
-    def add_clean(self, tokens: int, trained: int) -> None:
-        """``add`` for an encoded row without findings."""
-        self.n += 1
-        self.total += tokens
-        self.trained += trained
-        if tokens < self.min:
-            self.min = tokens
-        if tokens > self.max:
-            self.max = tokens
-        self.hist[max(0, tokens.bit_length() - 1)] += 1
-        if trained == 0:
-            self.zero_trained += 1
+    def add_many(self, tokens: Sequence[int], trained: Sequence[int]) -> None:
+        """Encoded rows without findings: ``tokens[k]`` tokens of which ``trained[k]`` trained (lists), added as
+        column sums."""
+        if not tokens:
+            return
+        self.n += len(tokens)
+        self.total += sum(tokens)
+        self.trained += sum(trained)
+        lo, hi = min(tokens), max(tokens)
+        if lo < self.min:
+            self.min = lo
+        if hi > self.max:
+            self.max = hi
+        hist = self.hist
+        for b, c in Counter(map(int.bit_length, tokens)).items():
+            hist[max(0, b - 1)] += c
+        self.zero_trained += trained.count(0)
 
     def add(self, r: RowOut) -> None:
         if r.tokens < 0:
             self.unencoded += 1
             return
-        self.add_clean(int(r.tokens), r.trained)
+        self.add_many([int(r.tokens)], [r.trained])
         for code in {f.code for f in r.findings}:
             self.rows_failed[code] += 1
 
@@ -236,7 +241,7 @@ class TokenStage:
             tokens, trained, sampled, filled, cross = payload
             if self.template_stage is not None:
                 out = self.template_stage.take_shape_row(info, filled, cross)
-            return out + self._take_regular(((tokens, trained, sampled),))
+            return out + self._take_regular([tokens], [trained], [sampled])
         else:
             r, t = payload if payload is not None else (None, None)
         if self.template_stage is not None:
@@ -271,18 +276,18 @@ class TokenStage:
                 if got is not None:
                     shared = shared or []
                     shared.append(got)
-        return self._take_regular(zip(block.tokens, block.trained, block.sampled)), shared
+        return self._take_regular(block.tokens, block.trained, block.sampled), shared
 
-    def _take_regular(self, rows) -> list[Finding]:
-        """The counts of clean regular rows, ``(tokens, trained, sampled bits)`` each; the K010 findings of
-        earlier rows that are ready."""
-        add = self.stats.add_clean
-        for tokens, trained, sampled in rows:
-            add(tokens, trained)
-            self.seen += 1
-            self._regular_rows += 1
-            self._lc_rows += sampled & 1
-            self._prefix_rows += (sampled >> 1) & 1
+    def _take_regular(self, tokens: Sequence[int], trained: Sequence[int], sampled: Sequence[int]) -> list[Finding]:
+        """The counts of clean regular rows, as columns (tokens, trained tokens, sampled bits); the K010 findings
+        of earlier rows that are ready."""
+        self.stats.add_many(tokens, trained)
+        n = len(tokens)
+        self.seen += n
+        self._regular_rows += n
+        for bits, count in Counter(sampled).items():
+            self._lc_rows += count * (bits & 1)
+            self._prefix_rows += count * ((bits >> 1) & 1)
         return self._compared() if self._lc_jobs else []
 
     #: rows waiting for K010 at most: enough for the rows sampled while llama.cpp's vocabulary loads (the head's 256,
