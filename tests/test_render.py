@@ -232,3 +232,28 @@ def test_watchdog_does_not_fire_after_a_fast_render():
         assert r.render([{"role": "user", "content": "x"}]) == "x"
     time.sleep(0.1)  # a late timeout would be raised here, outside any render
     assert r.render([{"role": "user", "content": "y"}]) == "y"
+
+
+def test_a_render_timeout_leaves_the_process_sound():
+    """After the watchdog stopped a render, the process runs on: a hypothesis search (the probe's engine) finishes.
+    Clearing the delivered exception with ``PyThreadState_SetAsyncExc(tid, NULL)`` left CPython's asynchronous
+    exception signal set with nothing behind it, and the next ``hypothesis.find`` spun forever (run in a subprocess,
+    so that a regression fails instead of hanging the suite)."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        from hypothesis import HealthCheck, find, settings, strategies as st
+        from tmplcheck.validator.render import HFRenderer, TemplateRenderError
+        try:
+            HFRenderer("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                       max_seconds=0.3).render([])
+        except TemplateRenderError as e:
+            assert e.kind == "timeout", e.kind
+        cfg = settings(database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        print(find(st.lists(st.integers()), lambda xs: sum(xs) > 100, settings=cfg))
+        print(HFRenderer("{{ messages[0].content }}").render([{"role": "user", "content": "still fine"}]))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["[101]", "still", "fine"]

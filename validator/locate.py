@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from tmplcheck.validator.render import errors_unshown, same_arguments
 from tmplcheck.validator.skeleton import fill as _fill, has_sentinel_chars, skeleton as _skeleton
 
 _SKELETON_CACHE_SIZE = 2048
@@ -146,7 +147,8 @@ def _render_prefix(template, messages, n, render_kw, add_generation_prompt=False
         if key in memo:
             return memo[key]
     try:
-        out = template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
+        with errors_unshown():
+            out = template.render(messages[:n], add_generation_prompt=add_generation_prompt, **render_kw)
     except Exception:
         out = None
     if key is not None:
@@ -169,7 +171,8 @@ def locate_messages(template, messages: Sequence[dict], *, render_kw: dict | Non
     plain = not render_kw and all(len(m) == 2 and type(m.get("content")) is str for m in messages)
     token = _PREFIXES.set({})
     try:
-        return _locate(template, messages, render_kw, text, eots, plain, train_on)
+        with same_arguments():   # (render_kw's objects are this call's, unchanged while it renders)
+            return _locate(template, messages, render_kw, text, eots, plain, train_on)
     finally:
         _PREFIXES.reset(token)
 

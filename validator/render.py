@@ -152,14 +152,28 @@ class _Watchdog:
         self._jobs[job.tid] = job
         return job
 
-    def unregister(self, job: _Job) -> None:
+    def unregister(self, job: _Job, delivered: bool = False) -> None:
+        """The render of ``job`` is over; ``delivered``: it ended by the watchdog's exception."""
         job.active = False
         if job.fired or self.firing:
-            with self._lock:  # the thread has finished firing; clear an exception not yet delivered
-                if job.fired:
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(job.tid), None)
+            with self._lock:  # the thread has finished firing
+                if job.fired and not delivered:
+                    _take_pending_timeout()
         if self._jobs.get(job.tid) is job:
             del self._jobs[job.tid]
+
+
+def _take_pending_timeout() -> None:
+    """Take the watchdog's exception that was set for this thread but not delivered, here where it is expected.
+    (Clearing it with ``PyThreadState_SetAsyncExc(tid, NULL)`` instead leaves the interpreter's asynchronous
+    exception signal set with no exception behind it: CPython 3.11 then never clears it, and a later hypothesis run
+    in the process spins forever.) The interpreter delivers a pending asynchronous exception at the next backward
+    jump of a loop."""
+    try:
+        for _ in range(64):
+            pass
+    except _RenderTimeout:
+        pass
 
 
 _START_LOCK = threading.Lock()
@@ -299,8 +313,60 @@ _WIDTH_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
 _WIDTH_FILTERS = {"center", "indent", "wordwrap", "truncate", "batch", "slice"}
 
 
+_DATA_TYPES = frozenset({str, int, float, bool, type(None), list, dict, tuple})
+_DICT_ATTRS = frozenset(dir(dict))
+_STR_ATTRS = frozenset(dir(str))
+
+#: set while the errors of the renders are only caught, never shown (``errors_unshown``)
+_ERRORS_UNSHOWN: ContextVar[bool] = ContextVar("tmplcheck_errors_unshown", default=False)
+
+
+class errors_unshown:
+    """``with errors_unshown():`` a render that fails inside is only caught (a prefix render that fails is "no
+    render"): jinja's rewriting of the traceback to template lines (~0.3 ms an error) is skipped."""
+
+    def __enter__(self) -> "errors_unshown":
+        self._token = _ERRORS_UNSHOWN.set(True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _ERRORS_UNSHOWN.reset(self._token)
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"+", "*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # the sandbox's rules, decided without its generic checks for the two types templates read most:
+        # ``message.content`` on a dict (no such dict attribute: the item, else undefined) and a str method (safe
+        # unless it starts with "_"; ``format``/``format_map`` are wrapped by the sandbox)
+        t = type(obj)
+        if t is dict:
+            if attribute not in _DICT_ATTRS:
+                try:
+                    return obj[attribute]
+                except KeyError:
+                    return self.undefined(obj=obj, name=attribute)
+        elif t is str and attribute not in ("format", "format_map") and not attribute.startswith("_"):
+            if attribute not in _STR_ATTRS:
+                return self.undefined(obj=obj, name=attribute)
+            return getattr(obj, attribute)
+        elif (t is _TemplateNamespace or t is jinja2.runtime.LoopContext) and not attribute.startswith("_"):
+            # ``ns.x``, ``loop.index0``: safe unless it starts with "_"; plain data is returned as it is (anything
+            # else, such as a method that may be ``str.format``, and a missing name, go the sandbox's way)
+            try:
+                value = getattr(obj, attribute)
+            except AttributeError:
+                pass
+            else:
+                if type(value) in _DATA_TYPES:
+                    return value
+        return super().getattr(obj, attribute)
+
+    def handle_exception(self, source: str | None = None):
+        if _ERRORS_UNSHOWN.get():
+            raise   # the error as it is (jinja calls this inside its ``except``)
+        return super().handle_exception(source)
 
     def unsafe_undefined(self, obj: Any, attribute: str):  # refuse now instead of returning a lazy Undefined
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
@@ -360,7 +426,49 @@ def _wrap_filter(name: str, fn):
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # transformers' override: no HTML escaping, and indent/separators/sort_keys exposed
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    memo = _SAME_ARGS.get()
+    if memo is not None and type(x) in (dict, list):   # a part of this row's arguments (or a template's literal)
+        try:
+            key = ("tojson", id(x), ensure_ascii, indent, None if separators is None else tuple(separators),
+                   sort_keys)
+            got = memo.get(key)
+        except TypeError:
+            got = key = None
+        if got is not None and got[0] is x:
+            return got[1]
+        out = _tojson_of(x, ensure_ascii, indent, separators, sort_keys)
+        if key is not None:
+            memo[key] = (x, out)
+        return out
+    return _tojson_of(x, ensure_ascii, indent, separators, sort_keys)
+
+
+def _tojson_of(x, ensure_ascii, indent, separators, sort_keys) -> str:
+    if indent is None:
+        return json.dumps(x, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+    # With an indent, json encodes in Python, ~10x slower than its C encoder; templates such as Llama 3.1's print
+    # every tool with indent=4 in every render (a tool row is rendered many times). The value's compact form (the C
+    # encoder: the same tokens, keys in the same order, the same errors) fixes the indented text, so it keys a cache.
+    compact = json.dumps(x, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    if len(compact) > _TOJSON_MAX_KEY:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    try:
+        key = (compact, ensure_ascii, indent, None if separators is None else tuple(separators), sort_keys)
+        hash(key)
+    except TypeError:   # an unhashable indent or separator: json.dumps says what it makes of it
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    got = _TOJSON.get(key)
+    if got is None:
+        got = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        if len(_TOJSON) >= _TOJSON_ENTRIES:
+            _TOJSON.clear()
+        _TOJSON[key] = got
+    return got
+
+
+_TOJSON: dict[tuple, str] = {}
+_TOJSON_ENTRIES = 4096         # entries kept (then the cache starts again)
+_TOJSON_MAX_KEY = 1 << 16      # values whose compact form is longer are not cached
 
 
 def _raise_exception(message):
@@ -408,6 +516,35 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+#: the plain copies of what the renders of one row are given (tools, documents, each message; ``tojson`` of their
+#: parts), by the identity of the object given: set by :func:`same_arguments` around renders that pass the same,
+#: unchanged objects (a row's prefix renders); the sandbox keeps templates from changing what they are given, so the
+#: renders can share them
+_SAME_ARGS: ContextVar[dict | None] = ContextVar("tmplcheck_same_arguments", default=None)
+
+
+def _plain_once(value: Any) -> Any:
+    memo = _SAME_ARGS.get()
+    if memo is None:
+        return _plain(value)
+    got = memo.get(id(value))
+    if got is None or got[0] is not value:
+        got = memo[id(value)] = (value, _plain(value))   # (the object is kept: its id is not reused meanwhile)
+    return got[1]
+
+
+class same_arguments:
+    """``with same_arguments():`` the renders inside are given the same message, tools and documents objects,
+    unchanged between them (their plain copies are made once, and ``tojson`` of a part of them once)."""
+
+    def __enter__(self) -> "same_arguments":
+        self._token = _SAME_ARGS.set({})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _SAME_ARGS.reset(self._token)
+
+
 #: the names a message's reasoning is passed under (transformers 5: ``_REASONING_FIELDS``)
 REASONING_FIELDS = REASONING_KEYS
 
@@ -418,7 +555,13 @@ def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     ``thinking``, ``reasoning`` copied to ``reasoning_content`` (the first one given wins) and to ``thinking``
     (unless the message has its own), the names Qwen3/DeepSeek and GPT-OSS templates read."""
     out = []
+    memo = _SAME_ARGS.get()
     for m in messages:
+        if memo is not None:
+            got = memo.get(id(m))
+            if got is not None and got[0] is m:
+                out.append(got[1])
+                continue
         if not isinstance(m, Mapping):
             raise TemplateRenderError(f"a message must be a mapping, got {type(m).__name__}", "error")
         d = {k: _plain(v) for k, v in m.items() if v is not None}
@@ -426,6 +569,8 @@ def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, 
             reasoning = next((d[k] for k in REASONING_FIELDS if d.get(k) is not None), None)
             if reasoning is not None:
                 d = {"thinking": reasoning, **d, "reasoning_content": reasoning}
+        if memo is not None:
+            memo[id(m)] = (m, d)
         out.append(d)
     return out
 
@@ -495,8 +640,8 @@ class HFRenderer:
         msgs = normalize_messages(messages)
         ctx = {**{k: _plain(v) for k, v in self.variables.items()}, **{k: _plain(v) for k, v in extra.items()}}
         # tools/documents given to the renderer as defaults (``Template.with_arguments``) serve renders without them
-        ctx.update(messages=msgs, tools=_plain(tools) if tools is not None else ctx.get("tools"),
-                   documents=_plain(documents) if documents is not None else ctx.get("documents"),
+        ctx.update(messages=msgs, tools=_plain_once(tools) if tools is not None else ctx.get("tools"),
+                   documents=_plain_once(documents) if documents is not None else ctx.get("documents"),
                    add_generation_prompt=add_generation_prompt)
         st = _State(self.max_chars, spans=[] if spans else None)
         token = _STATE.set(st)
@@ -510,8 +655,13 @@ class HFRenderer:
                         st.emitted += len(chunk)
                         if st.emitted > self.max_chars:
                             raise _LimitExceeded(f"the render passed the {self.max_chars:,}-character output limit")
-                finally:
+                except _RenderTimeout:
+                    _WATCHDOG.unregister(job, delivered=True)
+                    raise
+                except BaseException:
                     _WATCHDOG.unregister(job)
+                    raise
+                _WATCHDOG.unregister(job)
             except _RenderTimeout:
                 raise TemplateRenderError(f"the render took longer than {self.max_seconds:g} s and was stopped",
                                           "timeout") from None
