@@ -87,7 +87,8 @@ class CleanRows:
     a row; ``GateRun.feed`` gives them to each stage's ``take_clean`` at once (or, for a stage without one, row by row
     through :meth:`rows`, which gives back exactly the tuples ``_ChunkWork`` would have made). Rows of different
     shapes share a block (a file mixing shapes row by row would otherwise make blocks of a few rows); what is taken
-    per shape is taken per run of one shape (:meth:`shape_runs`), in file order."""
+    per shape is taken for all its rows at once (:meth:`shapes`; ``GateRun.add_shared`` keeps file order where it
+    matters)."""
 
     def __init__(self, kinds: tuple, filled_none: bool):
         self.kinds = kinds          # per chunk worker: None (no payload), "empty" ([]), "clean" (the 5-tuple)
@@ -266,11 +267,12 @@ class DatasetStage:
         asst = list(map(answered.__getitem__, roles))   # rows with an assistant turn
         think = list(map(bool, reasoning))
         with_reasoning = sum(itertools.compress(think, asst))
+        without = sum(asst) - with_reasoning
         self.reasoning_rows += with_reasoning
-        self.plain_rows += sum(asst) - with_reasoning
+        self.plain_rows += without
         if self.first_reasoning is None and with_reasoning:
             self.first_reasoning = next(itertools.compress(lines, map(operator.and_, asst, think)))
-        if self.first_plain is None and sum(asst) > with_reasoning:
+        if self.first_plain is None and without:
             self.first_plain = next(itertools.compress(lines, map(operator.gt, asst, think)))
 
     @property

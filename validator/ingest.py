@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -249,20 +249,13 @@ def _iter_lines(fh: IO[bytes], path: str, max_bytes: int, block: int = 1 << 20) 
     k = max_bytes + 2
     lineno = 0
     rest = b""
-
-    def over(size: int, line: int) -> _Record:
-        return _Record(line, None, [finding("D022", f"line is {size} bytes, over the {max_bytes}-byte limit; "
-                                                    f"not loaded", path=path, line=line)])
-
     while True:
         data = fh.read(max(block, len(rest)))   # (a long line in progress: reads grow with it, copies stay linear)
         if not data and b"\n" not in rest:
             if rest:   # the last line, without a newline
                 lineno += 1
-                if len(rest) > max_bytes:
-                    yield over(len(rest), lineno)
-                else:
-                    yield _first_line(rest, path) if lineno == 1 else _Record(lineno, rest, [])
+                yield _over_limit(len(rest), lineno, path, max_bytes) if len(rest) > max_bytes else \
+                    _line(rest, lineno, path, [])
             return
         buf = rest + data if rest else data
         parts = buf.split(b"\n")
@@ -270,7 +263,7 @@ def _iter_lines(fh: IO[bytes], path: str, max_bytes: int, block: int = 1 << 20) 
         if parts:
             if lineno == 0:
                 lineno = 1
-                yield _complete_line(parts[0], 1, path, k, over)
+                yield _complete_line(parts[0], 1, path, max_bytes)
                 parts = parts[1:]
             if b"\r" not in buf and (not parts or max(map(len, parts)) < k):
                 first = lineno + 1
@@ -279,7 +272,7 @@ def _iter_lines(fh: IO[bytes], path: str, max_bytes: int, block: int = 1 << 20) 
             else:
                 for piece in parts:
                     lineno += 1
-                    yield _complete_line(piece, lineno, path, k, over)
+                    yield _complete_line(piece, lineno, path, max_bytes)
         if len(rest) >= k:
             # a line longer than the limit, not ended yet: count its bytes up to its newline without keeping them
             size = len(rest)
@@ -295,29 +288,32 @@ def _iter_lines(fh: IO[bytes], path: str, max_bytes: int, block: int = 1 << 20) 
                     break
                 size += len(data)
             lineno += 1
-            yield over(size, lineno)
+            yield _over_limit(size, lineno, path, max_bytes)
 
 
-def _complete_line(piece: bytes, lineno: int, path: str, k: int, over: Callable[[int, int], _Record]) -> _Record:
-    """A line that had a newline (``piece`` without it): over the limit, CRLF (D004), the first line's BOM."""
-    if len(piece) + 1 > k:
-        return over(len(piece) + 1, lineno)
+def _complete_line(piece: bytes, lineno: int, path: str, max_bytes: int) -> _Record:
+    """A line that had a newline (``piece`` without it): over the limit (longer than ``max_bytes + 2`` with the
+    newline), CRLF (D004), the first line's BOM."""
+    if len(piece) + 1 > max_bytes + 2:
+        return _over_limit(len(piece) + 1, lineno, path, max_bytes)
     found: list[Finding] = []
     if piece.endswith(b"\r"):
         found.append(finding("D004", "line ends with CRLF", path=path, line=lineno))
         piece = piece[:-1]
+    return _line(piece, lineno, path, found)
+
+
+def _line(piece: bytes, lineno: int, path: str, found: list[Finding]) -> _Record:
+    """A line's record; the file's first line loses a UTF-8 byte-order mark (D003)."""
     if lineno == 1 and piece.startswith(_BOM):
         found.append(finding("D003", "file starts with a UTF-8 byte-order mark", path=path, line=1))
         piece = piece[len(_BOM):]
     return _Record(lineno, piece, found)
 
 
-def _first_line(piece: bytes, path: str) -> _Record:
-    """The file's only line, without a newline: its BOM (D003)."""
-    if piece.startswith(_BOM):
-        return _Record(1, piece[len(_BOM):], [finding("D003", "file starts with a UTF-8 byte-order mark", path=path,
-                                                      line=1)])
-    return _Record(1, piece, [])
+def _over_limit(size: int, lineno: int, path: str, max_bytes: int) -> _Record:
+    return _Record(lineno, None, [finding("D022", f"line is {size} bytes, over the {max_bytes}-byte limit; not loaded",
+                                          path=path, line=lineno)])
 
 
 def _iter_json_array(fh: IO[bytes], path: str, max_bytes: int) -> Iterator[_Record]:

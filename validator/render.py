@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -426,40 +426,41 @@ def _wrap_filter(name: str, fn):
 
 def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
     # transformers' override: no HTML escaping, and indent/separators/sort_keys exposed
+    def dumps(value: Any) -> str:
+        return _tojson_of(value, ensure_ascii, indent, separators, sort_keys)
+
     memo = _SAME_ARGS.get()
     if memo is not None and type(x) in (dict, list):   # a part of this row's arguments (or a template's literal)
         try:
             key = ("tojson", id(x), ensure_ascii, indent, None if separators is None else tuple(separators),
                    sort_keys)
-            got = memo.get(key)
+            hash(key)
         except TypeError:
-            got = key = None
-        if got is not None and got[0] is x:
-            return got[1]
-        out = _tojson_of(x, ensure_ascii, indent, separators, sort_keys)
-        if key is not None:
-            memo[key] = (x, out)
-        return out
-    return _tojson_of(x, ensure_ascii, indent, separators, sort_keys)
+            return dumps(x)
+        return _once(memo, key, x, dumps)
+    return dumps(x)
 
 
 def _tojson_of(x, ensure_ascii, indent, separators, sort_keys) -> str:
+    def dumps() -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
     if indent is None:
-        return json.dumps(x, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+        return dumps()
     # With an indent, json encodes in Python, ~10x slower than its C encoder; templates such as Llama 3.1's print
     # every tool with indent=4 in every render (a tool row is rendered many times). The value's compact form (the C
     # encoder: the same tokens, keys in the same order, the same errors) fixes the indented text, so it keys a cache.
     compact = json.dumps(x, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
     if len(compact) > _TOJSON_MAX_KEY:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return dumps()
     try:
         key = (compact, ensure_ascii, indent, None if separators is None else tuple(separators), sort_keys)
         hash(key)
     except TypeError:   # an unhashable indent or separator: json.dumps says what it makes of it
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return dumps()
     got = _TOJSON.get(key)
     if got is None:
-        got = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        got = dumps()
         if len(_TOJSON) >= _TOJSON_ENTRIES:
             _TOJSON.clear()
         _TOJSON[key] = got
@@ -523,14 +524,19 @@ def _plain(value: Any) -> Any:
 _SAME_ARGS: ContextVar[dict | None] = ContextVar("tmplcheck_same_arguments", default=None)
 
 
-def _plain_once(value: Any) -> Any:
-    memo = _SAME_ARGS.get()
+def _once(memo: dict | None, key: Any, value: Any, make: Callable[[Any], Any]) -> Any:
+    """``make(value)``, made once per ``key`` (which holds ``id(value)``) while ``memo`` (``_SAME_ARGS``) is set;
+    the value is kept with it, so that its id is not reused meanwhile."""
     if memo is None:
-        return _plain(value)
-    got = memo.get(id(value))
+        return make(value)
+    got = memo.get(key)
     if got is None or got[0] is not value:
-        got = memo[id(value)] = (value, _plain(value))   # (the object is kept: its id is not reused meanwhile)
+        got = memo[key] = (value, make(value))
     return got[1]
+
+
+def _plain_once(value: Any) -> Any:
+    return _once(_SAME_ARGS.get(), id(value), value, _plain)
 
 
 class same_arguments:
@@ -554,25 +560,19 @@ def normalize_messages(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     a plain dict, keys whose value is ``None`` dropped, and reasoning given under any of ``reasoning_content``,
     ``thinking``, ``reasoning`` copied to ``reasoning_content`` (the first one given wins) and to ``thinking``
     (unless the message has its own), the names Qwen3/DeepSeek and GPT-OSS templates read."""
-    out = []
     memo = _SAME_ARGS.get()
-    for m in messages:
-        if memo is not None:
-            got = memo.get(id(m))
-            if got is not None and got[0] is m:
-                out.append(got[1])
-                continue
-        if not isinstance(m, Mapping):
-            raise TemplateRenderError(f"a message must be a mapping, got {type(m).__name__}", "error")
-        d = {k: _plain(v) for k, v in m.items() if v is not None}
-        if len(d) > 2:
-            reasoning = next((d[k] for k in REASONING_FIELDS if d.get(k) is not None), None)
-            if reasoning is not None:
-                d = {"thinking": reasoning, **d, "reasoning_content": reasoning}
-        if memo is not None:
-            memo[id(m)] = (m, d)
-        out.append(d)
-    return out
+    return [_once(memo, id(m), m, _normalize_message) for m in messages]
+
+
+def _normalize_message(m: Any) -> dict[str, Any]:
+    if not isinstance(m, Mapping):
+        raise TemplateRenderError(f"a message must be a mapping, got {type(m).__name__}", "error")
+    d = {k: _plain(v) for k, v in m.items() if v is not None}
+    if len(d) > 2:
+        reasoning = next((d[k] for k in REASONING_FIELDS if d.get(k) is not None), None)
+        if reasoning is not None:
+            d = {"thinking": reasoning, **d, "reasoning_content": reasoning}
+    return d
 
 
 # ------------------------------------------------------------------------------------------------------ renderer
